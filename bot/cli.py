@@ -1,0 +1,204 @@
+"""The command line: `python -m bot COMMAND --help` for each command.
+
+Every chat command gets a twin here, for operators and for tests. Commands
+print human text by default and JSON with `--json`. Heavy modules are
+imported inside each command so `--help` and light commands start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import config
+
+
+def _db():
+    from . import store
+
+    return store.connect(config.get("BOT_DB"))
+
+
+def _searcher(db, embedder: str | None = None):
+    """The serving index, indexing the bundled knowledge base first on a fresh database."""
+    from . import ingest, retrieval, store
+
+    if not store.documents(db):
+        kdir = config.get("BOT_KNOWLEDGE_DIR")
+        print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
+        ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"))
+    return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
+
+
+def cmd_index(args) -> int:
+    from . import ingest, retrieval, store
+
+    db = _db()
+    kdir = config.get("BOT_KNOWLEDGE_DIR")
+    paths = [Path(p) for p in args.paths] or [kdir]
+    t0 = time.perf_counter()
+    reports = ingest.index_paths(db, paths, kdir, config.get("BOT_CHUNK_CHARS"), progress=not args.json)
+    embedder = config.get("BOT_EMBEDDER")
+    if embedder.lower() != "none":
+        model = retrieval.load_embedder(embedder)
+        retrieval.ensure_embeddings(db, model, embedder, store.passages(db))
+    seconds = time.perf_counter() - t0
+    errors = [r for r in reports if r.status in ("error", "skipped")]
+    if args.json:
+        out = {
+            "seconds": round(seconds, 3),
+            "passages": store.passage_count(db),
+            "files": [{"doc": r.doc, "status": r.status, "message": r.message, "chunks": r.chunks} for r in reports],
+        }
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        for r in reports:
+            if r.status in ("error", "skipped"):
+                print(f"{r.doc}: {r.status}: {r.message}", file=sys.stderr)
+            elif r.status == "removed":
+                print(f"{r.doc}: {r.message}")
+            elif r.status == "indexed":
+                print(f"{r.doc}: {r.chunks} passages ({len(r.new_passages)} new)")
+        counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "unchanged", "removed", "skipped", "error")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        print(f"{summary or 'nothing to do'}; {store.passage_count(db)} passages in the index ({seconds:.2f} s)")
+    # Bad files are reported, and the good ones indexed; the exit code tells scripts.
+    return 1 if errors else 0
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"hits": [h.as_json() for h in hits]}, ensure_ascii=False))
+        return
+    if not hits:
+        print("No passage matches that question.")
+    for n, h in enumerate(hits, 1):
+        print(f"[{n}] {h.doc} › {h.heading}  (score {h.score:.3f})")
+        print("    " + h.text.strip().replace("\n", "\n    "))
+        print()
+
+
+def _batch(searcher, path: str, k: int) -> int:
+    fh = sys.stdin if path == "-" else None
+    try:
+        fh = fh or open(path, encoding="utf-8")
+    except OSError as e:
+        print(f"search --batch: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    bad = 0
+    with fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question = row["question"]
+                if not isinstance(question, str) or not question.strip():
+                    raise ValueError
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                print(f"{path}:{n}: skipped: expected {{\"id\": ..., \"question\": \"...\"}}", file=sys.stderr)
+                bad += 1
+                continue
+            t0 = time.perf_counter()
+            hits = searcher.search(question, k)
+            ms = (time.perf_counter() - t0) * 1000
+            out = {"id": row.get("id"), "ms": round(ms, 3), "hits": [h.as_json() for h in hits]}
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+    return 1 if bad else 0
+
+
+def cmd_search(args) -> int:
+    k = args.k or config.get("BOT_SEARCH_K")
+    if k < 1:
+        print("search: --k must be at least 1", file=sys.stderr)
+        return 2
+    if not args.batch and not (args.question and args.question.strip()):
+        print("search: give a question, or --batch FILE.jsonl", file=sys.stderr)
+        return 2
+    searcher = _searcher(_db())
+    if args.batch:
+        return _batch(searcher, args.batch, k)
+    _print_hits(searcher.search(args.question, k), args.json)
+    return 0
+
+
+def cmd_eval_retrieval(args) -> int:
+    from . import retrieval_eval
+
+    path = Path(args.file) if args.file else config.ROOT / "knowledge/eval/dev.jsonl"
+    if not path.is_file():
+        print(f"eval-retrieval: no such file: {path}", file=sys.stderr)
+        return 2
+    rows = retrieval_eval.load_questions(path)
+    searcher = _searcher(_db(), args.embedder)
+    result = retrieval_eval.evaluate(searcher, rows, args.k)
+    result["load_ms"] = searcher.load_ms
+    result["embedder"] = searcher.embedder_name
+    print(json.dumps(result, ensure_ascii=False) if args.json else retrieval_eval.format_report(result, path))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from . import console
+
+    return console.run(_searcher(_db()), k=args.k or config.get("BOT_SEARCH_K"))
+
+
+def cmd_settings(args) -> int:
+    rows = [{"name": s.name, "value": str(config.get(s.name)), "default": s.default, "help": s.help}
+            for s in config.SETTINGS]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+    else:
+        for r in rows:
+            print(f"{r['name']}={r['value']}\n    {r['help']}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bot", description="Knowledge-base assistant for startup teams.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("index", help="index the knowledge base (or the given files and folders), incrementally")
+    s.add_argument("paths", nargs="*", help="Markdown/text files or folders (default: BOT_KNOWLEDGE_DIR)")
+    s.add_argument("--json", action="store_true", help="print a JSON report")
+    s.set_defaults(fn=cmd_index)
+
+    s = sub.add_parser("search", help="find the passages that answer a question")
+    s.add_argument("question", nargs="?", help="the question, in Chinese or English")
+    s.add_argument("--k", type=int, default=None, help="how many passages (default: BOT_SEARCH_K)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--batch", metavar="FILE.jsonl", help='read {"id", "question"} lines ("-" for stdin); print one JSON line each')
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("eval-retrieval", help="recall@1, recall@k, MRR per language and latency on a question set")
+    s.add_argument("file", nargs="?", help="question set (default: knowledge/eval/dev.jsonl)")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--embedder", default=None, help="override BOT_EMBEDDER for this run")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_eval_retrieval)
+
+    s = sub.add_parser("chat", help="terminal chat: ask questions, get answers with sources")
+    s.add_argument("--k", type=int, default=None)
+    s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("settings", help="show every setting, its current value and what it does")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_settings)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not getattr(args, "fn", None):
+        p.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

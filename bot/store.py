@@ -1,0 +1,186 @@
+"""All SQL lives here: the database, its ordered migrations, and the queries.
+
+One SQLite file (WAL mode, so the bot and the worker can read while one
+writes) through sqlite-utils. Migrations are plain functions applied in order
+and recorded in `_migrations`, as simonw's `llm` does: a migration, once
+shipped, is never edited; a change is a new function at the end.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_knowledge(db: sqlite_utils.Database) -> None:
+    db["documents"].create(
+        {"doc": str, "source": str, "sha256": str, "size": int, "mtime": float, "indexed_at": float, "chunks": int},
+        pk="doc",
+    )
+    # A passage is stored once however often it appears; `occurrences` says where.
+    db["passages"].create({"id": int, "hash": str, "text": str, "tokens": str}, pk="id")
+    db["passages"].create_index(["hash"], unique=True)
+    db["occurrences"].create(
+        {"doc": str, "ord": int, "heading": str, "passage_id": int},
+        pk=("doc", "ord"),
+        foreign_keys=[("doc", "documents", "doc"), ("passage_id", "passages", "id")],
+    )
+    db["occurrences"].create_index(["passage_id"])
+    db["embeddings"].create(
+        {"passage_id": int, "model": str, "vector": bytes},
+        pk=("passage_id", "model"),
+        foreign_keys=[("passage_id", "passages", "id")],
+    )
+    # English stem -> Chinese words of the corpus, with weights (crosslingual.py).
+    db["lexicon"].create({"term": str, "zh": str, "weight": float}, pk=("term", "zh"))
+    db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+def connect(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_utils.Database(str(path))
+    db.execute("PRAGMA busy_timeout = 10000")
+    db.execute("PRAGMA foreign_keys = ON")
+    if str(path) != ":memory:":
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    db["_migrations"].create({"name": str, "applied_at": float}, pk="name", if_not_exists=True)
+    done = {r["name"] for r in db["_migrations"].rows}
+    for fn in MIGRATIONS:
+        if fn.__name__ not in done:
+            with db.conn:
+                fn(db)
+                db["_migrations"].insert({"name": fn.__name__, "applied_at": time.time()})
+
+
+# --- knowledge base -------------------------------------------------------
+
+
+def document(db, doc: str) -> dict | None:
+    rows = list(db.query("select * from documents where doc = ?", [doc]))
+    return rows[0] if rows else None
+
+
+def documents(db) -> list[dict]:
+    return list(db.query("select * from documents order by doc"))
+
+
+def remove_document(db, doc: str) -> None:
+    """Forget a document; passages no other document shares go with it."""
+    with db.conn:
+        db.execute("delete from occurrences where doc = ?", [doc])
+        db.execute("delete from documents where doc = ?", [doc])
+        _drop_orphans(db)
+
+
+def _drop_orphans(db) -> None:
+    orphan = "select id from passages where id not in (select passage_id from occurrences)"
+    db.execute(f"delete from embeddings where passage_id in ({orphan})")
+    db.execute(f"delete from passages where id in ({orphan})")
+
+
+def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) -> list[int]:
+    """Store a document's chunks (heading, text, hash, tokens) in one transaction.
+
+    Plain SQL here rather than sqlite-utils' insert helpers: those commit on
+    their own, and a crash half-way must leave the previous version intact.
+    Returns the ids of passages that were new to the database.
+    """
+    new: list[int] = []
+    with db.conn:
+        db.execute("delete from occurrences where doc = ?", [record["doc"]])
+        db.execute(
+            "insert or replace into documents (doc, source, sha256, size, mtime, indexed_at, chunks)"
+            " values (:doc, :source, :sha256, :size, :mtime, :indexed_at, :chunks)",
+            {**record, "chunks": len(chunks)},
+        )
+        for ord_, (heading, text, digest, tokens) in enumerate(chunks):
+            row = db.execute("select id from passages where hash = ?", [digest]).fetchone()
+            if row:
+                pid = row[0]
+            else:
+                pid = db.execute(
+                    "insert into passages (hash, text, tokens) values (?, ?, ?)", [digest, text, tokens]
+                ).lastrowid
+                new.append(pid)
+            db.execute(
+                "insert or ignore into occurrences (doc, ord, heading, passage_id) values (?, ?, ?, ?)",
+                [record["doc"], ord_, heading, pid],
+            )
+        _drop_orphans(db)
+    return new
+
+
+def replace_document_meta(db, record: dict) -> None:
+    """A file touched but not changed: remember its new mtime so the next run skips it cheaply."""
+    with db.conn:
+        db.execute("update documents set mtime = ?, size = ?, indexed_at = ? where doc = ?",
+                   [record["mtime"], record["size"], record["indexed_at"], record["doc"]])
+
+
+def passages(db) -> list[dict]:
+    """Every passage with the first place it occurs (document order), for building indexes."""
+    sql = """
+    select p.id, p.text, p.tokens, o.doc, o.heading
+    from passages p
+    join occurrences o on o.rowid = (
+        select rowid from occurrences where passage_id = p.id order by doc, ord limit 1)
+    order by p.id
+    """
+    return list(db.query(sql))
+
+
+def passage_count(db) -> int:
+    return db.execute("select count(*) from passages").fetchone()[0]
+
+
+def embeddings(db, model: str) -> dict[int, bytes]:
+    return {r[0]: r[1] for r in db.execute("select passage_id, vector from embeddings where model = ?", [model])}
+
+
+def save_embeddings(db, model: str, vectors: dict[int, bytes]) -> None:
+    with db.conn:
+        db.conn.executemany(
+            "insert or replace into embeddings (passage_id, model, vector) values (?, ?, ?)",
+            [(pid, model, v) for pid, v in vectors.items()],
+        )
+
+
+def lexicon(db) -> dict[str, list[tuple[str, float]]]:
+    out: dict[str, list[tuple[str, float]]] = {}
+    for term, zh, weight in db.execute("select term, zh, weight from lexicon order by term, weight desc"):
+        out.setdefault(term, []).append((zh, weight))
+    return out
+
+
+def save_lexicon(db, rows: Iterable[tuple[str, str, float]]) -> None:
+    with db.conn:
+        db.execute("delete from lexicon")
+        db.conn.executemany("insert or replace into lexicon (term, zh, weight) values (?, ?, ?)", list(rows))
+
+
+def get_meta(db, key: str) -> str | None:
+    row = db.execute("select value from meta where key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(db, key: str, value: str) -> None:
+    with db.conn:
+        db.execute("insert or replace into meta (key, value) values (?, ?)", [key, value])

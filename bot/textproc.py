@@ -1,0 +1,86 @@
+"""Lexical tokens for Chinese and English text, shared by indexing and search.
+
+Chinese runs go through jieba's search mode, which emits both a compound and
+its parts (语音识别 -> 语音, 识别, 语音识别), and through character bigrams,
+which catch words jieba segments differently in a question and in a passage.
+English words are lower-cased and Snowball-stemmed, so "recognise",
+"recognition" and "recognized" meet. Measured choices: see README, Retrieval.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+
+CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+WORD_RE = re.compile(r"[a-z0-9][a-z0-9+#.\-]*[a-z0-9+#]|[a-z0-9]")
+TOKEN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[A-Za-z0-9][A-Za-z0-9+#.\-]*")
+
+# Function words that carry no topic. Short on purpose: BM25's IDF already
+# discounts frequent words; these are the ones frequent in questions but not
+# in passages, where IDF cannot see them.
+ZH_STOP = set(
+    "的 了 是 在 和 与 及 或 等 中 对 为 把 被 也 都 就 而 并 其 之 这 那 有 个 上 下 "
+    "什么 哪些 哪个 哪 如何 怎么 怎样 为什么 是否 吗 呢 吧 啊 么 "
+    "文章 文中 一文 提到 提出 认为 介绍 根据 里 时 可以 哪两 哪三 几".split()
+)
+EN_STOP = set(
+    """a an the and or of to in on for with by as at from is are was were be been being it its this that these
+    those which what who whom whose how why when where does do did can could should would may might must will
+    shall not no according article document documents text described describe suggest suggests recommend
+    recommends say says said give given listed list mention mentioned example examples name named one two three
+    any all some than then there their they them about into over under after before during also such other
+    use used using""".split()
+)
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import snowballstemmer
+
+    return snowballstemmer.stemmer("english")
+
+
+def stem(word: str) -> str:
+    return _stemmer().stemWord(word)
+
+
+def english_words(text: str) -> list[str]:
+    """Content words of English text, stemmed, in order (stopwords dropped)."""
+    return [stem(w) for w in WORD_RE.findall(text.lower()) if w not in EN_STOP and not w.isdigit()]
+
+
+def chinese_words(run: str) -> list[str]:
+    return [w for w in _jieba().cut_for_search(run) if w.strip() and w not in ZH_STOP]
+
+
+def bigrams(run: str) -> list[str]:
+    return [run[i : i + 2] for i in range(len(run) - 1)] if len(run) > 1 else [run]
+
+
+def tokens(text: str) -> list[str]:
+    """Lexical tokens of text in any mix of Chinese and English."""
+    out: list[str] = []
+    for m in TOKEN_RE.finditer(text):
+        piece = m.group()
+        if CJK_RE.fullmatch(piece):
+            out.extend(chinese_words(piece))
+            out.extend("~" + b for b in bigrams(piece))
+        else:
+            out.extend(english_words(piece))
+    return out
+
+
+def is_mostly_english(text: str) -> bool:
+    cjk = sum(len(m) for m in CJK_RE.findall(text))
+    latin = len(re.findall(r"[A-Za-z]", text))
+    return latin > 2 * cjk
