@@ -132,6 +132,16 @@ def cmd_eval_retrieval(args) -> int:
         print(f"eval-retrieval: no such file: {path}", file=sys.stderr)
         return 2
     rows = retrieval_eval.load_questions(path)
+    if args.compare:
+        db = _db()
+        _searcher(db, "none")  # indexes a fresh database
+        results = retrieval_eval.compare(db, rows, args.k)
+        if args.json:
+            print(json.dumps({name: {k: v for k, v in r.items() if k != "misses"} for name, r in results.items()}))
+        else:
+            print(path)
+            print(retrieval_eval.format_comparison(results, args.k))
+        return 0
     searcher = _searcher(_db(), args.embedder)
     result = retrieval_eval.evaluate(searcher, rows, args.k)
     result["load_ms"] = searcher.load_ms
@@ -177,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?", help="question set (default: knowledge/eval/dev.jsonl)")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--embedder", default=None, help="override BOT_EMBEDDER for this run")
+    s.add_argument("--compare", action="store_true", help="compare the lexical designs we chose between")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval_retrieval)
 

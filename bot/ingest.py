@@ -19,13 +19,15 @@ from pathlib import Path
 from . import crosslingual, store, textproc
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+CHUNKER_VERSION = 1  # bump when chunk_markdown's output changes
 
 # Chat-template control tokens (ChatML, Llama, generic). They must never reach
 # a prompt or a training set, where they would end a turn early.
 CHAT_TOKEN_RE = re.compile(r"<\|[A-Za-z_]{2,20}\|>|</?s>(?=\s|$|#)")
 HEADING_RE = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
-SENTENCE_END_RE = re.compile(r"(?<=[。！？；!?;])")
+# English sentences end with ". " (a period before whitespace, so 3.14 and e.g.x stay whole).
+SENTENCE_END_RE = re.compile(r"(?<=[。！？；!?;])|(?<=\.)(?=\s)")
 
 
 @dataclass
@@ -218,6 +220,12 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     files, roots, reports = _discover(paths)
     seen: set[str] = set()
     changed = False
+    # A different chunker or chunk size makes every stored passage stale.
+    signature = f"{CHUNKER_VERSION}:{limit}"
+    rechunk = store.get_meta(db, "chunker") not in (None, signature)
+    if rechunk:
+        known = {f.absolute() for f in files}
+        files += [Path(d["source"]) for d in store.documents(db) if Path(d["source"]) not in known]
     bar = tqdm(files, desc="indexing", unit="file", disable=not progress or len(files) < 2, leave=False)
     for path in bar:
         doc = doc_name(path, knowledge_dir)
@@ -226,7 +234,7 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
         old = store.document(db, doc)
         try:
             st = path.stat()
-            if old and old["size"] == st.st_size and old["mtime"] == st.st_mtime:
+            if old and not rechunk and old["size"] == st.st_size and old["mtime"] == st.st_mtime:
                 reports.append(FileReport(doc, "unchanged", chunks=old["chunks"]))
                 continue
             data_text = read_text(path)
@@ -236,18 +244,24 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
                 store.remove_document(db, doc)
                 changed = True
             continue
-        except OSError as e:
+        except OSError as e:  # stat failed: e.g. a file now replaced by a broken link
             reports.append(FileReport(doc, "skipped", f"unreadable: {e.strerror or e}"))
+            if old:
+                store.remove_document(db, doc)
+                changed = True
             continue
         digest = file_digest(data_text.encode())
         record = {"doc": doc, "source": str(path.absolute()), "sha256": digest, "size": st.st_size,
                   "mtime": st.st_mtime, "indexed_at": time.time()}
-        if old and old["sha256"] == digest:  # touched but not changed
+        if old and not rechunk and old["sha256"] == digest:  # touched but not changed
             store.replace_document_meta(db, record)
             reports.append(FileReport(doc, "unchanged", chunks=old["chunks"]))
             continue
         chunks = chunk_markdown(data_text, title=path.stem, limit=limit)
-        rows = [(c.heading, c.text, passage_hash(c.text), " ".join(textproc.tokens(f"{c.heading}\n{c.text}")))
+        # Every passage also carries its document's name, so "the platform-advantage
+        # article" or "用户优势一文" can prefer the right document.
+        title = f"{path.stem.replace('-', ' ').replace('_', ' ')} {chunks[0].heading.split(' > ')[0] if chunks else ''}"
+        rows = [(c.heading, c.text, passage_hash(c.text), " ".join(textproc.tokens(f"{title}\n{c.heading}\n{c.text}")))
                 for c in chunks]
         new = store.replace_document(db, record, rows)
         reports.append(FileReport(doc, "indexed", chunks=len(rows), new_passages=new))
@@ -266,6 +280,7 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
                 store.remove_document(db, doc)
                 reports.append(FileReport(doc, "removed", "file deleted: its passages were removed"))
                 changed = True
+    store.set_meta(db, "chunker", signature)
     if changed or store.get_meta(db, "lexicon_built") is None:
         rebuild_lexicon(db)
     return reports

@@ -77,3 +77,88 @@ def format_report(result: dict, path: Path) -> str:
         where = f"rank {m['rank']}" if m["rank"] else f"not in top {k}"
         lines.append(f"  miss {m['id']} ({m['lang']}, {where}): {m['question']}")
     return "\n".join(lines)
+
+
+class _Variant:
+    """A stripped-down searcher over (doc, heading, text, tokens) units, for comparisons."""
+
+    def __init__(self, units: list[dict], tokenize, lexicon=None):
+        from .retrieval import Hit, LexicalRetriever
+
+        self.units, self.tokenize, self._hit = units, tokenize, Hit
+        self.lex = LexicalRetriever([u["tokens"] for u in units], lexicon or {})
+        if lexicon is None:  # no query translation: plain bag of query tokens
+            self.lex.query_weights = lambda q: {t: 1.0 for t in self.tokenize(q)}
+
+    def search(self, question: str, k: int):
+        return [self._hit(0, self.units[i]["doc"], self.units[i]["heading"], self.units[i]["text"], s)
+                for i, s in self.lex.rank(question, k)]
+
+
+class _Fts5Variant:
+    """SQLite FTS5's bm25() over the same tokens as ours (space-joined)."""
+
+    def __init__(self, units: list[dict]):
+        import sqlite3
+
+        from .retrieval import Hit
+
+        self.units, self._hit = units, Hit
+        self.conn = sqlite3.connect(":memory:")
+        self.conn.execute("create virtual table f using fts5(body, tokenize=\"unicode61 tokenchars '~'\")")
+        self.conn.executemany("insert into f(rowid, body) values (?, ?)",
+                              [(i, " ".join(u["tokens"])) for i, u in enumerate(units)])
+
+    def search(self, question: str, k: int):
+        from . import textproc
+
+        terms = {t.replace('"', "") for t in textproc.tokens(question)}
+        if not terms:
+            return []
+        match = " OR ".join(f'"{t}"' for t in terms)
+        rows = self.conn.execute("select rowid, -bm25(f) from f where f match ? order by bm25(f) limit ?", [match, k])
+        return [self._hit(0, self.units[i]["doc"], self.units[i]["heading"], self.units[i]["text"], s) for i, s in rows]
+
+
+def compare(db, rows: list[dict], k: int = 5) -> dict[str, dict]:
+    """The lexical designs we measured before choosing, on the same questions."""
+    from . import store, textproc
+    from .retrieval import Searcher
+
+    passages = store.passages(db)
+    for p in passages:
+        p["tokens"] = p["tokens"].split(" ") if p["tokens"] else []
+    sections: dict[tuple[str, str], dict] = {}
+    for p in passages:
+        s = sections.setdefault((p["doc"], p["heading"]), {"doc": p["doc"], "heading": p["heading"], "text": ""})
+        s["text"] += p["text"] + "\n\n"
+
+    def char_bigrams(text):
+        return ["~" + b for m in textproc.CJK_RE.findall(text) for b in textproc.bigrams(m)] + textproc.english_words(text)
+
+    def jieba_only(text):
+        return [t for t in textproc.tokens(text) if not t.startswith("~")]
+
+    def units(items, tokenize):
+        return [{**u, "tokens": tokenize(f"{u['heading']}\n{u['text']}")} for u in items]
+
+    variants = {
+        "bigram BM25, heading sections": _Variant(units(sections.values(), char_bigrams), char_bigrams),
+        "bigram BM25, passages": _Variant(units(passages, char_bigrams), char_bigrams),
+        "jieba BM25, passages": _Variant(units(passages, jieba_only), jieba_only),
+        "jieba+bigram BM25, passages": _Variant(passages, textproc.tokens),
+        "jieba+bigram FTS5, passages": _Fts5Variant(passages),
+        "default (+ doc names, EN->ZH lexicon)": Searcher(db, "none"),
+    }
+    return {name: evaluate(v, rows, k) for name, v in variants.items()}
+
+
+def format_comparison(results: dict[str, dict], k: int = 5) -> str:
+    langs = sorted({lang for r in results.values() for lang in r["by_lang"]})
+    head = f"{'variant':<40}" + "".join(f"{lang + ' r@1':>9}{lang + f' r@{k}':>9}" for lang in langs) + f"{'p95 ms':>9}"
+    lines = [head]
+    for name, r in results.items():
+        cells = "".join(f"{r['by_lang'][lang]['recall@1']:>9.3f}{r['by_lang'][lang][f'recall@{k}']:>9.3f}"
+                        if lang in r["by_lang"] else f"{'-':>9}{'-':>9}" for lang in langs)
+        lines.append(f"{name:<40}{cells}{r['latency_ms']['p95']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""The README is the user's manual: it must name every command, setting and process."""
+import re
+from pathlib import Path
+
+from bot import cli, config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_in_the_readme_table():
+    missing = [s.name for s in config.SETTINGS if f"| `{s.name}` |" not in README]
+    assert not missing, f"settings missing from the README table: {missing}"
+
+
+def test_every_readme_setting_exists():
+    documented = set(re.findall(r"\| `(BOT_[A-Z_]+)` \|", README))
+    assert documented <= {s.name for s in config.SETTINGS}, documented - {s.name for s in config.SETTINGS}
+
+
+def test_every_setting_has_help_and_default():
+    for s in config.SETTINGS:
+        assert s.name.startswith("BOT_") and s.help.strip() and s.default != ""
+
+
+def test_every_cli_command_is_in_the_readme():
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    missing = [name for name in sub.choices if f"`python -m bot {name}" not in README]
+    assert not missing, f"commands missing from the README: {missing}"
+
+
+def test_every_procfile_process_is_in_the_readme():
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip():
+            name, command = line.split(":", 1)
+            assert f"| `{name}` | `{command.strip()}` |" in README
+
+
+def test_quick_start_names_the_two_commands():
+    assert "make run" in README and "make test" in README
