@@ -32,6 +32,55 @@ def _searcher(db, embedder: str | None = None):
     return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
 
 
+def _answerer(db, model: str | None = None):
+    """The answering pipeline with the model loaded lazily, on first question."""
+    from . import answering
+
+    searcher = _searcher(db)
+    preset_name = model or config.get("BOT_MODEL")
+    if preset_name.lower() == "none":
+        return answering.Answerer(db, searcher, None)
+
+    def load():
+        from . import generation
+
+        gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
+                              adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+        return generation.ModelWorker(gen)
+
+    budgets = {}
+    try:
+        from . import presets
+
+        gen_cfg = presets.load(preset_name).generation
+        budgets = {k: gen_cfg[k] for k in ("context_budget", "history_budget", "max_new_tokens") if k in gen_cfg}
+    except Exception as e:  # a bad preset name: the answerer reports it as the fallback reason
+        def load(e=e):
+            raise RuntimeError(f"bad model preset {preset_name!r}: {e}")
+    return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
+                              timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
+
+
+def cmd_ask(args) -> int:
+    from . import answering
+
+    if not args.question.strip():
+        print("ask: the question is empty", file=sys.stderr)
+        return 2
+    answerer = _answerer(_db(), args.model)
+    stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
+    result = answerer.ask(args.question, answering.Context(platform="cli", user=args.user or ""), on_token=stream)
+    if args.json:
+        print(json.dumps(result.as_json(), ensure_ascii=False))
+        return 0
+    from . import console
+
+    if stream:
+        print()
+    print(console.render_answer(result, streamed=bool(stream)))
+    return 0
+
+
 def cmd_index(args) -> int:
     from . import ingest, retrieval, store
 
@@ -153,7 +202,7 @@ def cmd_eval_retrieval(args) -> int:
 def cmd_chat(args) -> int:
     from . import console
 
-    return console.run(_searcher(_db()), k=args.k or config.get("BOT_SEARCH_K"))
+    return console.run(_answerer(_db(), args.model))
 
 
 def cmd_settings(args) -> int:
@@ -191,8 +240,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval_retrieval)
 
-    s = sub.add_parser("chat", help="terminal chat: ask questions, get answers with sources")
-    s.add_argument("--k", type=int, default=None)
+    s = sub.add_parser("ask", help="answer a question with the model and numbered sources")
+    s.add_argument("question")
+    s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
+    s.add_argument("--user", default=None, help="who is asking (recorded with the answer)")
+    s.add_argument("--json", action="store_true", help='print {"id", "answer", "citations", "mode", "model", "adapter", "ms"}')
+    s.set_defaults(fn=cmd_ask)
+
+    s = sub.add_parser("chat", help="terminal chat with history: answers with sources")
+    s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
     s.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")

@@ -34,6 +34,9 @@ SETTINGS: tuple[Setting, ...] = (
         "Dense embedder fused with the lexical index: `none`, `minilm` (English all-MiniLM-L6-v2 shipped "
         "in a package, offline), or any sentence-transformers model id or path (e.g. `BAAI/bge-m3` on a GPU host).",
     ),
+    Setting("BOT_MODEL", "qwen2.5-0.5b-instruct", "Model preset (a file in models/): `qwen2.5-0.5b-instruct`, `qwen2.5-7b-instruct`, `tiny`, or `none` for retrieval-only answers."),
+    Setting("BOT_CACHE_DIR", ".cache/models", "Where offline-built models (the `tiny` preset) are kept; tests and demos share it.", "path"),
+    Setting("BOT_GENERATION_TIMEOUT", "300", "Seconds an answer may take before the user gets the retrieval-only answer instead.", "float"),
     Setting("BOT_SEARCH_K", "5", "How many passages a search returns by default.", "int"),
     Setting("BOT_CHUNK_CHARS", "600", "Target passage size in characters when a section is split into passages.", "int"),
 )

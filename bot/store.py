@@ -7,6 +7,7 @@ shipped, is never edited; a change is a new function at the end.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -44,6 +45,24 @@ def m001_knowledge(db: sqlite_utils.Database) -> None:
     # English stem -> Chinese words of the corpus, with weights (crosslingual.py).
     db["lexicon"].create({"term": str, "zh": str, "weight": float}, pk=("term", "zh"))
     db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+@migration
+def m002_answers(db: sqlite_utils.Database) -> None:
+    # Everything needed to learn from feedback later: who asked where, what
+    # they saw (passage ids and text, since the index changes), and which
+    # model and adapter produced the answer.
+    db["answers"].create(
+        {
+            "id": str, "created_at": float, "platform": str, "channel": str, "thread": str, "user": str,
+            "question": str, "passages": str, "answer": str, "citations": str, "mode": str, "notice": str,
+            "model": str, "revision": str, "adapter": str, "latency_ms": float, "retrieval_ms": float,
+            "prompt_tokens": int, "completion_tokens": int,
+        },
+        pk="id",
+    )
+    db["answers"].create_index(["platform", "channel", "thread", "created_at"])
+    db["answers"].create_index(["user", "created_at"])
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
@@ -184,3 +203,37 @@ def get_meta(db, key: str) -> str | None:
 def set_meta(db, key: str, value: str) -> None:
     with db.conn:
         db.execute("insert or replace into meta (key, value) values (?, ?)", [key, value])
+
+
+# --- answers --------------------------------------------------------------
+
+
+def record_answer(db, row: dict) -> None:
+    row = {**row, "passages": json.dumps(row["passages"], ensure_ascii=False),
+           "citations": json.dumps(row["citations"], ensure_ascii=False)}
+    cols = ", ".join(row)
+    with db.conn:
+        db.execute(f"insert into answers ({cols}) values ({', '.join(':' + c for c in row)})", row)
+
+
+def answer(db, answer_id: str) -> dict | None:
+    row = db.execute("select * from answers where id = ?", [answer_id]).fetchone()
+    if not row:
+        return None
+    cols = [d[0] for d in db.execute("select * from answers limit 0").description]
+    out = dict(zip(cols, row))
+    out["passages"] = json.loads(out["passages"])
+    out["citations"] = json.loads(out["citations"])
+    return out
+
+
+def thread_turns(db, platform: str, channel: str, thread: str, limit: int = 10) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a conversation, oldest first."""
+    if not thread:
+        return []
+    rows = db.execute(
+        "select question, answer from answers where platform = ? and channel = ? and thread = ?"
+        " order by created_at desc limit ?",
+        [platform, channel, thread, limit],
+    ).fetchall()
+    return [(q, a) for q, a in reversed(rows)]
