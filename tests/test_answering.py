@@ -1,0 +1,181 @@
+"""The answering pipeline: citations, fallback, thread context and the answer log.
+
+The model is the one thing faked here (a scripted generator, as simonw's `llm`
+does); retrieval, SQLite and the prompt builder are real. The real tiny
+model runs the same pipeline in test_models.py.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bot import answering, ingest, prompts, retrieval, store
+
+DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
+
+
+class Scripted:
+    """Replies with scripted texts in order, streaming them a character at a time."""
+
+    model_id, revision = "scripted/model", "rev1"
+
+    def __init__(self, *replies, fail: Exception | None = None):
+        self.replies, self.fail, self.seen = list(replies), fail, []
+
+    def count_tokens(self, text):
+        return len(text)
+
+    def generate(self, messages, max_new_tokens=None, on_token=None):
+        self.seen.append(messages)
+        if self.fail:
+            raise self.fail
+        text = self.replies.pop(0)
+        for ch in text:
+            if on_token:
+                on_token(ch)
+        return SimpleNamespace(text=text, prompt_tokens=123, completion_tokens=len(text), adapter="v0001")
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    db = store.connect(tmp_path_factory.mktemp("ans") / "bot.db")
+    ingest.index_paths(db, [DOCS], DOCS, progress=False)
+    return db, retrieval.Searcher(db)
+
+
+def make(indexed, generator, **kw):
+    db, searcher = indexed
+    return answering.Answerer(db, searcher, generator, **kw)
+
+
+def test_citations_map_to_the_passages_shown(indexed):
+    gen = Scripted("边缘计算是在靠近数据源的地方进行计算[2]，可降低延迟[1]。")
+    ans = make(indexed, gen).ask("术语表中边缘计算是如何解释的？")
+    assert ans.mode == "llm"
+    assert [c.n for c in ans.citations] == [2, 1]
+    assert ans.citations[0].text == ans.passages[1].text and ans.citations[0].doc == ans.passages[1].doc
+    assert ans.notice == ""
+
+
+def test_citations_to_missing_passages_are_dropped_and_said(indexed):
+    gen = Scripted("答案在这里[1]，还有一处[9]。")
+    ans = make(indexed, gen).ask("什么是边缘计算？")
+    assert "[9]" not in ans.answer and "[1]" in ans.answer
+    assert [c.n for c in ans.citations] == [1]
+    assert "[9]" in ans.notice
+
+
+def test_an_answer_citing_nothing_says_so(indexed):
+    ans = make(indexed, Scripted("资料中没有相关信息。")).ask("公司C 在 2022 年的营收是多少？")
+    assert ans.citations == [] and "cites no passage" in ans.notice
+
+
+def test_tokens_stream_to_the_callback(indexed):
+    pieces = []
+    ans = make(indexed, Scripted("流式输出[1]")).ask("什么是边缘计算？", on_token=pieces.append)
+    assert "".join(pieces) == "流式输出[1]" == ans.answer
+
+
+def test_no_model_falls_back_to_passages_with_a_notice(indexed):
+    def load():
+        raise RuntimeError("the model hub is unreachable")
+
+    ans = make(indexed, load).ask("What is FairScale described as?")
+    assert ans.mode == "retrieval-only" and ans.model is None
+    assert "unreachable" in ans.answer and "unavailable" in ans.answer
+    assert ans.citations and ans.citations[0].doc == "platform-advantage.md"
+    assert "FairScale" in ans.answer  # the passage itself is shown
+
+
+def test_model_failure_mid_answer_apologises_and_falls_back(indexed):
+    ans = make(indexed, Scripted(fail=MemoryError("CUDA out of memory"))).ask("什么是边缘计算？")
+    assert ans.mode == "retrieval-only"
+    assert ans.answer.startswith("抱歉") and ans.citations
+    assert "MemoryError" in ans.notice
+
+
+def test_a_hung_model_never_hangs_the_user(indexed):
+    class Hung:
+        model_id, revision = "hung", "x"
+
+        def submit(self, messages, max_new_tokens=None, on_token=None):
+            return concurrent.futures.Future()  # never resolved
+
+    ans = make(indexed, Hung(), timeout_s=0.2).ask("什么是边缘计算？")
+    assert ans.mode == "retrieval-only" and "TimeoutError" in ans.notice
+
+
+def test_follow_up_in_a_thread_sees_earlier_turns(indexed):
+    gen = Scripted("FairScale 是分布式训练框架[1]。", "它能提高训练效率[1]。", "无关[1]")
+    answerer = make(indexed, gen)
+    ctx = answering.Context(platform="slack", user="U1", channel="C1", thread="T1")
+    answerer.ask("FairScale 是什么？", ctx)
+    answerer.ask("它有什么好处？", ctx)
+    second = gen.seen[1]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[1]["content"] == "FairScale 是什么？" and "分布式训练框架" in second[2]["content"]
+    # another thread starts fresh
+    answerer.ask("它有什么好处？", answering.Context(platform="slack", user="U1", channel="C1", thread="T2"))
+    assert [m["role"] for m in gen.seen[2]] == ["system", "user"]
+
+
+def test_the_log_row_is_complete(indexed):
+    db, _ = indexed
+    ctx = answering.Context(platform="discord", user="U9", channel="C9", thread="T9")
+    ans = make(indexed, Scripted("回答[1]")).ask("什么是边缘计算？", ctx)
+    row = store.answer(db, ans.id)
+    for key in ("id", "created_at", "platform", "channel", "thread", "user", "question", "passages", "answer",
+                "model", "revision", "adapter", "latency_ms", "retrieval_ms", "prompt_tokens",
+                "completion_tokens", "mode"):
+        assert row[key] not in (None, ""), key
+    assert (row["platform"], row["channel"], row["thread"], row["user"]) == ("discord", "C9", "T9", "U9")
+    assert row["model"] == "scripted/model" and row["revision"] == "rev1" and row["adapter"] == "v0001"
+    assert row["passages"][0]["id"] is not None and row["passages"][0]["text"] == ans.passages[0].text
+    assert row["prompt_tokens"] == 123 and row["completion_tokens"] == len("回答[1]")
+
+
+def test_retrieval_only_answers_are_logged_too(indexed):
+    db, _ = indexed
+    ans = make(indexed, None).ask("什么是边缘计算？")
+    row = store.answer(db, ans.id)
+    assert row["mode"] == "retrieval-only" and row["notice"].startswith("model unavailable")
+
+
+# --- the prompt builder (pure) --------------------------------------------
+
+P = [prompts.Passage("a.md", "H1", "甲" * 100), prompts.Passage("b.md", "H2", "乙" * 100),
+     prompts.Passage("c.md", "H3", "丙" * 100)]
+
+
+def test_prompt_numbers_and_delimits_passages():
+    msgs = prompts.build_messages("问题？", P[:2])
+    body = msgs[-1]["content"]
+    assert '<passage n="1" source="a.md › H1">' in body and '<passage n="2" source="b.md › H2">' in body
+    assert body.index("<passages>") < body.index("问题？")
+    assert "引用" in msgs[0]["content"] and "[1]" in msgs[0]["content"]
+
+
+def test_prompt_answers_in_the_question_language():
+    assert prompts.build_messages("What is it?", P)[0]["content"] == prompts.SYSTEM_EN
+    assert prompts.build_messages("这是什么？", P)[0]["content"] == prompts.SYSTEM_ZH
+
+
+def test_context_budget_keeps_the_best_passages_that_fit():
+    assert [p.doc for p in prompts.fit_passages(P, 250, len)] == ["a.md", "b.md"]
+    trimmed = prompts.fit_passages(P, 60, len)
+    assert len(trimmed) == 1 and len(trimmed[0].text) + 16 <= 60
+
+
+def test_history_budget_keeps_the_most_recent_turns():
+    turns = [prompts.Turn(f"q{i}", "a" * 50) for i in range(5)]
+    kept = prompts.fit_history(turns, 130, len)
+    assert [t.question for t in kept] == ["q3", "q4"]
+
+
+def test_training_example_is_the_serving_prompt_plus_the_answer():
+    serve = prompts.build_messages("问题？", P)
+    train = prompts.training_messages("问题？", P, "答案[1]")
+    assert train[:-1] == serve and train[-1] == {"role": "assistant", "content": "答案[1]"}
