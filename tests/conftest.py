@@ -40,7 +40,9 @@ def env(tmp_path, kb_dir, monkeypatch) -> SimpleNamespace:
     monkeypatch.setenv("BOT_DB", str(db_path))
     monkeypatch.setenv("BOT_KNOWLEDGE_DIR", str(kb_dir))
     monkeypatch.setenv("BOT_EMBEDDER", "none")
-    for name in ("BOT_SEARCH_K", "BOT_CHUNK_CHARS", "BOT_ADAPTERS_DIR"):
+    monkeypatch.setenv("BOT_MODEL", "none")  # retrieval-only answers: no model download or load
+    monkeypatch.setenv("BOT_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    for name in ("BOT_SEARCH_K", "BOT_CHUNK_CHARS", "BOT_GENERATION_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     work = tmp_path / "cwd"
     work.mkdir()
