@@ -44,8 +44,9 @@ def _answerer(db, model: str | None = None):
     def load():
         from . import generation
 
+        # This process only serves: keep bitsandbytes' fast CPU inference layout.
         gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
-                              adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+                              adapters_dir=config.get("BOT_ADAPTERS_DIR"), trainable=False)
         return generation.ModelWorker(gen)
 
     budgets = {}
@@ -205,6 +206,48 @@ def cmd_chat(args) -> int:
     return console.run(_answerer(_db(), args.model))
 
 
+def cmd_models(args) -> int:
+    from . import presets
+
+    if args.action == "list":
+        rows = []
+        for name in presets.names():
+            p = presets.load(name)
+            rows.append({"name": name, "hub_id": p.hub_id, "revision": p.revision, "dtype": p.dtype,
+                         "4bit": p.quantization.load_in_4bit, "description": p.description})
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False))
+        else:
+            current = config.get("BOT_MODEL")
+            for r in rows:
+                mark = "*" if r["name"] == current else " "
+                print(f"{mark} {r['name']:<24} {r['hub_id']}@{r['revision'][:12]}  "
+                      f"{'4-bit NF4' if r['4bit'] else r['dtype']}  {r['description']}")
+        return 0
+    if args.action == "build-tiny":
+        from . import tinymodel
+
+        t0 = time.perf_counter()
+        folder = tinymodel.build(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"), force=args.force,
+                                 log=lambda msg: print(msg, file=sys.stderr))
+        meta = json.loads((folder / "meta.json").read_text())
+        if args.json:
+            print(json.dumps({"path": str(folder), **meta}))
+        else:
+            print(f"tiny model at {folder} ({time.perf_counter() - t0:.1f} s; {meta.get('params', 0):,} parameters, "
+                  f"final loss {meta.get('final_loss', float('nan')):.2f})")
+        return 0
+    if args.action == "bench":
+        from . import model_bench
+
+        preset = args.preset or config.get("BOT_MODEL")
+        result = model_bench.run(preset, args.device, new_tokens=args.new_tokens, concurrency=args.concurrency,
+                                 log=lambda msg: print(msg, file=sys.stderr))
+        print(json.dumps(result) if args.json else model_bench.format_text(result))
+        return 0
+    return 2
+
+
 def cmd_settings(args) -> int:
     rows = [{"name": s.name, "value": str(config.get(s.name)), "default": s.default, "help": s.help}
             for s in config.SETTINGS]
@@ -250,6 +293,17 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="terminal chat with history: answers with sources")
     s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
     s.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("models", help="model presets: list, build-tiny (offline), bench (4-bit vs bf16)")
+    s.add_argument("action", choices=["list", "build-tiny", "bench"])
+    s.add_argument("preset", nargs="?", help="bench: the preset whose architecture to measure (default: BOT_MODEL)")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="bench: where to run")
+    s.add_argument("--new-tokens", type=int, default=32, help="bench: tokens generated per timing")
+    s.add_argument("--concurrency", type=int, default=None,
+                   help="bench: questions timed batched vs one by one (default 8 on cuda, none on cpu)")
+    s.add_argument("--force", action="store_true", help="build-tiny: rebuild even if it exists")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")
     s.add_argument("--json", action="store_true")

@@ -63,3 +63,15 @@ def indexed_kb(tmp_path_factory) -> SimpleNamespace:
     reports = ingest.index_paths(database, [kb], kb, progress=False)
     assert {r.status for r in reports} == {"indexed"}, reports
     return SimpleNamespace(db=database, db_path=db_path, kb_dir=kb, reports=reports)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny model (bot/tinymodel.py), built once into a cache that outlives test
+    sessions (about 20 s the first time): `BOT_CACHE_DIR`, default `.cache/models`."""
+    import os
+
+    from bot import tinymodel
+
+    cache = Path(os.environ.get("BOT_CACHE_DIR") or ROOT / ".cache" / "models")
+    return tinymodel.build(cache, DOCS, log=lambda *a: None)
