@@ -132,6 +132,10 @@ class Answerer:
             return self._generator
 
     @property
+    def generator_loaded(self) -> bool:
+        return self._generator is not None
+
+    @property
     def unavailable_reason(self) -> str | None:
         return self._unavailable
 

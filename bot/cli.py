@@ -248,9 +248,18 @@ def cmd_models(args) -> int:
     return 2
 
 
+def cmd_serve(args) -> int:
+    from . import serve
+
+    return serve.main()
+
+
 def cmd_settings(args) -> int:
-    rows = [{"name": s.name, "value": str(config.get(s.name)), "default": s.default, "help": s.help}
-            for s in config.SETTINGS]
+    def shown(s):  # secrets are never printed, only whether they are set
+        value = config.get(s.name)
+        return ("(set)" if value else "(not set)") if s.kind == "secret" else str(value)
+
+    rows = [{"name": s.name, "value": shown(s), "default": s.default, "help": s.help} for s in config.SETTINGS]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
     else:
@@ -304,6 +313,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="build-tiny: rebuild even if it exists")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("serve", help="run the assistant: Slack (HTTP or Socket Mode) and Discord, one process")
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")
     s.add_argument("--json", action="store_true")

@@ -21,7 +21,7 @@ class Setting:
     name: str
     default: str
     help: str
-    kind: str = "str"  # str | path | int | float
+    kind: str = "str"  # str | path | int | float | list | secret
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -37,6 +37,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BOT_MODEL", "qwen2.5-0.5b-instruct", "Model preset (a file in models/): `qwen2.5-0.5b-instruct`, `qwen2.5-7b-instruct`, `tiny`, or `none` for retrieval-only answers."),
     Setting("BOT_CACHE_DIR", ".cache/models", "Where offline-built models (the `tiny` preset) are kept; tests and demos share it.", "path"),
     Setting("BOT_GENERATION_TIMEOUT", "300", "Seconds an answer may take before the user gets the retrieval-only answer instead.", "float"),
+    Setting("BOT_SLACK_ADMINS", "", "Comma-separated Slack user ids allowed to run admin commands (/train, /adapter promote|rollback, /kb reindex).", "list"),
+    Setting("BOT_DISCORD_ADMINS", "", "Comma-separated Discord user or role ids allowed to run admin commands.", "list"),
+    Setting("PORT", "3000", "HTTP port of `serve` (Slack events at /slack/events, health at /healthz).", "int"),
+    Setting("SLACK_BOT_TOKEN", "", "Slack bot token (xoxb-...). Slack runs only when it is set.", "secret"),
+    Setting("SLACK_SIGNING_SECRET", "", "Slack signing secret: every HTTP request's signature is checked with it.", "secret"),
+    Setting("SLACK_APP_TOKEN", "", "Slack app-level token (xapp-...): when set, `serve` uses Socket Mode instead of HTTP.", "secret"),
+    Setting("SLACK_API_URL", "https://slack.com/api/", "Slack Web API base URL (tests point it at a local recorder)."),
+    Setting("DISCORD_TOKEN", "", "Discord bot token. The Discord client runs only when it is set.", "secret"),
     Setting("BOT_SEARCH_K", "5", "How many passages a search returns by default.", "int"),
     Setting("BOT_CHUNK_CHARS", "600", "Target passage size in characters when a section is split into passages.", "int"),
 )
@@ -66,6 +74,8 @@ def get(name: str, env: dict[str, str] | None = None):
             return ROOT / raw
     if setting.kind == "path":
         return Path(raw).expanduser().resolve()
+    if setting.kind == "list":
+        return [x.strip() for x in raw.split(",") if x.strip()]
     if setting.kind == "int":
         try:
             return int(raw)

@@ -65,6 +65,28 @@ def m002_answers(db: sqlite_utils.Database) -> None:
     db["answers"].create_index(["user", "created_at"])
 
 
+@migration
+def m003_feedback(db: sqlite_utils.Database) -> None:
+    # One vote per person per answer (the last click wins); corrections wait
+    # for review unless they come from someone trusted (the training issue).
+    db["votes"].create(
+        {"answer_id": str, "user": str, "platform": str, "value": int, "created_at": float},
+        pk=("answer_id", "user"), foreign_keys=[("answer_id", "answers", "id")],
+    )
+    db["corrections"].create(
+        {"id": int, "answer_id": str, "user": str, "platform": str, "text": str, "status": str,
+         "created_at": float, "reviewed_by": str, "reviewed_at": float},
+        pk="id", foreign_keys=[("answer_id", "answers", "id")],
+    )
+    db["corrections"].create_index(["answer_id"])
+    db["corrections"].create_index(["status"])
+    # Delivery ids already handled (Slack event ids and retries, Discord interaction ids).
+    db["deliveries"].create({"key": str, "created_at": float}, pk="key")
+    # Every move of the adapter pointer, so rollback knows where to go back to.
+    db["promotions"].create({"id": int, "version": str, "previous": str, "action": str, "by": str, "at": float},
+                            pk="id")
+
+
 def connect(path: Path | str) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate the database."""
     if str(path) != ":memory:":
@@ -237,3 +259,58 @@ def thread_turns(db, platform: str, channel: str, thread: str, limit: int = 10) 
         [platform, channel, thread, limit],
     ).fetchall()
     return [(q, a) for q, a in reversed(rows)]
+
+
+def recent_answers(db, platform: str, user: str, limit: int = 5) -> list[dict]:
+    rows = db.execute(
+        "select a.id, a.question, a.answer, a.created_at, v.value from answers a"
+        " left join votes v on v.answer_id = a.id and v.user = a.user"
+        " where a.platform = ? and a.user = ? order by a.created_at desc limit ?",
+        [platform, user, limit]).fetchall()
+    return [dict(zip(("id", "question", "answer", "created_at", "vote"), r)) for r in rows]
+
+
+# --- feedback -------------------------------------------------------------
+
+
+def record_vote(db, answer_id: str, user: str, platform: str, value: int) -> None:
+    with db.conn:
+        db.execute("insert or replace into votes (answer_id, user, platform, value, created_at)"
+                   " values (?, ?, ?, ?, ?)", [answer_id, user, platform, value, time.time()])
+
+
+def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending") -> int:
+    with db.conn:
+        return db.execute(
+            "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
+            [answer_id, user, platform, text, status, time.time()]).lastrowid
+
+
+def votes(db, answer_id: str) -> list[dict]:
+    return [dict(r) for r in db.query("select * from votes where answer_id = ?", [answer_id])]
+
+
+def corrections(db, answer_id: str | None = None, status: str | None = None) -> list[dict]:
+    sql, args = "select * from corrections where 1 = 1", []
+    if answer_id:
+        sql, args = sql + " and answer_id = ?", args + [answer_id]
+    if status:
+        sql, args = sql + " and status = ?", args + [status]
+    return list(db.query(sql + " order by id", args))
+
+
+def first_delivery(db, key: str) -> bool:
+    """True the first time `key` is seen: a retried delivery must not be answered twice."""
+    with db.conn:
+        return db.execute("insert or ignore into deliveries (key, created_at) values (?, ?)",
+                          [key, time.time()]).rowcount == 1
+
+
+def record_promotion(db, version: str | None, previous: str | None, action: str, by: str) -> None:
+    with db.conn:
+        db.execute("insert into promotions (version, previous, action, by, at) values (?, ?, ?, ?, ?)",
+                   [version, previous, action, by, time.time()])
+
+
+def promotions(db) -> list[dict]:
+    return list(db.query("select * from promotions order by id"))

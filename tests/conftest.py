@@ -75,3 +75,17 @@ def tiny_model_dir() -> Path:
 
     cache = Path(os.environ.get("BOT_CACHE_DIR") or ROOT / ".cache" / "models")
     return tinymodel.build(cache, DOCS, log=lambda *a: None)
+
+
+@pytest.fixture()
+def kb_db(indexed_kb, tmp_path):
+    """A private, writable copy of the session's indexed database (SQLite's backup: milliseconds)."""
+    import sqlite3
+
+    from bot import store
+
+    path = tmp_path / "bot.db"
+    copy = sqlite3.connect(path)
+    indexed_kb.db.conn.backup(copy)
+    copy.close()
+    return store.connect(path)

@@ -1,0 +1,144 @@
+"""The platform-neutral command layer: permissions, feedback storage, adapters, input checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bot import answering, commands, registry, retrieval, store
+from bot.commands import Caller
+
+DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
+
+
+class Echo:
+    model_id, revision = "echo", "1"
+
+    def count_tokens(self, text):
+        return len(text)
+
+    def generate(self, messages, max_new_tokens=None, on_token=None):
+        return SimpleNamespace(text="回答[1]", prompt_tokens=1, completion_tokens=1, adapter=None)
+
+
+@pytest.fixture()
+def cmds(kb_db, tmp_path):
+    db = kb_db
+    answerer = answering.Answerer(db, retrieval.Searcher(db), Echo())
+    reindexed = []
+    c = commands.Commands(db, answerer, admins={"slack": ["UADMIN"], "discord": ["R-ops"]},
+                          reindex=lambda: reindexed.append(1) or "Re-indexed: nothing changed.",
+                          adapters_dir=tmp_path / "adapters")
+    c.reindexed = reindexed
+    return c
+
+
+USER = Caller("slack", "U1", "C1", "T1")
+ADMIN = Caller("slack", "UADMIN", "C1")
+
+
+def _adapter(root: Path, version: str):
+    folder = root / version
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    (folder / "card.json").write_text(json.dumps({"verdict": "promoted", "metrics": {"golden_f1": 0.5}}))
+
+
+def test_admin_commands_are_refused_to_others_with_a_clear_message(cmds):
+    for reply in (cmds.train(USER), cmds.kb_reindex(USER), cmds.adapter(USER, "promote", "v1"),
+                  cmds.adapter(USER, "rollback")):
+        assert not reply.ok and "admins only" in reply.text and reply.private
+    assert cmds.reindexed == []
+
+
+def test_admins_by_user_id_and_by_discord_role(cmds):
+    assert cmds.is_admin(ADMIN) and not cmds.is_admin(USER)
+    assert cmds.is_admin(Caller("discord", "123", roles=("R-other", "R-ops")))
+    assert not cmds.is_admin(Caller("discord", "UADMIN"))  # Slack's admin list does not carry over
+    assert cmds.kb_reindex(ADMIN).ok and cmds.reindexed == [1]
+
+
+def test_train_says_plainly_that_it_is_not_built_yet(cmds):
+    reply = cmds.train(ADMIN)
+    assert not reply.ok and "not built yet" in reply.text
+
+
+def test_votes_and_corrections_are_stored_against_the_answer(cmds):
+    ans = cmds.ask(USER, "什么是边缘计算？")
+    assert cmds.vote(USER, ans.id, 1).ok
+    assert cmds.vote(USER, ans.id, -1).ok  # the last click wins
+    assert [(v["user"], v["value"]) for v in store.votes(cmds.db, ans.id)] == [("U1", -1)]
+    reply = cmds.correct(USER, ans.id, "边缘计算是在靠近数据源的地方计算。")
+    assert reply.ok and "review" in reply.text
+    (c,) = store.corrections(cmds.db, ans.id)
+    assert c["status"] == "pending" and c["user"] == "U1" and c["platform"] == "slack"
+
+
+def test_bad_feedback_gets_a_clear_message_and_stores_nothing(cmds):
+    ans = cmds.ask(USER, "什么是边缘计算？")
+    assert not cmds.vote(USER, "nope", 1).ok
+    assert not cmds.vote(USER, ans.id, 5).ok
+    assert not cmds.correct(USER, ans.id, "   ").ok
+    assert not cmds.correct(USER, ans.id, "x" * (commands.MAX_CORRECTION_CHARS + 1)).ok
+    assert "no longer exists" in cmds.correct(USER, "missing", "text").text
+    assert store.votes(cmds.db, ans.id) == [] and store.corrections(cmds.db) == []
+
+
+def test_questions_are_checked_before_any_work(cmds):
+    assert "add a question" in cmds.check_question("  ").text
+    assert "limit" in cmds.check_question("问" * (commands.MAX_QUESTION_CHARS + 1)).text
+    assert cmds.check_question("什么是边缘计算？") is None
+
+
+def test_feedback_lists_your_recent_answers_with_your_vote(cmds):
+    first = cmds.ask(USER, "什么是边缘计算？")
+    cmds.ask(USER, "FairScale 是什么？")
+    cmds.vote(USER, first.id, 1)
+    reply = cmds.feedback_list(USER)
+    assert [a["question"] for a in reply.data["answers"]] == ["FairScale 是什么？", "什么是边缘计算？"]
+    assert "👍" in reply.text and "not rated" in reply.text
+    assert "no answers" in cmds.feedback_list(Caller("slack", "U-new")).text
+
+
+def test_kb_search_shows_sources(cmds):
+    reply = cmds.kb_search(USER, "FairScale")
+    assert reply.data["hits"][0]["doc"] == "platform-advantage.md" and "platform-advantage.md" in reply.text
+    assert not cmds.kb_search(USER, " ").ok
+
+
+def test_adapter_list_promote_and_rollback_move_only_the_pointer(cmds):
+    root = cmds.adapters_dir
+    assert "No adapter versions" in cmds.adapter(USER, "list").text
+    _adapter(root, "v0001")
+    _adapter(root, "v0002")
+    assert cmds.adapter(ADMIN, "promote", "v0001").ok
+    assert cmds.adapter(ADMIN, "promote", "v0002").ok
+    info = cmds.adapter(USER, "list").data
+    assert info["in_service"] == "v0002" and [v["version"] for v in info["versions"]] == ["v0001", "v0002"]
+    assert info["versions"][0]["metrics"] == {"golden_f1": 0.5}
+    assert cmds.adapter(ADMIN, "rollback").ok
+    assert registry.listing(root)["in_service"] == "v0001"
+    assert cmds.adapter(ADMIN, "rollback").ok  # back to the base model
+    assert registry.listing(root)["in_service"] is None
+    assert [p["action"] for p in store.promotions(cmds.db)] == ["promote", "promote", "rollback", "rollback"]
+
+
+def test_a_broken_or_unknown_version_is_refused_and_the_pointer_stays(cmds):
+    root = cmds.adapters_dir
+    _adapter(root, "v0001")
+    cmds.adapter(ADMIN, "promote", "v0001")
+    (root / "v0002").mkdir()  # no adapter files
+    for version in ("v0002", "nope", "../etc"):
+        reply = cmds.adapter(ADMIN, "promote", version)
+        assert not reply.ok and "cannot promote" in reply.text
+    assert registry.listing(root)["in_service"] == "v0001"
+    assert not cmds.adapter(ADMIN, "frobnicate").ok
+
+
+def test_help_lists_every_command(cmds):
+    text = cmds.help(USER).text
+    for name in ("/ask", "/kb search", "/kb reindex", "/feedback", "/train", "/jobs", "/adapter", "/help"):
+        assert name in text
