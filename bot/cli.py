@@ -254,6 +254,20 @@ def cmd_serve(args) -> int:
     return serve.main()
 
 
+def cmd_discord_sync(args) -> int:
+    import asyncio
+
+    token = config.get("DISCORD_TOKEN")
+    if not token:
+        print("discord-sync: DISCORD_TOKEN is not set", file=sys.stderr)
+        return 2
+    from . import discord_app
+
+    names = asyncio.run(discord_app.sync_commands(token, args.guild))
+    print("registered: " + ", ".join("/" + n for n in names))
+    return 0
+
+
 def cmd_settings(args) -> int:
     def shown(s):  # secrets are never printed, only whether they are set
         value = config.get(s.name)
@@ -316,6 +330,10 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the assistant: Slack (HTTP or Socket Mode) and Discord, one process")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("discord-sync", help="register the Discord slash commands (once, or after changing them)")
+    s.add_argument("--guild", type=int, default=None, help="only this guild: shows up at once, for development")
+    s.set_defaults(fn=cmd_discord_sync)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")
     s.add_argument("--json", action="store_true")

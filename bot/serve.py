@@ -39,6 +39,16 @@ def build_commands(db=None, answerer=None):
         admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
 
 
+def _watch(task: asyncio.Task, name: str, state: dict) -> asyncio.Task:
+    """Log a platform that stops (a bad token, a lost connection) instead of failing silently."""
+    def done(t: asyncio.Task):
+        if not t.cancelled() and t.exception() is not None:
+            state[name] = f"stopped: {type(t.exception()).__name__}: {t.exception()}"
+            log.error("%s stopped: %r", name, t.exception())
+    task.add_done_callback(done)
+    return task
+
+
 def health_route(state: dict):
     """GET /healthz: liveness, and what this process serves (the state dict is filled in as platforms start)."""
     from aiohttp import web
@@ -67,7 +77,7 @@ async def main_async(stop: asyncio.Event | None = None) -> None:
         app = slack_app.build_app(cmds, token=slack_token, signing_secret=config.get("SLACK_SIGNING_SECRET"),
                                   api_url=config.get("SLACK_API_URL"))
         if app_token:
-            tasks.append(asyncio.create_task(slack_app.start_socket_mode(app, app_token)))
+            tasks.append(_watch(asyncio.create_task(slack_app.start_socket_mode(app, app_token)), "slack", state))
             state["slack"] = "socket mode"
         else:
             runner = await slack_app.start_http(app, port, extra_routes=[health])
@@ -82,7 +92,7 @@ async def main_async(stop: asyncio.Event | None = None) -> None:
         from . import discord_app
 
         client = discord_app.build_client(cmds)
-        tasks.append(asyncio.create_task(discord_app.start(client, config.get("DISCORD_TOKEN"))))
+        tasks.append(_watch(asyncio.create_task(discord_app.start(client, config.get("DISCORD_TOKEN"))), "discord", state))
         state["discord"] = "gateway"
     if state["slack"] == "off" and state["discord"] == "off":
         log.warning("no chat platform configured (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, or DISCORD_TOKEN); "

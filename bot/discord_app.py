@@ -1,0 +1,300 @@
+"""Discord front end: runs inside `python -m bot serve` when DISCORD_TOKEN is set.
+
+Slash commands are declared with discord.py's app_commands (each signature is
+the command's schema) and registered by `python -m bot discord-sync`
+(sync_commands), never on start. Mentions and DMs are answered too, with the
+earlier turns of the thread, channel or DM as context. Permissions and every
+other decision live in bot.commands: this module turns payloads into a Caller
+and Replies into messages, running the blocking command methods in threads so
+the event loop (shared with Slack) never waits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Literal, Optional
+
+import discord
+from discord import app_commands
+
+from . import store
+from .commands import Caller, Commands, Reply
+from .discord_render import answer_text, split_message
+
+log = logging.getLogger("bot.discord")
+LIMIT = 2000  # Discord's maximum message length
+CORRECTION_ID = re.compile(r"kb:correct:(?P<answer>[0-9a-f]{6,32})")
+FIELD = "correction"
+SORRY = "Sorry, something went wrong on my side; please try again."
+
+
+# -- who is asking, and where ------------------------------------------------
+
+def _where(channel, channel_id) -> tuple[str, str]:
+    """(channel, thread) keys: a Discord thread is one conversation; elsewhere the channel or DM is."""
+    if isinstance(channel, discord.Thread):
+        return str(channel.parent_id), str(channel.id)
+    key = str(channel.id if channel is not None else channel_id or "")
+    return key, key
+
+
+def _roles(user) -> tuple[str, ...]:
+    if not isinstance(user, discord.Member):
+        return ()
+    # `roles` lists only roles in the guild cache (absent for a user-installed app),
+    # `_roles` every id Discord sent with the member; @everyone is left out of both.
+    ids = {r.id for r in user.roles if not r.is_default()} | set(getattr(user, "_roles", ()))
+    return tuple(sorted(str(i) for i in ids))
+
+
+def _caller(user, channel, channel_id) -> Caller:
+    where, thread = _where(channel, channel_id)
+    return Caller("discord", str(user.id), where, thread, _roles(user))
+
+
+def caller_for(interaction: discord.Interaction) -> Caller:
+    return _caller(interaction.user, interaction.channel, interaction.channel_id)
+
+
+async def _first(cmds: Commands, key: str) -> bool:
+    return await asyncio.to_thread(store.first_delivery, cmds.db, key)
+
+
+# -- buttons and the correction modal ------------------------------------------
+
+class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
+                 template=r"kb:vote:(?P<value>up|down):(?P<answer>[0-9a-f]{6,32})"):
+    """👍/👎 under an answer. The state lives in the custom_id, so a click on a
+    message sent before a restart reaches a fresh process all the same."""
+
+    def __init__(self, value: str, answer_id: str, label: str | None = None, row: int | None = None):
+        emoji = "👍" if value == "up" else "👎"
+        super().__init__(discord.ui.Button(
+            emoji=emoji, label=label, style=discord.ButtonStyle.secondary, row=row,
+            custom_id=f"kb:vote:{value}:{answer_id}"))
+        self.value, self.answer_id = value, answer_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["value"], match["answer"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cmds: Commands = interaction.client.kb
+        # The vote counts even if the person then closes the correction form.
+        reply = await asyncio.to_thread(cmds.vote, caller_for(interaction), self.answer_id,
+                                        1 if self.value == "up" else -1)
+        if self.value == "down" and reply.ok:
+            await interaction.response.send_modal(CorrectionModal(self.answer_id))
+        else:
+            await interaction.response.send_message(reply.text, ephemeral=True)
+
+
+def vote_view(answer_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(VoteButton("up", answer_id))
+    view.add_item(VoteButton("down", answer_id))
+    return view
+
+
+class CorrectionModal(discord.ui.Modal):
+    """The form a 👎 opens. Its custom_id names the answer, so a form submitted
+    after a restart is still understood (KBClient.on_interaction)."""
+
+    def __init__(self, answer_id: str):
+        super().__init__(title="Correct this answer", custom_id=f"kb:correct:{answer_id}", timeout=15 * 60)
+        self.answer_id = answer_id
+        # 4000 is Discord's cap for a text input; commands.correct checks its own limit too.
+        self.text = discord.ui.TextInput(custom_id=FIELD, style=discord.TextStyle.paragraph, max_length=4000,
+                                         placeholder="What should the answer have said? Cite the document if you can.")
+        self.add_item(discord.ui.Label(text="Your correction", component=self.text,
+                                       description="Reviewed before it is used to train the assistant."))
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await submit_correction(interaction, self.answer_id, self.text.value)
+
+
+def _submitted(components: list, custom_id: str) -> str:
+    """A field's value from a modal-submit payload (inside action rows or labels)."""
+    for c in components:
+        if c.get("custom_id") == custom_id:
+            return c.get("value") or ""
+        value = _submitted(c.get("components") or ([c["component"]] if "component" in c else []), custom_id)
+        if value:
+            return value
+    return ""
+
+
+async def submit_correction(interaction: discord.Interaction, answer_id: str, text: str) -> None:
+    cmds: Commands = interaction.client.kb
+    # The live modal and the restart fallback both see a submission: answer it once.
+    if not await _first(cmds, f"discord:interaction:{interaction.id}"):
+        return
+    reply = await asyncio.to_thread(cmds.correct, caller_for(interaction), answer_id, text)
+    await interaction.response.send_message(reply.text, ephemeral=True)
+
+
+# -- sending ------------------------------------------------------------------
+
+async def _post(send, text: str, view: discord.ui.View | None = None, first=None, **kw) -> None:
+    """Post text as one or more messages (Discord's limit); the view (buttons) goes under the last."""
+    chunks = split_message(text, LIMIT) or ["(nothing to show)"]
+    for i, chunk in enumerate(chunks):
+        extra = {"view": view} if view is not None and i == len(chunks) - 1 else {}
+        await (first if i == 0 and first else send)(chunk, **kw, **extra)
+
+
+async def _run(interaction: discord.Interaction, method, *args, public: bool = False) -> None:
+    """Defer within Discord's 3 s, run the command off the loop, then follow up (15 min allowed).
+
+    `public`: the reply may be for the channel (a completed /train, promote,
+    reindex); a refusal is still private, so the public "thinking" placeholder is
+    deleted and the refusal goes to the caller alone.
+    """
+    await interaction.response.defer(ephemeral=not public, thinking=True)
+    reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args)
+    if public and reply.private:
+        await interaction.delete_original_response()
+    await _post(interaction.followup.send, reply.text, _feedback_view(reply), ephemeral=reply.private)
+
+
+def _feedback_view(reply: Reply) -> discord.ui.View | None:
+    """/feedback lists recent answers; give each a 👍/👎 pair, numbered as in the list."""
+    answers = reply.data.get("answers") or []
+    view = discord.ui.View(timeout=None) if answers else None
+    for n, a in enumerate(answers[:5], 1):
+        view.add_item(VoteButton("up", a["id"], label=str(n), row=n - 1))
+        view.add_item(VoteButton("down", a["id"], label=str(n), row=n - 1))
+    return view
+
+
+# -- the client ---------------------------------------------------------------
+
+class KBClient(discord.Client):
+    def __init__(self, cmds: Commands | None, *, message_content: bool = False):
+        intents = discord.Intents.none()
+        intents.guilds = intents.guild_messages = intents.dm_messages = True
+        # Messages that mention the bot, and DMs, carry their text without the
+        # privileged intent; asking for it needs a switch in the developer portal.
+        intents.message_content = message_content
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.kb = cmds
+        self.tree = app_commands.CommandTree(self)
+        _register(self.tree)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(VoteButton)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        data = interaction.data or {}
+        match = CORRECTION_ID.fullmatch(data.get("custom_id", ""))
+        # Also reached when the modal is alive in this process: submit_correction answers once.
+        if interaction.type is discord.InteractionType.modal_submit and match:
+            await submit_correction(interaction, match["answer"], _submitted(data.get("components", []), FIELD))
+
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.user
+        if me is None or message.author.bot or message.webhook_id or message.author.id == me.id:
+            return
+        in_dm = isinstance(message.channel, discord.DMChannel)
+        if not in_dm and not any(u.id == me.id for u in message.mentions):
+            return
+        question = re.sub(rf"<@!?{me.id}>", " ", message.content).strip()
+        refusal = self.kb.check_question(question)
+        if refusal:
+            await message.reply(refusal.text)
+            return
+        if not await _first(self.kb, f"discord:message:{message.id}"):
+            return
+        async with message.channel.typing():
+            answer = await asyncio.to_thread(self.kb.ask, _caller(message.author, message.channel, None), question)
+        await _post(message.channel.send, answer_text(answer), vote_view(answer.id), first=message.reply)
+
+
+def _register(tree: app_commands.CommandTree) -> None:
+    """The slash commands; callbacks reach the command layer through `interaction.client.kb`."""
+
+    @tree.command(name="ask", description="Answer from the knowledge base, with numbered sources")
+    @app_commands.describe(question="Your question, in Chinese or English")
+    async def ask(interaction: discord.Interaction, question: str) -> None:
+        cmds: Commands = interaction.client.kb
+        refusal = cmds.check_question(question)
+        if refusal:
+            await interaction.response.send_message(refusal.text, ephemeral=True)
+            return
+        if not await _first(cmds, f"discord:interaction:{interaction.id}"):
+            return  # a redelivery: the first one is being answered
+        await interaction.response.defer(thinking=True)
+        answer = await asyncio.to_thread(cmds.ask, caller_for(interaction), question)
+        await _post(interaction.followup.send, answer_text(answer), vote_view(answer.id))
+
+    kb = app_commands.Group(name="kb", description="The knowledge base")
+
+    @kb.command(name="search", description="Show the passages that match a query")
+    @app_commands.describe(query="Words to look for")
+    async def kb_search(interaction: discord.Interaction, query: str) -> None:
+        await _run(interaction, interaction.client.kb.kb_search, query)
+
+    @kb.command(name="reindex", description="Re-read the knowledge base folder (admin)")
+    async def kb_reindex(interaction: discord.Interaction) -> None:
+        await _run(interaction, interaction.client.kb.kb_reindex, public=True)
+
+    tree.add_command(kb)
+
+    @tree.command(name="feedback", description="Your recent answers, to rate or correct")
+    async def feedback(interaction: discord.Interaction) -> None:
+        await _run(interaction, interaction.client.kb.feedback_list)
+
+    @tree.command(name="train", description="Queue a fine-tuning job on accepted feedback (admin)")
+    async def train(interaction: discord.Interaction) -> None:
+        await _run(interaction, interaction.client.kb.train, public=True)
+
+    @tree.command(name="jobs", description="Training jobs and their state")
+    async def jobs(interaction: discord.Interaction) -> None:
+        await _run(interaction, interaction.client.kb.jobs)
+
+    @tree.command(name="adapter", description="Adapter versions; promote and rollback are for admins")
+    @app_commands.describe(action="list, promote or rollback", version="The version to promote")
+    async def adapter(interaction: discord.Interaction, action: Literal["list", "promote", "rollback"],
+                      version: Optional[str] = None) -> None:
+        await _run(interaction, interaction.client.kb.adapter, action, version, public=action != "list")
+
+    @tree.command(name="help", description="What this bot can do")
+    async def help_(interaction: discord.Interaction) -> None:
+        await _run(interaction, interaction.client.kb.help)
+
+    @tree.error
+    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        log.error("/%s failed", getattr(interaction.command, "qualified_name", "?"), exc_info=error)
+        if interaction.response.is_done():
+            await interaction.followup.send(SORRY, ephemeral=True)
+        else:
+            await interaction.response.send_message(SORRY, ephemeral=True)
+
+
+# -- entry points -------------------------------------------------------------
+
+def build_client(commands: Commands, *, message_content: bool = False) -> KBClient:
+    """A client with the command tree and the persistent buttons; it starts nothing."""
+    return KBClient(commands, message_content=message_content)
+
+
+async def sync_commands(token: str, guild_id: int | None = None) -> list[str]:
+    """Register the slash commands over REST (no gateway); returns their names.
+
+    With `guild_id` they go to that guild only and show up at once (for development).
+    """
+    client = build_client(None)
+    async with client:
+        await client.login(token)
+        guild = discord.Object(id=guild_id) if guild_id else None
+        if guild is not None:
+            client.tree.copy_global_to(guild=guild)
+        synced = await client.tree.sync(guild=guild)
+    return [c.name for c in synced]
+
+
+async def start(client: discord.Client, token: str) -> None:
+    """Log in and hold the gateway on the running event loop until cancelled; never syncs."""
+    async with client:
+        await client.start(token)

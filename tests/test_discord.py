@@ -1,0 +1,463 @@
+"""The Discord front end, against a recorder standing in for Discord's servers.
+
+Discord's REST API and gateway are the only fakes (tests/discord_recorder.py,
+payloads from tests/fixtures/discord). The command layer, the answering
+pipeline, retrieval and SQLite are real; a scripted generator stands in for
+the model, as in test_answering.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import logging
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import AsyncMock
+
+import discord
+import pytest
+import pytest_asyncio
+import yarl
+from discord.gateway import DiscordWebSocket
+
+from bot import answering, commands, discord_app, retrieval, store
+from bot.discord_render import CITATION
+from discord_recorder import APP_ID, Recorder, fixture
+
+TOKEN = "MTMwMDAwMDAwMDAwMDAwMDAwMQ.test.token"
+GUILD, CHANNEL, THREAD, DM = "1300000000000000100", "1300000000000000200", "1300000000000000300", "1300000000000000700"
+USER, ADMIN_USER, ADMIN_ROLE, TEAM_ROLE = ("1300000000000000400", "1300000000000000401",
+                                           "1300000000000000500", "1300000000000000600")
+EDGE = "边缘计算是在靠近数据源的地方进行计算[1]，可降低延迟[2]。"
+_ids = itertools.count(1310000000000001000)
+
+
+class Scripted:
+    """The model: replies with scripted texts in order, then a default one."""
+
+    model_id, revision = "scripted/model", "rev1"
+
+    def __init__(self, *replies):
+        self.replies, self.seen = list(replies), []
+
+    def count_tokens(self, text):
+        return len(text)
+
+    def generate(self, messages, max_new_tokens=None, on_token=None):
+        self.seen.append(messages)
+        text = self.replies.pop(0) if self.replies else EDGE
+        return SimpleNamespace(text=text, prompt_tokens=10, completion_tokens=len(text), adapter="v0001")
+
+
+def _no_ws(text: str) -> str:
+    return re.sub(r"\s", "", text)
+
+
+# -- unit: the command callbacks with a fake interaction -----------------------
+
+@pytest.fixture
+def db_path(indexed_kb, tmp_path):
+    """A private copy of the indexed knowledge base (the session's copy stays read-only)."""
+    path = tmp_path / "bot.db"
+    dst = sqlite3.connect(path)
+    indexed_kb.db.conn.backup(dst)
+    dst.close()
+    return path
+
+
+def make_commands(db_path, gen) -> commands.Commands:
+    db = store.connect(db_path)
+    return commands.Commands(db, answering.Answerer(db, retrieval.Searcher(db), gen),
+                             admins={"discord": [ADMIN_USER, ADMIN_ROLE]}, adapters_dir=db_path.parent / "adapters",
+                             reindex=lambda: "Re-indexed: nothing changed.")
+
+
+def fake_interaction(client, user=42, channel=7):
+    return SimpleNamespace(id=next(_ids), client=client, user=SimpleNamespace(id=user),
+                           channel=SimpleNamespace(id=channel), channel_id=channel,
+                           response=AsyncMock(), followup=AsyncMock())
+
+
+@pytest.mark.asyncio
+async def test_ask_callback_defers_then_follows_up_with_buttons(db_path):
+    client = discord_app.build_client(make_commands(db_path, Scripted(EDGE)))
+    inter = fake_interaction(client)
+    await client.tree.get_command("ask").callback(inter, question="什么是边缘计算？")
+    inter.response.defer.assert_awaited_once_with(thinking=True)
+    (content,), kw = inter.followup.send.await_args
+    row = client.kb.db.execute("select id, platform, user, channel, thread from answers").fetchall()
+    assert len(row) == 1 and row[0][1:] == ("discord", "42", "7", "7")
+    assert "边缘计算是在靠近数据源的地方进行计算[1]" in content and "[1] " in content
+    assert [b.custom_id for b in kw["view"].children] == [f"kb:vote:up:{row[0][0]}", f"kb:vote:down:{row[0][0]}"]
+
+
+@pytest.mark.asyncio
+async def test_ask_callback_refuses_an_empty_question_without_answering(db_path):
+    client = discord_app.build_client(make_commands(db_path, Scripted()))
+    inter = fake_interaction(client)
+    await client.tree.get_command("ask").callback(inter, question="   ")
+    (text,), kw = inter.response.send_message.await_args
+    assert "Please add a question" in text and kw == {"ephemeral": True}
+    inter.response.defer.assert_not_awaited()
+    assert client.kb.db.execute("select count(*) from answers").fetchone()[0] == 0
+
+
+def test_the_package_imports_no_sdk_and_the_transport_no_model_library():
+    code = ("import sys, bot, bot.commands; assert 'discord' not in sys.modules, 'discord'\n"
+            "import bot.discord_app; bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+# -- over HTTP: discord.py against the recorder --------------------------------
+
+@pytest_asyncio.fixture
+async def rec(monkeypatch, caplog):
+    """The recorder, with discord.py pointed at it; a test fails on any error the bot logs."""
+    caplog.set_level(logging.ERROR)
+    recorder = Recorder()
+    base = await recorder.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", base + "/api/v10")
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(base.replace("http", "ws", 1) + "/gateway"))
+    yield recorder
+    await recorder.stop()
+    assert not recorder.unhandled, recorder.unhandled
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest_asyncio.fixture
+async def bot(rec, db_path):
+    """Builds logged-in clients (REST only) over the same database; each call is a fresh process's client."""
+    made = []
+
+    async def make(gen=None):
+        client = discord_app.build_client(make_commands(db_path, gen or Scripted()))
+        await client.login(TOKEN)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+def new_payload(name: str) -> dict:
+    """A fixture payload with a fresh interaction id and token, as every real delivery has."""
+    payload = fixture(name)
+    payload["id"] = str(next(_ids))
+    payload["token"] = f"token-{payload['id']}"
+    return payload
+
+
+def slash(name: str, options=(), *, user=USER, roles=(TEAM_ROLE,)) -> dict:
+    payload = new_payload("interaction_command.json")
+    payload["data"].update(name=name, options=list(options))
+    payload["member"]["user"]["id"], payload["member"]["roles"] = user, list(roles)
+    return payload
+
+
+def ask(question: str, **kw) -> dict:
+    return slash("ask", [{"name": "question", "type": 3, "value": question}], **kw)
+
+
+def click(message: dict, value: str) -> dict:
+    """A click on the 👍 or 👎 of a message the bot posted (the recorded follow-up body)."""
+    payload = new_payload("interaction_component.json")
+    payload["message"].update(content=message["content"], components=message["components"])
+    ids = [b["custom_id"] for row in message["components"] for b in row["components"]]
+    payload["data"]["custom_id"] = next(i for i in ids if i.startswith(f"kb:vote:{value}:"))
+    return payload
+
+
+def submit(modal: dict, value: str) -> dict:
+    """The submission of a modal the bot opened (the recorded type-9 callback's data)."""
+    payload = new_payload("interaction_modal_submit.json")
+    field = modal["components"][0]["component"]["custom_id"]
+    payload["data"] = {"custom_id": modal["custom_id"], "components": [
+        {"type": 18, "id": 1, "component": {"type": 4, "id": 2, "custom_id": field, "value": value}}]}
+    return payload
+
+
+def deliver(client, payload: dict, event: str = "INTERACTION_CREATE") -> None:
+    """Hand a gateway event to the client exactly as its websocket reader does."""
+    client._connection.parsers[event](copy.deepcopy(payload))
+
+
+async def answered(rec, payload, n: int = 1):
+    """The interaction's callbacks and follow-ups once it has `n` of them in all."""
+    await rec.wait_for(lambda: len(rec.callbacks(payload["id"])) + len(rec.followups(payload["token"])) >= n)
+    return rec.callbacks(payload["id"]), rec.followups(payload["token"])
+
+
+def ephemeral(request) -> bool:
+    body = request.json.get("data", request.json) if "type" in request.json else request.json
+    return bool((body.get("flags") or 0) & 64)
+
+
+@pytest.mark.asyncio
+async def test_ask_is_deferred_then_followed_up_with_answer_sources_and_buttons(rec, bot):
+    client = await bot(Scripted(EDGE))
+    payload = ask("什么是边缘计算？")
+    deliver(client, payload)
+    callbacks, followups = await answered(rec, payload, 2)
+    assert [c.json["type"] for c in callbacks] == [5] and not ephemeral(callbacks[0])
+    assert rec.requests.index(callbacks[0]) < rec.requests.index(followups[0])
+    (row,) = store.recent_answers(client.kb.db, "discord", USER)
+    answer = store.answer(client.kb.db, row["id"])
+    assert (answer["channel"], answer["thread"]) == (CHANNEL, CHANNEL)
+    content = followups[0].json["content"]
+    assert content.startswith("边缘计算是在靠近数据源的地方进行计算[1]，可降低延迟[2]。")
+    for c in answer["citations"]:
+        assert f"[{c['n']}] {c['doc']} › {c['heading']}" in content
+    buttons = followups[0].json["components"][0]["components"]
+    assert [b["custom_id"] for b in buttons] == [f"kb:vote:up:{row['id']}", f"kb:vote:down:{row['id']}"]
+    assert [b["emoji"]["name"] for b in buttons] == ["👍", "👎"]
+
+
+@pytest.mark.asyncio
+async def test_a_long_answer_arrives_in_several_messages_with_no_citation_split(rec, bot):
+    long = "".join(f"第{i}点：边缘计算把计算放在靠近数据源的地方，可以降低延迟并节省带宽[{i % 3 + 1}]。"
+                   for i in range(120))
+    assert len(long) > 4000
+    client = await bot(Scripted(long))
+    payload = ask("边缘计算有哪些好处？")
+    deliver(client, payload)
+    await rec.wait_for(lambda: any(f.json.get("components") for f in rec.followups(payload["token"])))
+    followups = [f.json for f in rec.followups(payload["token"])]
+    assert len(followups) >= 3 and all(len(f["content"]) <= 2000 for f in followups)
+    assert [bool(f.get("components")) for f in followups] == [False] * (len(followups) - 1) + [True]
+    for f in followups:
+        assert not re.search(r"\[\d*$", f["content"]) and not re.match(r"^\d*\]", f["content"])
+    joined = "\n".join(f["content"] for f in followups)
+    assert _no_ws(joined).startswith(_no_ws(long))
+    assert len(CITATION.findall(joined)) >= len(CITATION.findall(long))
+
+
+@pytest.mark.asyncio
+async def test_buttons_and_the_correction_form_work_after_a_restart(rec, bot):
+    before = await bot(Scripted(EDGE))
+    payload = ask("什么是边缘计算？")
+    deliver(before, payload)
+    _, (message,) = await answered(rec, payload, 2)
+    answer_id = re.search(r"kb:vote:up:([0-9a-f]+)", str(message.json["components"]))[1]
+    await before.close()
+
+    after = await bot()  # a new process: new client, new command layer, same database
+    up = click(message.json, "up")
+    deliver(after, up)
+    (thanks,), _ = await answered(rec, up)
+    assert thanks.json["type"] == 4 and ephemeral(thanks) and "Thanks" in thanks.json["data"]["content"]
+    assert [(v["user"], v["value"]) for v in store.votes(after.kb.db, answer_id)] == [(USER, 1)]
+
+    down = click(message.json, "down")
+    deliver(after, down)
+    (modal,), _ = await answered(rec, down)
+    assert modal.json["type"] == 9 and modal.json["data"]["custom_id"] == f"kb:correct:{answer_id}"
+    assert [(v["user"], v["value"]) for v in store.votes(after.kb.db, answer_id)] == [(USER, -1)]
+
+    form = submit(modal.json["data"], "边缘计算是把计算放在靠近数据产生的地方（见术语表）。")
+    deliver(after, form)
+    (saved,), _ = await answered(rec, form)
+    assert saved.json["type"] == 4 and ephemeral(saved) and "correction is saved" in saved.json["data"]["content"]
+    await asyncio.sleep(0.1)  # the live modal and the fallback both saw it: still one reply, one row
+    assert len(rec.callbacks(form["id"])) == 1
+    (row,) = store.corrections(after.kb.db, answer_id)
+    assert (row["user"], row["platform"], row["status"]) == (USER, "discord", "pending")
+    assert row["text"].startswith("边缘计算是把计算放在")
+
+    await after.close()
+    again = await bot()  # a form opened before a restart and submitted after it
+    late = submit(modal.json["data"], "补充：也叫雾计算。")
+    deliver(again, late)
+    (saved,), _ = await answered(rec, late)
+    assert "correction is saved" in saved.json["data"]["content"]
+    assert [r["text"] for r in store.corrections(again.kb.db, answer_id)][-1] == "补充：也叫雾计算。"
+
+
+@pytest.mark.asyncio
+async def test_bad_corrections_and_unknown_answers_get_a_clear_private_message(rec, bot):
+    client = await bot(Scripted(EDGE))
+    payload = ask("什么是边缘计算？")
+    deliver(client, payload)
+    _, (message,) = await answered(rec, payload, 2)
+    answer_id = re.search(r"kb:vote:up:([0-9a-f]+)", str(message.json["components"]))[1]
+    modal = {"custom_id": f"kb:correct:{answer_id}", "components": [{"component": {"custom_id": "correction"}}]}
+    cases = [(modal, "   ", "The correction is empty"), (modal, "长" * 9000, "the limit is 8000"),
+             (dict(modal, custom_id="kb:correct:abcdef123456"), "text", "no longer exists")]
+    for form, value, expected in cases:
+        sent = submit(form, value)
+        deliver(client, sent)
+        (reply,), _ = await answered(rec, sent)
+        assert reply.json["type"] == 4 and ephemeral(reply) and expected in reply.json["data"]["content"]
+    assert store.corrections(client.kb.db) == []
+    stale = click({**message.json, "components": [{"type": 1, "components": [
+        {"type": 2, "style": 2, "custom_id": "kb:vote:down:abcdef123456", "emoji": {"name": "👎"}}]}]}, "down")
+    deliver(client, stale)
+    (reply,), _ = await answered(rec, stale)
+    assert reply.json["type"] == 4 and ephemeral(reply) and "no longer exists" in reply.json["data"]["content"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("user, roles, admin", [(USER, (TEAM_ROLE,), False), (ADMIN_USER, (), True),
+                                                (USER, (TEAM_ROLE, ADMIN_ROLE), True)])
+async def test_train_is_refused_privately_to_others_and_run_for_admins(rec, bot, user, roles, admin):
+    client = await bot()
+    payload = slash("train", user=user, roles=roles)
+    deliver(client, payload)
+    (deferred,), (reply,) = await answered(rec, payload, 2)
+    assert deferred.json["type"] == 5 and not ephemeral(deferred)
+    deleted = rec.find("DELETE", rf"/webhooks/{APP_ID}/{payload['token']}/messages/@original")
+    if admin:
+        assert reply.json["content"] == commands.NOT_YET and not ephemeral(reply) and not deleted
+    else:
+        assert "admins only" in reply.json["content"] and ephemeral(reply)
+        assert deleted and rec.requests.index(deleted[0]) < rec.requests.index(reply)
+
+
+@pytest.mark.asyncio
+async def test_an_empty_question_gets_a_clear_message_and_no_answer(rec, bot):
+    client = await bot()
+    payload = ask("   ")
+    deliver(client, payload)
+    (reply,), _ = await answered(rec, payload)
+    assert reply.json["type"] == 4 and ephemeral(reply) and "Please add a question" in reply.json["data"]["content"]
+    await asyncio.sleep(0.1)
+    assert rec.followups(payload["token"]) == []
+    assert client.kb.db.execute("select count(*) from answers").fetchone()[0] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_redelivered_interaction_is_answered_once(rec, bot):
+    client = await bot(Scripted(EDGE, EDGE))
+    payload = ask("什么是边缘计算？")
+    deliver(client, payload)
+    deliver(client, payload)
+    await answered(rec, payload, 2)
+    await asyncio.sleep(0.2)
+    assert len(rec.callbacks(payload["id"])) == 1 and len(rec.followups(payload["token"])) == 1
+    assert client.kb.db.execute("select count(*) from answers").fetchone()[0] == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name, options, expected", [
+    ("help", [], "/ask"), ("jobs", [], "No training jobs"),
+    ("kb", [{"type": 1, "name": "search", "options": [{"type": 3, "name": "query", "value": "边缘计算"}]}], "[1] "),
+    ("adapter", [{"type": 3, "name": "action", "value": "list"}], "No adapter versions"),
+])
+async def test_private_commands_are_deferred_and_answered_ephemerally(rec, bot, name, options, expected):
+    client = await bot()
+    payload = slash(name, options)
+    deliver(client, payload)
+    (deferred,), (reply,) = await answered(rec, payload, 2)
+    assert deferred.json["type"] == 5 and ephemeral(deferred)
+    assert ephemeral(reply) and expected in reply.json["content"]
+
+
+@pytest.mark.asyncio
+async def test_feedback_lists_recent_answers_with_their_buttons(rec, bot):
+    client = await bot(Scripted(EDGE, EDGE))
+    for q in ("什么是边缘计算？", "边缘计算有什么好处？"):
+        payload = ask(q)
+        deliver(client, payload)
+        await answered(rec, payload, 2)
+    payload = slash("feedback")
+    deliver(client, payload)
+    _, (reply,) = await answered(rec, payload, 2)
+    ids = [r["id"] for r in store.recent_answers(client.kb.db, "discord", USER)]
+    assert ephemeral(reply) and "边缘计算有什么好处" in reply.json["content"]
+    rows = [[b["custom_id"] for b in row["components"]] for row in reply.json["components"]]
+    assert rows == [[f"kb:vote:up:{i}", f"kb:vote:down:{i}"] for i in ids]
+
+
+# -- mentions and DMs (gateway events) -----------------------------------------
+
+def mention(text: str, *, author_bot=False, mentions_me=True) -> dict:
+    payload = fixture("message_create_mention.json")
+    payload["id"] = str(next(_ids))
+    payload["content"] = (f"<@{APP_ID}> " if mentions_me else "") + text
+    payload["author"]["bot"] = author_bot
+    if not mentions_me:
+        payload["mentions"] = []
+    return payload
+
+
+@pytest.mark.asyncio
+async def test_mentions_in_a_thread_are_answered_in_it_with_the_earlier_turns(rec, bot):
+    gen = Scripted("FairScale 是分布式训练框架[1]。", "它能提高训练效率[1]。")
+    client = await bot(gen)
+    deliver(client, fixture("guild_create.json"), "GUILD_CREATE")  # as the gateway sends on connect
+    sent = lambda: rec.find("POST", rf"/channels/{THREAD}/messages")  # noqa: E731
+    first = mention("FairScale 是什么？")
+    deliver(client, first, "MESSAGE_CREATE")
+    (reply,) = await rec.wait_for(sent)
+    assert str(reply.json["message_reference"]["message_id"]) == first["id"]
+    assert reply.json["content"].startswith("FairScale 是分布式训练框架[1]。")
+    assert reply.json["components"][0]["components"][0]["custom_id"].startswith("kb:vote:up:")
+    assert rec.find("POST", rf"/channels/{THREAD}/typing")
+    deliver(client, mention("它有什么好处？"), "MESSAGE_CREATE")
+    await rec.wait_for(lambda: len(sent()) == 2)
+    second = gen.seen[1]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[1]["content"] == "FairScale 是什么？" and second[3]["content"].endswith("它有什么好处？")
+    rows = client.kb.db.execute("select channel, thread, user from answers").fetchall()
+    assert rows == [(CHANNEL, THREAD, USER)] * 2
+
+    deliver(client, mention("FairScale?", author_bot=True), "MESSAGE_CREATE")
+    deliver(client, mention("FairScale?", mentions_me=False), "MESSAGE_CREATE")
+    await asyncio.sleep(0.2)
+    assert len(sent()) == 2 and len(gen.seen) == 2
+    deliver(client, mention(""), "MESSAGE_CREATE")  # a bare mention: say how to ask
+    await rec.wait_for(lambda: len(sent()) == 3)
+    assert "Please add a question" in sent()[-1].json["content"] and len(gen.seen) == 2
+
+
+@pytest.mark.asyncio
+async def test_direct_messages_are_answered(rec, bot):
+    client = await bot(Scripted("FairScale is a distributed training library [1]."))
+    dm = fixture("message_create_dm.json")
+    deliver(client, dm, "MESSAGE_CREATE")
+    (reply,) = await rec.wait_for(lambda: rec.find("POST", rf"/channels/{DM}/messages"))
+    assert reply.json["content"].startswith("FairScale is a distributed training library [1].")
+    assert "**Sources**\n[1] " in reply.json["content"]
+    assert client.kb.db.execute("select channel, thread from answers").fetchall() == [(DM, DM)]
+
+
+# -- serving and registering ---------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_serving_connects_to_the_gateway_answers_and_never_syncs(rec, db_path):
+    client = discord_app.build_client(make_commands(db_path, Scripted(EDGE)))
+    task = asyncio.create_task(discord_app.start(client, TOKEN))
+    try:
+        await rec.wait_for(lambda: rec.identify)
+        intents = discord.Intents._from_value(rec.identify["intents"])
+        assert intents.guilds and intents.guild_messages and intents.dm_messages and not intents.message_content
+        payload = ask("什么是边缘计算？")
+        await rec.dispatch("INTERACTION_CREATE", payload)
+        _, (message,) = await answered(rec, payload, 2)
+        assert "kb:vote:up:" in str(message.json["components"])
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert client.is_closed()
+    assert not rec.find("PUT", r"/applications/.*") and not rec.find("POST", r"/applications/.*")
+
+
+@pytest.mark.asyncio
+async def test_sync_commands_registers_the_tree_globally_or_to_one_guild(rec):
+    names = await discord_app.sync_commands(TOKEN)
+    assert names == ["ask", "kb", "feedback", "train", "jobs", "adapter", "help"]
+    (put,) = rec.find("PUT", rf"/applications/{APP_ID}/commands")
+    schema = {c["name"]: c for c in put.json}
+    assert [o["name"] for o in schema["kb"]["options"]] == ["search", "reindex"]
+    action, version = schema["adapter"]["options"]
+    assert [c["value"] for c in action["choices"]] == ["list", "promote", "rollback"] and action["required"]
+    assert version["name"] == "version" and not version.get("required")
+    assert await discord_app.sync_commands(TOKEN, guild_id=int(GUILD)) == names
+    assert rec.find("PUT", rf"/applications/{APP_ID}/guilds/{GUILD}/commands")
+    assert not rec.find("GET", r"/gateway.*")
