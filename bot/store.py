@@ -8,6 +8,8 @@ shipped, is never edited; a change is a new function at the end.
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -87,16 +89,74 @@ def m003_feedback(db: sqlite_utils.Database) -> None:
                             pk="id")
 
 
+@migration
+def m004_loop(db: sqlite_utils.Database) -> None:
+    # The learning loop. `used_in`/`trained_in` name the promoted adapter that
+    # learned a correction or an upvoted answer (NULL: not learned yet), so a
+    # retrain knows what is new; opt-outs keep a person's data out of training;
+    # jobs are the training runs; the outbox holds what a job has to say in the
+    # chat, posted by the bot process so the worker never holds chat tokens.
+    db["corrections"].add_column("used_in", str)
+    db["answers"].add_column("trained_in", str)
+    db["opt_outs"].create({"platform": str, "user": str, "created_at": float}, pk=("platform", "user"))
+    db["jobs"].create(
+        {"id": int, "kind": str, "state": str, "requested_by": str, "platform": str, "channel": str,
+         "thread": str, "created_at": float, "started_at": float, "finished_at": float, "step": int,
+         "steps": int, "loss": float, "version": str, "verdict": str, "error": str,
+         "cancel_requested": str, "data_hash": str, "result": str, "runner": str},
+        pk="id")
+    db["jobs"].create_index(["state"])
+    db["outbox"].create(
+        {"id": int, "job_id": int, "platform": str, "channel": str, "thread": str, "text": str,
+         "created_at": float, "claimed_at": float, "claimed_by": str, "sent_at": float},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")])
+    db["outbox"].create_index(["platform", "sent_at"])
+
+
+class ThreadLocalDatabase(sqlite_utils.Database):
+    """A database file with one sqlite3 connection per thread.
+
+    The chat transports run commands on worker threads (`asyncio.to_thread`)
+    while the database is opened on the main thread; sqlite3 refuses a
+    connection from another thread, and one connection shared across threads
+    would mix their transactions (one thread's commit or rollback taking
+    another's half-done writes) and their `rowcount`s (which `first_delivery`
+    relies on). A connection per thread, in WAL mode, gives each thread its
+    own transactions; `busy_timeout` makes writers wait their turn.
+    """
+
+    def __init__(self, path: Path | str):
+        self._path, self._local = str(path), threading.local()
+        super().__init__(self._open())
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path)
+        for pragma in ("busy_timeout = 10000", "foreign_keys = ON", "synchronous = NORMAL", "recursive_triggers = ON"):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:  # type: ignore[override]
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
+    @conn.setter
+    def conn(self, value: sqlite3.Connection) -> None:
+        self._local.conn = value
+
+
 def connect(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) and migrate the database."""
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(str(path))
-    db.execute("PRAGMA busy_timeout = 10000")
-    db.execute("PRAGMA foreign_keys = ON")
-    if str(path) != ":memory:":
-        db.enable_wal()
-        db.execute("PRAGMA synchronous = NORMAL")
+    """Open (creating if needed) and migrate the database; usable from any thread (see ThreadLocalDatabase)."""
+    if str(path) == ":memory:":
+        db = sqlite_utils.Database(":memory:")  # one private database: it cannot be shared by threads
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+        return db
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = ThreadLocalDatabase(path)
+    db.enable_wal()
     migrate(db)
     return db
 
@@ -314,3 +374,185 @@ def record_promotion(db, version: str | None, previous: str | None, action: str,
 
 def promotions(db) -> list[dict]:
     return list(db.query("select * from promotions order by id"))
+
+
+# --- the learning loop: review, privacy, what a snapshot reads ------------
+
+
+def correction(db, correction_id: int) -> dict | None:
+    rows = list(db.query("select * from corrections where id = ?", [correction_id]))
+    return rows[0] if rows else None
+
+
+def review_correction(db, correction_id: int, status: str, by: str) -> bool:
+    """Accept or reject a pending correction; False when it is not pending (already reviewed, or gone)."""
+    with db.conn:
+        return db.execute(
+            "update corrections set status = ?, reviewed_by = ?, reviewed_at = ? where id = ? and status = 'pending'",
+            [status, by, time.time(), correction_id]).rowcount == 1
+
+
+def pending_corrections(db, limit: int = 50) -> list[dict]:
+    """Corrections waiting for review, oldest first, with the question and answer they correct."""
+    return list(db.query(
+        "select c.id, c.answer_id, c.user, c.platform, c.text, c.created_at, a.question, a.answer"
+        " from corrections c join answers a on a.id = c.answer_id where c.status = 'pending'"
+        " order by c.created_at, c.id limit ?", [limit]))
+
+
+def set_opt_out(db, platform: str, user: str, out: bool = True) -> None:
+    with db.conn:
+        if out:
+            db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
+                       [platform, user, time.time()])
+        else:
+            db.execute("delete from opt_outs where platform = ? and user = ?", [platform, user])
+
+
+def opted_out(db) -> set[tuple[str, str]]:
+    return {(p, u) for p, u in db.execute("select platform, user from opt_outs")}
+
+
+def forget_user(db, platform: str, user: str) -> dict:
+    """Delete a person's questions (answers rows, with all feedback on them), votes and corrections.
+
+    One transaction: a crash half-way leaves everything, never half. The
+    opt-out row stays, so their future questions stay out of training too."""
+    mine = "select id from answers where platform = ? and user = ?"
+    with db.conn:
+        votes_n = db.execute(f"delete from votes where (platform = ? and user = ?) or answer_id in ({mine})",
+                             [platform, user, platform, user]).rowcount
+        corrections_n = db.execute(
+            f"delete from corrections where (platform = ? and user = ?) or answer_id in ({mine})",
+            [platform, user, platform, user]).rowcount
+        answers_n = db.execute("delete from answers where platform = ? and user = ?", [platform, user]).rowcount
+    return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
+
+
+def feedback_answers(db) -> list[dict]:
+    """Every answer that has a vote or an accepted correction, with its `votes` and accepted `corrections`.
+
+    What a training snapshot is made from; `passages` are the ones the asker saw."""
+    rows = list(db.query(
+        "select * from answers where id in (select answer_id from votes)"
+        " or id in (select answer_id from corrections where status = 'accepted') order by created_at, id"))
+    votes_by: dict[str, list[dict]] = {}
+    for v in db.query("select * from votes order by created_at"):
+        votes_by.setdefault(v["answer_id"], []).append(v)
+    fixes_by: dict[str, list[dict]] = {}
+    for c in db.query("select * from corrections where status = 'accepted' order by created_at, id"):
+        fixes_by.setdefault(c["answer_id"], []).append(c)
+    for r in rows:
+        r["passages"] = json.loads(r["passages"] or "[]")
+        r["votes"], r["corrections"] = votes_by.get(r["id"], []), fixes_by.get(r["id"], [])
+    return rows
+
+
+def mark_trained(db, version: str, correction_ids: Iterable[int], answer_ids: Iterable[str]) -> None:
+    """Record that promoted adapter `version` learned these corrections and upvoted answers."""
+    with db.conn:
+        db.conn.executemany("update corrections set used_in = ? where id = ? and used_in is null",
+                            [(version, i) for i in correction_ids])
+        db.conn.executemany("update answers set trained_in = ? where id = ? and trained_in is null",
+                            [(version, i) for i in answer_ids])
+
+
+# --- training jobs and their outbox ----------------------------------------
+
+ACTIVE_STATES = ("running", "training", "evaluating")
+FINAL_STATES = ("promoted", "rejected", "skipped", "failed", "cancelled")
+
+
+def create_job(db, kind: str, requested_by: str, platform: str = "", channel: str = "", thread: str = "") -> int:
+    with db.conn:
+        return db.execute(
+            "insert into jobs (kind, state, requested_by, platform, channel, thread, created_at)"
+            " values (?, 'queued', ?, ?, ?, ?, ?)",
+            [kind, requested_by, platform, channel, thread, time.time()]).lastrowid
+
+
+def job(db, job_id: int) -> dict | None:
+    rows = list(db.query("select * from jobs where id = ?", [job_id]))
+    return rows[0] if rows else None
+
+
+def list_jobs(db, limit: int = 20, states: Iterable[str] | None = None) -> list[dict]:
+    sql, args = "select * from jobs", []
+    if states:
+        states = list(states)
+        sql += f" where state in ({', '.join('?' * len(states))})"
+        args += states
+    return list(db.query(sql + " order by id desc limit ?", args + [limit]))
+
+
+def claim_job(db, job_id: int) -> bool:
+    """queued -> running, once: True for the one caller that got the job (a job id runs at most once)."""
+    with db.conn:
+        return db.execute("update jobs set state = 'running', started_at = ? where id = ? and state = 'queued'",
+                          [time.time(), job_id]).rowcount == 1
+
+
+def update_job(db, job_id: int, **fields) -> None:
+    if not fields:
+        return
+    if fields.get("state") in FINAL_STATES:
+        fields.setdefault("finished_at", time.time())
+    cols = ", ".join(f"{k} = :{k}" for k in fields)
+    with db.conn:
+        db.execute(f"update jobs set {cols} where id = :_id", {**fields, "_id": job_id})
+
+
+def cancel_queued_job(db, job_id: int, by: str) -> bool:
+    with db.conn:
+        return db.execute(
+            "update jobs set state = 'cancelled', cancel_requested = ?, finished_at = ?, error = ?"
+            " where id = ? and state = 'queued'", [by, time.time(), f"cancelled by {by}", job_id]).rowcount == 1
+
+
+def request_job_cancel(db, job_id: int, by: str) -> bool:
+    """Ask a running job to stop at its next training step."""
+    states = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
+    with db.conn:
+        return db.execute(f"update jobs set cancel_requested = ? where id = ? and state in ({states})",
+                          [by, job_id]).rowcount == 1
+
+
+def job_cancel_requested(db, job_id: int) -> str | None:
+    row = db.execute("select cancel_requested from jobs where id = ?", [job_id]).fetchone()
+    return row[0] if row else None
+
+
+def post_outbox(db, job_id: int | None, platform: str, channel: str, thread: str, text: str) -> int:
+    with db.conn:
+        return db.execute(
+            "insert into outbox (job_id, platform, channel, thread, text, created_at) values (?, ?, ?, ?, ?, ?)",
+            [job_id, platform, channel, thread, text, time.time()]).lastrowid
+
+
+def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: float = 60.0) -> list[dict]:
+    """Unsent messages for `platform`, oldest first, claimed by `claimer` for `lease_s` seconds.
+
+    A claim that is not marked sent within the lease (the poster crashed) is
+    offered again, so a message is posted at least once; two bot processes
+    never claim the same row at the same time."""
+    now = time.time()
+    with db.conn:
+        cur = db.execute(
+            "update outbox set claimed_by = ?, claimed_at = ? where id in ("
+            " select id from outbox where platform = ? and sent_at is null"
+            " and (claimed_at is null or claimed_at < ?) order by id limit ?) returning *",
+            [claimer, now, platform, now - lease_s, limit])
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def mark_outbox_sent(db, ids: Iterable[int]) -> None:
+    with db.conn:
+        db.conn.executemany("update outbox set sent_at = ? where id = ?", [(time.time(), i) for i in ids])
+
+
+def outbox(db, job_id: int | None = None) -> list[dict]:
+    if job_id is None:
+        return list(db.query("select * from outbox order by id"))
+    return list(db.query("select * from outbox where job_id = ? order by id", [job_id]))

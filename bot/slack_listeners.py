@@ -1,0 +1,268 @@
+"""What the bot does with each Slack request: slash commands, mentions, DMs, 👍/👎, corrections.
+
+`Listeners.register(app)` wires them with bolt's own decorators. Each acks
+first (Slack allows 3 s), then works. The command layer is blocking
+(retrieval, SQL, generation), so it runs on the listeners' thread pools,
+never on the loop. An answer streams into a placeholder reply: the model
+writes tokens on a worker thread, `TokenStream` hands them to the loop
+without blocking either side, and `pump` shows them at most once per
+interval (Slack allows about one `chat.update` per message per second,
+more gets HTTP 429), stopping as soon as the answer is complete so the
+final update (sources, buttons) is never overtaken by a stale frame.
+Slack retries deliveries it believes lost; `store.first_delivery` makes each
+event, command and click count once.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+from slack_sdk.errors import SlackApiError
+
+from . import slack_render as render
+from . import store
+from .commands import Caller, Commands, Reply
+
+log = logging.getLogger(__name__)
+PLATFORM = "slack"
+
+
+class TokenStream:
+    """Tokens from the model's thread, shown in one Slack message by `pump` on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.pieces = loop, []
+        self.changed, self.done = asyncio.Event(), asyncio.Event()
+        self.updates = 0  # chat.update calls made while streaming
+        self._woken = False
+
+    def on_token(self, piece: str) -> None:
+        """The answering layer's `on_token`: runs on a worker thread, never blocks."""
+        self.pieces.append(piece)
+        if not self._woken:
+            self._woken = True
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop has closed (shutdown): generation may finish unseen
+                pass
+
+    def _wake(self) -> None:
+        self._woken = False
+        self.changed.set()
+
+    def close(self) -> None:
+        """The answer is complete: `pump` returns without another frame."""
+        self.done.set()
+        self.changed.set()
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    async def pump(self, client, channel: str, ts: str, every_s: float) -> None:
+        """Show the text so far in message `ts`, at most once per `every_s` seconds, until `close()`."""
+        loop, last, shown = asyncio.get_running_loop(), -math.inf, ""
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            wait = last + every_s - loop.time()
+            if wait > 0 and not self.done.is_set():
+                try:  # let tokens gather until the next update is allowed, unless the answer ends first
+                    await asyncio.wait_for(self.done.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+            if self.done.is_set():
+                return
+            text = self.text()
+            if text == shown:
+                continue
+            try:
+                await client.chat_update(channel=channel, ts=ts, text=render.streaming_text(text))
+                self.updates += 1
+            except SlackApiError as e:  # rate-limited or deleted: skip a frame; the final update follows
+                log.warning("chat.update while streaming failed: %s", e.response.get("error"))
+            shown, last = text, loop.time()
+
+
+class Listeners:
+    """The listeners, bound to one command layer and its thread pools."""
+
+    def __init__(self, commands: Commands, update_every_s: float, workers: int):
+        self.commands, self.update_every_s = commands, update_every_s
+        # Own pools rather than asyncio.to_thread's default one: that has cpu+4
+        # threads, is shared with Discord, and a question holds its thread for
+        # the whole generation; delivery checks get their own small pool so a
+        # retried event is recognised even while every answer thread is busy.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slack-work")
+        self.quick = ThreadPoolExecutor(2, thread_name_prefix="slack-dedupe")
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.quick.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, pool, fn, *args, **kwargs) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+
+    async def first(self, key: str) -> bool:
+        return await self._submit(self.quick, store.first_delivery, self.commands.db, key)
+
+    # -- slash commands -------------------------------------------------------
+
+    def command(self, run):
+        """A slash command answered by one message: `run(caller, text) -> Reply`, off the loop."""
+        async def listener(ack, command, respond):
+            await ack()
+            if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
+                return
+            caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
+            reply = await self._submit(self.pool, run, caller, render.unescape(command.get("text", "")).strip())
+            await respond(**render.reply_message(reply))
+        return listener
+
+    def kb(self, caller: Caller, text: str) -> Reply:
+        verb, _, rest = text.partition(" ")
+        if verb == "search":
+            return self.commands.kb_search(caller, rest.strip())
+        if verb == "reindex":
+            return self.commands.kb_reindex(caller)
+        return Reply("Use `/kb search <query>` or `/kb reindex`.", ok=False, private=True)
+
+    def adapter(self, caller: Caller, text: str) -> Reply:
+        words = text.split()
+        return self.commands.adapter(caller, words[0] if words else "list", words[1] if len(words) > 1 else None)
+
+    async def ask(self, ack, command, respond, client):
+        question = render.unescape(command.get("text", "")).strip()
+        bad = self.commands.check_question(question)
+        if bad:
+            await ack(render.escape(bad.text))  # a slash command's ack text is shown to the caller only
+            return
+        await ack()
+        if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
+            return
+        user, channel = command["user_id"], command["channel_id"]
+        try:
+            root = await client.chat_postMessage(channel=channel, text=f"<@{user}> asked: {render.escape(question)}")
+        except SlackApiError as e:
+            # Not a member here (a private channel, a DM with someone else): answer
+            # through the command's response URL instead, without streaming.
+            log.info("cannot post in %s (%s): answering through response_url", channel, e.response.get("error"))
+            answer = await self._submit(self.pool, self.commands.ask, Caller(PLATFORM, user, channel), question)
+            await respond(text=render.answer_fallback(answer), blocks=render.answer_blocks(answer),
+                          response_type="in_channel")
+            return
+        await self.answer(client, Caller(PLATFORM, user, channel, root["ts"]), question)
+
+    # -- answering in a thread -------------------------------------------------
+
+    async def answer(self, client, caller: Caller, question: str) -> None:
+        """Post a placeholder in the thread, stream into it, then replace it with the final answer."""
+        placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
+                                                    text=render.THINKING)
+        ts = placeholder["ts"]
+        stream = TokenStream(asyncio.get_running_loop())
+        pump = asyncio.create_task(stream.pump(client, caller.channel, ts, self.update_every_s))
+        answer = None
+        try:
+            answer = await self._submit(self.pool, self.commands.ask, caller, question, on_token=stream.on_token)
+        except Exception:  # the command layer never fails for the model's sake: a bug, or the database
+            log.exception("answering %r failed", question[:80])
+        finally:
+            stream.close()
+            await pump  # no streaming frame may land after the final text
+        if answer is None:
+            await client.chat_update(channel=caller.channel, ts=ts,
+                                     text="Sorry, something went wrong while answering. Please try again.")
+            return
+        await client.chat_update(channel=caller.channel, ts=ts, text=render.answer_fallback(answer),
+                                 blocks=render.answer_blocks(answer))
+
+    # -- mentions and direct messages -----------------------------------------
+
+    async def on_mention(self, body, event, client):
+        if not event.get("bot_id"):  # another bot mentioning us: no bot-to-bot loops
+            await self._answer_event(body, event, client)
+
+    async def on_message(self, body, event, client):
+        # Every message event reaches here (and is acked by bolt, so Slack does not
+        # retry it); only a person's own new DM is a question.
+        if event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id"):
+            await self._answer_event(body, event, client)
+
+    async def _answer_event(self, body, event, client) -> None:
+        if not await self.first(f"slack:event:{body.get('event_id')}"):
+            return  # a retry of an event already being answered
+        thread = event.get("thread_ts") or event["ts"]
+        caller = Caller(PLATFORM, event.get("user", ""), event["channel"], thread)
+        question = render.question_from_event(event.get("text", ""))
+        bad = self.commands.check_question(question)
+        if bad:
+            await client.chat_postEphemeral(channel=caller.channel, user=caller.user, thread_ts=thread,
+                                            text=render.escape(bad.text))
+            return
+        await self.answer(client, caller, question)
+
+    # -- 👍 / 👎 and corrections ------------------------------------------------
+
+    async def _first_action(self, body, action) -> bool:
+        return await self.first(f"slack:action:{body.get('trigger_id') or action.get('action_ts')}")
+
+    @staticmethod
+    def _action_caller(body) -> Caller:
+        return Caller(PLATFORM, body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+
+    async def vote_up(self, ack, body, action, respond):
+        await ack()
+        if await self._first_action(body, action):
+            reply = await self._submit(self.pool, self.commands.vote, self._action_caller(body), action.get("value", ""), 1)
+            await respond(**render.reply_message(reply))
+
+    async def vote_down(self, ack, body, action, respond, client):
+        await ack()
+        if not await self._first_action(body, action):
+            return
+        answer_id = action.get("value", "")
+        # Record the vote at once, but don't let it delay the modal: a trigger_id expires 3 s after the click.
+        vote = self._submit(self.pool, self.commands.vote, self._action_caller(body), answer_id, -1)
+        try:
+            await client.views_open(trigger_id=body["trigger_id"], view=render.correction_modal(answer_id))
+        except SlackApiError as e:
+            log.warning("could not open the correction modal: %s", e.response.get("error"))
+        reply = await vote
+        if not reply.ok:
+            await respond(**render.reply_message(reply))
+
+    async def submit_correction(self, ack, body, view):
+        caller = Caller(PLATFORM, body["user"]["id"])
+        if not await self.first(f"slack:action:{body.get('trigger_id') or view.get('id')}"):
+            await ack()
+            return
+        # The command layer decides what a valid correction is; its answer (ms of SQL)
+        # is what the ack carries, as field errors or a thank-you in place of the form.
+        work = self._submit(self.pool, self.commands.correct, caller, view.get("private_metadata", ""),
+                            render.correction_text(view))
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(work), 2.0)
+        except asyncio.TimeoutError:  # a slow database: close the modal in time; the save goes on
+            await ack()
+            return
+        if reply.ok:
+            await ack(response_action="update", view=render.thanks_modal(reply))
+        else:
+            await ack(response_action="errors", errors={render.CORRECTION: reply.text[:150]})
+
+    def register(self, app) -> None:
+        app.command("/ask")(self.ask)
+        app.command("/kb")(self.command(self.kb))
+        app.command("/feedback")(self.command(lambda caller, text: self.commands.feedback_list(caller)))
+        app.command("/train")(self.command(lambda caller, text: self.commands.train(caller)))
+        app.command("/jobs")(self.command(lambda caller, text: self.commands.jobs(caller)))
+        app.command("/adapter")(self.command(self.adapter))
+        app.command("/help")(self.command(lambda caller, text: self.commands.help(caller)))
+        app.event("app_mention")(self.on_mention)
+        app.event("message")(self.on_message)
+        app.action(render.VOTE_UP)(self.vote_up)
+        app.action(render.VOTE_DOWN)(self.vote_down)
+        app.view(render.CORRECTION)(self.submit_correction)
