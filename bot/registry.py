@@ -23,7 +23,9 @@ def versions(adapters_dir: Path) -> list[str]:
     root = Path(adapters_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file())
+    # `.tmp-vNNNN` is a run still being written (or a crashed one): never a version.
+    return sorted(p.name for p in root.iterdir()
+                  if not p.name.startswith(".") and p.is_dir() and (p / "adapter_config.json").is_file())
 
 
 def card(adapters_dir: Path, version: str) -> dict:

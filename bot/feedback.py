@@ -1,0 +1,106 @@
+"""Feedback on answers, and who may make it training data: votes, corrections, review, opt-out, forget.
+
+A vote or correction is stored against the answer id with the person and
+the time. A correction from someone trusted (`BOT_TRUSTED_REVIEWERS`, or the
+operator at the CLI) is accepted at once; anyone else's waits for an admin to
+accept or reject it. Stored text stays as written (the reviewer must see what
+was said); `privacy.scrub` runs when a snapshot turns it into training data.
+People can opt out of training (their questions are still answered) and can
+have everything they asked, rated and corrected deleted.
+"""
+from __future__ import annotations
+
+from . import config, store
+
+MAX_CORRECTION_CHARS = 8000
+
+
+class FeedbackError(Exception):
+    """A vote, correction or review that cannot be recorded; the message says why, for the user."""
+
+
+def person(platform: str, user: str) -> str:
+    """The `platform:user` id used in BOT_TRUSTED_REVIEWERS and in `reviewed_by`."""
+    return f"{platform}:{user}"
+
+
+def trusted(platform: str, user: str, reviewers: list[str] | None = None) -> bool:
+    """The operator at the CLI, or a `platform:user` listed in BOT_TRUSTED_REVIEWERS."""
+    if platform == "cli":
+        return True
+    reviewers = config.get("BOT_TRUSTED_REVIEWERS") if reviewers is None else reviewers
+    return person(platform, user) in reviewers
+
+
+def _answer(db, answer_id: str) -> dict:
+    row = store.answer(db, answer_id) if answer_id else None
+    if row is None:
+        raise FeedbackError(f"answer {answer_id!r} no longer exists (it may have been deleted); nothing was recorded")
+    return row
+
+
+def vote(db, answer_id: str, platform: str, user: str, value: int) -> dict:
+    """Record 👍 (1) or 👎 (-1); a person's last vote on an answer wins."""
+    if value not in (1, -1):
+        raise FeedbackError("a vote is 1 (👍) or -1 (👎)")
+    _answer(db, answer_id)
+    store.record_vote(db, answer_id, user, platform, value)
+    return {"answer_id": answer_id, "value": value}
+
+
+def correct(db, answer_id: str, text: str, platform: str, user: str,
+            reviewers: list[str] | None = None) -> dict:
+    """Store a correction: `{"id", "status"}`, status "accepted" when the author is trusted, else "pending"."""
+    _answer(db, answer_id)
+    text = (text or "").strip()
+    if not text:
+        raise FeedbackError("the correction is empty; nothing was recorded")
+    if len(text) > MAX_CORRECTION_CHARS:
+        raise FeedbackError(f"the correction is {len(text)} characters; the limit is {MAX_CORRECTION_CHARS}")
+    cid = store.record_correction(db, answer_id, user, platform, text, "pending")
+    if trusted(platform, user, reviewers):
+        # Stored as pending first, then reviewed by its own author: one code path
+        # for `reviewed_by`, and a crash in between leaves it waiting, never unvetted.
+        store.review_correction(db, cid, "accepted", person(platform, user))
+        return {"id": cid, "status": "accepted"}
+    return {"id": cid, "status": "pending"}
+
+
+def pending(db, limit: int = 50) -> list[dict]:
+    """Corrections waiting for an admin: id, answer_id, user, platform, text, created_at, question, answer."""
+    return store.pending_corrections(db, limit)
+
+
+def review(db, correction_id: int, accept: bool, by: str) -> dict:
+    """Accept or reject a pending correction; `by` is who decided (`platform:user`)."""
+    row = store.correction(db, correction_id)
+    if row is None:
+        raise FeedbackError(f"no correction #{correction_id}")
+    if row["status"] != "pending":
+        raise FeedbackError(f"correction #{correction_id} was already {row['status']} by {row['reviewed_by'] or '?'}")
+    status = "accepted" if accept else "rejected"
+    if not store.review_correction(db, correction_id, status, by):
+        raise FeedbackError(f"correction #{correction_id} was reviewed by someone else just now")
+    return {"id": correction_id, "status": status, "by": by}
+
+
+def opt_out(db, platform: str, user: str) -> None:
+    """Keep this person's questions and feedback out of every future training set; they are still answered."""
+    store.set_opt_out(db, platform, user, True)
+
+
+def opt_in(db, platform: str, user: str) -> None:
+    store.set_opt_out(db, platform, user, False)
+
+
+def is_opted_out(db, platform: str, user: str) -> bool:
+    return (platform, user) in store.opted_out(db)
+
+
+def forget(db, platform: str, user: str) -> dict:
+    """Delete what this person asked (answers rows, with everyone's feedback on them), their votes and
+    corrections: `{"answers": n, "votes": n, "corrections": n}`.
+
+    An adapter already trained on their data keeps what it learned until the
+    next retrain, whose snapshot no longer holds it."""
+    return store.forget_user(db, platform, user)

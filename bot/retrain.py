@@ -1,0 +1,198 @@
+"""One retraining run: snapshot -> QLoRA adapter -> evaluation gate -> promotion, into an immutable version folder.
+
+Everything is written into `adapters/.tmp-<version>` and moved to
+`adapters/<version>` with one `os.replace` once complete, card included, so
+a crash (or a SIGKILL) never leaves a half-written folder that looks like a
+version; `jobs.recover` removes the leftovers. Training continues from the
+adapter in service (its weights, its LoRA shape) when there is one, so the
+new version is the old knowledge plus the new feedback; the snapshot replays
+what the parent learned so it is not forgotten. The pointer moves (through
+`registry.promote`) only on a "promoted" verdict, and only then is the
+feedback marked as learned.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from . import evaluation, hotswap, registry, snapshot, store
+
+VERSION_RE = re.compile(r"^(?:\.tmp-)?v(\d{4,})$")
+NEGATIVES_NOTE = ("downvoted answers without a correction, kept for a preference objective (KTO/DPO); "
+                  "not trained on: the trainer is supervised only")
+
+
+class Cancelled(Exception):
+    """The job was asked to stop; nothing was promoted."""
+
+
+def reserve_version(adapters_dir: Path) -> tuple[str, Path]:
+    """The next free `vNNNN` and its temporary folder, created here so that two runs never pick the same."""
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(m.group(1)) for p in adapters_dir.iterdir() if (m := VERSION_RE.match(p.name))]
+        version = f"v{max(taken, default=0) + 1:04d}"
+        tmp = adapters_dir / f".tmp-{version}"
+        try:
+            tmp.mkdir()
+            return version, tmp
+        except FileExistsError:
+            continue
+
+
+def _parent(adapters_dir: Path, gen) -> tuple[str | None, str]:
+    """The version in service to start from, or None (the base) with the reason."""
+    current = hotswap.read_pointer(adapters_dir)
+    if current is None:
+        return None, "base model (no adapter in service)"
+    try:
+        hotswap.check_name(current)
+        hotswap.check_folder(adapters_dir / current)
+    except hotswap.AdapterError as e:
+        return None, f"base model (the adapter in service cannot be read: {e})"
+    card = registry.card(adapters_dir, current)
+    base = card.get("base_model", {})
+    if base and (base.get("id"), base.get("revision")) != (gen.model_id, gen.revision):
+        return None, f"base model ({current} was trained on {base.get('id')}@{base.get('revision')})"
+    return current, f"{current} (the adapter in service)"
+
+
+def _summary(metrics: dict) -> dict:
+    return {name: {who: {k: v for k, v in m.items() if k != "rows"} for who, m in pair.items()}
+            for name, pair in metrics.items()}
+
+
+def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: Path, searcher=None,
+        golden: Path | None = None, quantize: bool | None = None, steps: int | None = None,
+        learning_rate: float | None = None, batch_size: int | None = None, k: int = 5,
+        min_gain: float = 0.05, f1_tol: float = 0.02, nll_tol: float = 0.05,
+        progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train, evaluate and maybe promote; `{"job", "version", "verdict", "reasons", "metrics", "counts", ...}`.
+
+    verdict: "promoted" | "rejected" | "skipped" (nothing to learn). `progress` gets
+    `{"state": ...}` at each stage and `{"step", "steps", "loss"}` per step; `should_stop`
+    is polled at every training step and after evaluation, and raises Cancelled (nothing
+    written, pointer untouched) when it says so."""
+    from . import generation, presets, retrieval, training
+
+    say = progress or (lambda event: None)
+    stop = should_stop or (lambda: False)
+    adapters_dir = Path(adapters_dir)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    recipe = presets.load(preset)
+    budget = recipe.generation.context_budget_tokens
+    gen = generation.load(preset, cache_dir=Path(cache_dir), adapters_dir=adapters_dir, quantize=quantize,
+                          trainable=True)
+    gen.adapters_dir = None  # evaluation picks adapters itself; the serving pointer must not switch them
+    timings["load_s"] = time.perf_counter() - t0
+
+    snap = snapshot.build(db, count=gen.count_tokens, context_budget=budget)
+    if not snap.train or not snap.new:
+        why = ("no accepted feedback to learn from" if not snap.train else
+               "no new accepted feedback since the last promoted adapter learned it all")
+        return {"job": job_id, "version": None, "verdict": "skipped", "counts": snap.counts,
+                "data_hash": snap.data_hash, "reasons": [why]}
+    parent, init = _parent(adapters_dir, gen)
+    version, tmp = reserve_version(adapters_dir)
+    try:
+        steps = steps or recipe.training.steps
+        lr = learning_rate or recipe.training.learning_rate
+        batch = batch_size or recipe.training.batch_size
+        say({"state": "training", "version": version, "steps": steps, "parent": parent,
+             "data_hash": snap.data_hash, "counts": snap.counts})
+        t1 = time.perf_counter()
+        if parent:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(gen.base, str(adapters_dir / parent), adapter_name="default",
+                                              is_trainable=True)
+        else:
+            model = training.add_lora(gen.base, recipe.lora)
+        lora = model.peft_config["default"]
+        stopped = []
+
+        def poll() -> bool:
+            if not stopped and stop():
+                stopped.append(True)
+            return bool(stopped)
+
+        result = training.train(model, gen.tokenizer, snap.examples("train"), steps=steps, learning_rate=lr,
+                                batch_size=batch, seed=recipe.training.seed,
+                                max_tokens=gen.context_length, should_stop=poll,
+                                log=lambda step, loss: say({"step": step, "steps": steps, "loss": loss}))
+        if stopped:
+            raise Cancelled(f"stopped at step {result.steps} of {steps}")
+        training.save_adapter(model, tmp)
+        files = snap.write(tmp)
+        gen.base = gen.model = model.unload()  # LoRA layers out: the base serves both adapters below
+        timings["train_s"] = time.perf_counter() - t1
+
+        say({"state": "evaluating", "version": version})
+        t2 = time.perf_counter()
+        gen.load_adapter(version, tmp)
+        if parent:
+            gen.load_adapter(parent, adapters_dir / parent)
+        if searcher is None:
+            searcher = retrieval.Searcher(db)
+        # (a) what this run is for: the new examples; the replayed ones (what the adapter in
+        # service already learned) are a guard, like the held-out feedback and the golden set.
+        sets = {"learned": evaluation.items_of([e for e in snap.train if e["new"]]),
+                "replayed": evaluation.items_of([e for e in snap.train if not e["new"]]),
+                "heldout": evaluation.items_of(snap.heldout),
+                "golden": evaluation.load_items(golden) if golden else []}
+        metrics = evaluation.compare(gen, searcher, sets, version, parent, k=k, context_budget=budget,
+                                     max_new_tokens=recipe.generation.max_new_tokens)
+        verdict, reasons = evaluation.gate(metrics, min_gain=min_gain, f1_tol=f1_tol, nll_tol=nll_tol)
+        if golden is not None and not sets["golden"]:
+            # A gate that cannot check regressions does not promote on its own.
+            verdict = "rejected"
+            reasons.append(f"no golden questions at {golden}: regressions cannot be checked, "
+                           "so nothing is promoted automatically (promote by hand after review)")
+        timings["eval_s"] = time.perf_counter() - t2
+        if poll():
+            raise Cancelled("stopped during evaluation")
+
+        (tmp / "evaluation.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=1), encoding="utf-8")
+        timings["total_s"] = time.perf_counter() - t0
+        card = {
+            "version": version, "job": job_id, "created_at": time.time(), "parent": parent, "init": init,
+            "preset": recipe.name, "base_model": {"id": gen.model_id, "revision": gen.revision,
+                                                  "quantized_4bit": gen.quantized},
+            "data": {"hash": snap.data_hash, **snap.counts, "files": files, "negatives_note": NEGATIVES_NOTE},
+            "recipe": {"lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                                "target_modules": sorted(lora.target_modules)},
+                       **asdict(recipe.training), "steps": steps, "learning_rate": lr, "batch_size": batch,
+                       "steps_done": result.steps, "tokens": result.tokens},
+            "loss_curve": [round(x, 4) for x in result.losses],
+            "metrics": _summary(metrics),
+            "gate": {"min_gain": min_gain, "f1_tolerance": f1_tol, "nll_tolerance": nll_tol},
+            "verdict": verdict, "reasons": reasons,
+            "timings": {key: round(v, 2) for key, v in timings.items()},
+        }
+        (tmp / "card.json").write_text(json.dumps(card, ensure_ascii=False, indent=1), encoding="utf-8")
+        _fsync_dir(tmp)
+        os.replace(tmp, adapters_dir / version)  # the version exists from here on, complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if verdict == "promoted":
+        registry.promote(db, adapters_dir, version, by=f"job:{job_id}" if job_id is not None else "retrain")
+        store.mark_trained(db, version, *snap.learned_ids())
+    return {"job": job_id, "version": version, "verdict": verdict, "reasons": reasons, "parent": parent,
+            "metrics": card["metrics"], "counts": snap.counts, "data_hash": snap.data_hash,
+            "loss": card["loss_curve"][-1] if card["loss_curve"] else None, "seconds": round(timings["total_s"], 2)}
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush the folder's files to disk before the rename makes them a version."""
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())

@@ -1,0 +1,190 @@
+"""Training jobs: one run per job id, cancel, recovery after a killed worker (simulated and real), the schedule.
+
+Real tiny model, real SQLite, huey in immediate mode; trainings are a few
+steps long here, since these tests check the job machinery, not learning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bot import answering, feedback, generation, registry, store
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = [{"question": "什么是天使投资？", "answer": "天使投资是指个人投资者对初创企业的早期投资。"},
+          {"question": "生成对抗网络由哪两部分组成？", "answer": "生成对抗网络由生成器和判别器两个神经网络组成。"}]
+
+
+@pytest.fixture
+def loop(tiny_model_dir, kb_db, tmp_path, monkeypatch):
+    from bot import jobs
+
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in GOLDEN), encoding="utf-8")
+    env = {"BOT_DB": tmp_path / "bot.db", "BOT_MODEL": "tiny", "BOT_CACHE_DIR": tiny_model_dir.parent,
+           "BOT_ADAPTERS_DIR": tmp_path / "adapters", "BOT_GOLDEN_SET": golden, "BOT_EMBEDDER": "none",
+           "BOT_TRAIN_STEPS": 2, "BOT_HUEY_DB": tmp_path / "huey.db"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(jobs.huey, "immediate", True)
+    return SimpleNamespace(db=kb_db, jobs=jobs, adapters=tmp_path / "adapters", env={k: str(v) for k, v in env.items()},
+                           tmp=tmp_path)
+
+
+def _feedback(db, n: int = 2) -> list[str]:
+    """n answered questions, each corrected by the operator (no model needed to record them)."""
+    from bot import retrieval
+
+    searcher = retrieval.Searcher(db)
+    answerer = answering.Answerer(db, searcher, None)
+    ids = []
+    for q in ["什么是天使投资？", "DeepMind最著名的成就是什么？", "EfficientNet有什么特点？"][:n]:
+        a = answerer.ask(q, answering.Context("slack", "U1", "C1"))
+        feedback.correct(db, a.id, f"{q}的答案[1]。", "cli", "operator")
+        ids.append(a.id)
+    return ids
+
+
+def test_a_job_id_runs_once_however_often_it_is_enqueued(loop):
+    _feedback(loop.db)
+    job_id = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
+    # QLoRA proper: the base loaded in 4-bit NF4 (the tiny preset's default is float32).
+    first = loop.jobs.run_inline(loop.db, job_id, quantize=True)
+    second = loop.jobs.train_job(job_id).get()  # the huey task, enqueued for the same id
+    third = loop.jobs.train_job(job_id).get()
+    assert first["ran"] is True and first["state"] in ("promoted", "rejected")
+    assert second["ran"] is third["ran"] is False and second["state"] == first["state"]
+    assert third["started_at"] == first["started_at"]
+    assert registry.versions(loop.adapters) == ["v0001"]
+    assert registry.card(loop.adapters, "v0001")["base_model"]["quantized_4bit"] is True
+    assert [j["id"] for j in loop.jobs.listing(loop.db)] == [job_id]
+
+
+def test_nothing_to_learn_is_skipped(loop):
+    job_id = loop.jobs.submit(loop.db, "cli:op")
+    row = store.job(loop.db, job_id)
+    assert row["state"] == "skipped" and row["version"] is None
+    assert not loop.adapters.exists() or registry.versions(loop.adapters) == []
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_step(loop, monkeypatch):
+    _feedback(loop.db)
+    queued = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
+    assert loop.jobs.cancel(loop.db, queued, "cli:op")["state"] == "cancelled"
+    assert loop.jobs.run_inline(loop.db, queued)["ran"] is False
+    with pytest.raises(loop.jobs.JobError, match="already finished"):
+        loop.jobs.cancel(loop.db, queued, "cli:op")
+
+    monkeypatch.setenv("BOT_TRAIN_STEPS", "100000")
+    running = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(
+        loop.jobs.run_inline(store.connect(loop.env["BOT_DB"]), running)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while (store.job(loop.db, running)["step"] or 0) < 2:
+        assert time.monotonic() < deadline and worker.is_alive(), store.job(loop.db, running)
+        time.sleep(0.05)
+    assert loop.jobs.cancel(loop.db, running, "slack:UADMIN")["state"] == "cancelling"
+    worker.join(60)
+    row = store.job(loop.db, running)
+    assert row["state"] == "cancelled" and "slack:UADMIN" in row["error"] and row["step"] < 100000
+    assert done["state"] == "cancelled"
+    assert generation.read_pointer(loop.adapters) is None
+    assert list(loop.adapters.iterdir()) == []  # neither a version nor a .tmp folder
+
+
+def test_recover_marks_a_job_left_by_a_dead_worker_failed_and_removes_its_folder(loop):
+    generation.set_pointer(loop.adapters, None)
+    job_id = loop.jobs.submit(loop.db, "slack:UADMIN", "slack", "C1", "T1", enqueue=False)
+    store.claim_job(loop.db, job_id)
+    store.update_job(loop.db, job_id, state="training", version="v0007", runner="gone-host:123")
+    tmp = loop.adapters / ".tmp-v0007"
+    tmp.mkdir(parents=True)
+    (tmp / "adapter_config.json").write_text("{}")
+    pointer = (loop.adapters / "current").read_text()
+
+    failed = loop.jobs.recover(loop.db, loop.adapters)
+    assert [(r["id"], r["state"], r["error"]) for r in failed] == [
+        (job_id, "failed", "worker stopped during training")]
+    assert not tmp.exists() and (loop.adapters / "current").read_text() == pointer
+    assert "worker stopped during training" in store.outbox(loop.db, job_id)[-1]["text"]
+    assert loop.jobs.recover(loop.db, loop.adapters) == []
+
+
+def _wait(what, check, proc, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert proc.poll() is None, f"the worker exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
+    """The real thing: a huey consumer (`jobs.run_worker`) in another process, the job sent
+    through the SQLite queue, SIGKILL while it trains, then a new worker recovers at start."""
+    _feedback(loop.db, 1)
+    env = {**os.environ, **loop.env, "BOT_TRAIN_STEPS": "100000"}
+    worker = [sys.executable, "-c", "from bot import jobs; jobs.run_worker()"]
+    run = dict(env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(worker, **run)
+    try:
+        _wait("the worker to start", lambda: store.get_meta(loop.db, loop.jobs.HEARTBEAT_KEY), first)
+        out = subprocess.run([sys.executable, "-c", "from bot import config, jobs, store; "
+                              "print(jobs.submit(store.connect(config.get('BOT_DB')), 'cli:op'))"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        job_id = int(out.stdout.strip().splitlines()[-1])
+        _wait("training", lambda: (store.job(loop.db, job_id)["step"] or 0) >= 3, first)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    assert store.job(loop.db, job_id)["state"] == "training"
+    assert (loop.adapters / ".tmp-v0001").is_dir() and registry.versions(loop.adapters) == []
+    queue = loop.jobs._SqliteHuey("bot", filename=loop.env["BOT_HUEY_DB"])
+    assert queue.is_locked("gpu")  # the killed worker still holds the GPU lock
+
+    second = subprocess.Popen(worker, **run)
+    try:
+        # recover() marks the job first, then removes the folder and frees the lock.
+        _wait("recovery", lambda: store.job(loop.db, job_id)["state"] == "failed" and not queue.is_locked("gpu")
+              and not (loop.adapters / ".tmp-v0001").exists(), second)
+    finally:
+        second.send_signal(signal.SIGINT)  # huey's graceful stop
+        second.wait(30)
+    row = store.job(loop.db, job_id)
+    assert row["error"] == "worker stopped during training" and row["finished_at"]
+    assert not (loop.adapters / ".tmp-v0001").exists() and generation.read_pointer(loop.adapters) is None
+    assert store.get_meta(loop.db, loop.jobs.HEARTBEAT_KEY)
+
+
+def test_schedule_runs_only_with_enough_new_feedback_and_new_data(loop, monkeypatch):
+    assert loop.jobs.cron("0 3 * * *") == {"minute": "0", "hour": "3", "day": "*", "month": "*",
+                                           "day_of_week": "*"}
+    for bad in ("0 3 * *", "61 3 * * *"):
+        with pytest.raises(ValueError):
+            loop.jobs.cron(bad)
+
+    _feedback(loop.db, 2)
+    not_enough = loop.jobs.nightly(loop.db, loop.adapters, min_feedback=5)
+    assert not_enough == {"ran": False, "job": None, "reason": "2 new accepted example(s); at least 5 needed"}
+
+    monkeypatch.setenv("BOT_GATE_MIN_GAIN", "100")  # no candidate can pass: the data stays new
+    ran = loop.jobs.nightly(loop.db, loop.adapters, min_feedback=2)
+    assert ran["ran"] is True and store.job(loop.db, ran["job"])["state"] == "rejected"
+    assert store.job(loop.db, ran["job"])["kind"] == "nightly"
+    again = loop.jobs.nightly(loop.db, loop.adapters, min_feedback=2)
+    assert again["ran"] is False and again["reason"].endswith("was already trained as v0001")
+
+    _feedback(loop.db, 3)  # one more question: new data, a new hash
+    busy = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
+    assert loop.jobs.nightly(loop.db, loop.adapters, min_feedback=2)["reason"] == f"job #{busy} is already queued"

@@ -1,0 +1,47 @@
+"""Personal data is scrubbed before text can enter a training set: one case per kind, and what must stay."""
+from __future__ import annotations
+
+import pytest
+
+from bot.privacy import findings, scrub
+
+CASES = [
+    # (kind, text, scrubbed)
+    ("email", "写信给 alice.wang+kb@example.co.uk 就行", "写信给 <EMAIL> 就行"),
+    ("phone, international", "call +86 138 0013 8000 today", "call <PHONE> today"),
+    ("phone, US", "call (415) 555-0134 or 415-555-0134", "call <PHONE> or <PHONE>"),
+    ("phone, CN mobile", "手机13800138000，随时联系", "手机<PHONE>，随时联系"),
+    ("phone, CN landline", "座机 010-62345678", "座机 <PHONE>"),
+    ("slack bot token", "token xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOp here", "token <TOKEN> here"),
+    ("slack app token", "xapp-1-A0123456789-1234567890-abcdef0123", "<TOKEN>"),
+    ("openai key", "key sk-proj-AbCdEf0123456789AbCdEf0123456789", "key <TOKEN>"),
+    ("github token", "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 leaked", "<TOKEN> leaked"),
+    ("aws key", "AKIAIOSFODNN7EXAMPLE is the id", "<TOKEN> is the id"),
+    ("bearer", "Authorization: Bearer abc.DEF-ghi_jkl~mno0123456789", "Authorization: Bearer <TOKEN>"),
+    ("long hex", "secret 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 end", "secret <SECRET> end"),
+    ("password", "password: hunter2hunter2", "password: <SECRET>"),
+    ("slack mention", "ask <@U024BE7LH> or <@U024BE7LH|bob>", "ask <USER> or <USER>"),
+    ("discord mention", "ping <@!123456789012345678> and <@123456789012345678>", "ping <USER> and <USER>"),
+    ("discord role", "the <@&987654321098765432> team", "the <ROLE> team"),
+    ("handle", "thanks @bob_smith and @alice.w!", "thanks <USER> and <USER>!"),
+]
+
+
+@pytest.mark.parametrize("kind,text,expected", CASES, ids=[c[0] for c in CASES])
+def test_each_kind_is_replaced_by_its_placeholder(kind, text, expected):
+    assert scrub(text) == expected
+    assert findings(text), kind
+
+
+def test_ordinary_text_and_numbers_stay():
+    text = ("2023年融资 5000 万元，估值 1200000000 元，增长 35%。参见第8章 8.4 节 [1]。"
+            "Use Python 3.11 and port 8080; GPT-3 has 175B parameters.")
+    assert scrub(text) == text
+    assert findings(text) == []
+
+
+def test_scrub_is_idempotent_and_empty_safe():
+    text = "mail bob@example.com, phone +1 415 555 0134, <@U1ABC>"
+    once = scrub(text)
+    assert scrub(once) == once
+    assert scrub("") == "" and scrub(None) == ""
