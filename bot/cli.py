@@ -268,6 +268,171 @@ def cmd_discord_sync(args) -> int:
     return 0
 
 
+def _out(args, data, text: str) -> None:
+    print(json.dumps(data, ensure_ascii=False) if args.json else text)
+
+
+def _who(spec: str | None) -> tuple[str, str]:
+    """`slack:U123` -> ("slack", "U123"); a bare name is an operator at the CLI."""
+    platform, sep, user = (spec or "operator").partition(":")
+    return (platform, user) if sep and platform and user else ("cli", spec or "operator")
+
+
+def cmd_feedback(args) -> int:
+    from . import feedback
+
+    db = _db()
+    try:
+        if args.target == "review":
+            if args.accept is not None or args.reject is not None:
+                cid, accept = (args.accept, True) if args.accept is not None else (args.reject, False)
+                done = feedback.review(db, cid, accept, by=feedback.person(*_who(args.user)))
+                _out(args, done, f"correction #{cid} {done['status']}")
+                return 0
+            rows = feedback.pending(db)
+            _out(args, {"pending": rows}, "\n".join(
+                f"#{r['id']} {r['platform']}:{r['user']} on {r['question'][:60]!r}: {r['text'][:200]}"
+                for r in rows) or "no corrections are waiting for review")
+            return 0
+        if args.up == args.down and args.correction is None:
+            print("feedback: give --up or --down, and/or --correction TEXT", file=sys.stderr)
+            return 2
+        platform, user = _who(args.user)
+        out = {"answer_id": args.target}
+        if args.up or args.down:
+            out["vote"] = feedback.vote(db, args.target, platform, user, 1 if args.up else -1)["value"]
+        if args.correction is not None:
+            fix = feedback.correct(db, args.target, args.correction, platform, user)
+            out["correction"] = fix
+        text = [f"vote {'+1' if out.get('vote') == 1 else '-1'} recorded" if "vote" in out else "",
+                f"correction #{out['correction']['id']} {out['correction']['status']}" if "correction" in out else ""]
+        _out(args, out, "; ".join(t for t in text if t) + f" on answer {args.target}")
+        return 0
+    except feedback.FeedbackError as e:
+        print(f"feedback: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_forget(args) -> int:
+    from . import feedback
+
+    db = _db()
+    platform, user = _who(args.user)
+    counts = feedback.forget(db, platform, user)
+    feedback.opt_out(db, platform, user)
+    _out(args, {"user": f"{platform}:{user}", **counts, "opted_out": True},
+         f"{platform}:{user}: deleted {counts['answers']} question(s), {counts['votes']} vote(s), "
+         f"{counts['corrections']} correction(s); opted out of training")
+    return 0
+
+
+def _follow(db, job_id: int, stop) -> None:
+    """Print a job's state and step to stderr as they change, until `stop` is set."""
+    from . import store
+
+    seen = None
+    while not stop.wait(1.0):
+        row = store.job(db, job_id) or {}
+        now = (row.get("state"), row.get("step"))
+        if now != seen and row:
+            seen = now
+            step = f" step {row['step']}/{row['steps']} loss {row['loss']:.3f}" if row.get("steps") and \
+                row.get("loss") is not None else ""
+            print(f"job #{job_id}: {row['state']}{step}", file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    import threading
+
+    from . import jobs, store
+
+    db = _db()
+    _searcher(db)  # evaluation answers through the real index: make sure there is one
+    alive = jobs.worker_alive(db)
+    job_id = jobs.submit(db, "cli:" + (args.user or "operator"), "cli", enqueue=alive or not args.wait)
+    if not args.wait:
+        note = "" if alive else " (no worker is running: start `python -m bot worker`, or use --wait)"
+        _out(args, {"job": job_id, "state": "queued"}, f"job #{job_id} queued{note}")
+        return 0
+    stop = threading.Event()
+    if not args.json or sys.stderr.isatty():
+        threading.Thread(target=_follow, args=(db, job_id, stop), daemon=True).start()
+    try:
+        if alive:
+            print(f"job #{job_id} queued for the worker; waiting", file=sys.stderr)
+            row = jobs.wait(db, job_id, timeout=args.timeout)
+        else:
+            print(f"job #{job_id}: no worker is running, training in this process", file=sys.stderr)
+            row = jobs.run_inline(db, job_id)
+    except jobs.JobError as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stop.set()
+    row = store.job(db, job_id)
+    verdict = row["verdict"] or row["state"]
+    result = json.loads(row["result"] or "{}")
+    if args.json:
+        print(json.dumps({"job": job_id, "version": row["version"], "verdict": verdict}))
+    else:
+        print(f"job #{job_id}: {row['version'] or 'no version'} {verdict}")
+        for reason in result.get("reasons", []) + ([row["error"]] if row.get("error") else []):
+            print(f"    {reason}")
+    return 0 if verdict in ("promoted", "rejected", "skipped") else 1
+
+
+def cmd_jobs(args) -> int:
+    from . import commands, jobs
+
+    db = _db()
+    if args.action == "cancel":
+        if args.id is None:
+            print("jobs cancel: which job? `jobs cancel ID`", file=sys.stderr)
+            return 2
+        try:
+            done = jobs.cancel(db, args.id, "cli:operator")
+        except jobs.JobError as e:
+            print(f"jobs cancel: {e}", file=sys.stderr)
+            return 1
+        _out(args, done, done["message"])
+        return 0
+    rows = jobs.listing(db, limit=args.limit)
+    _out(args, {"jobs": rows}, "\n".join(map(commands.job_line, rows)) or "no training jobs yet")
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from . import commands, registry
+
+    adapters_dir = config.get("BOT_ADAPTERS_DIR")
+    if args.action == "list":
+        info = registry.listing(adapters_dir)
+        lines = [f"{'*' if v['version'] == info['in_service'] else ' '} {v['version']}"
+                 f"{' (' + v['verdict'] + ')' if v.get('verdict') else ''}{commands.metric_text(v['metrics'] or {})}"
+                 for v in info["versions"]]
+        _out(args, info, "\n".join(lines) + f"\nin service: {info['in_service'] or 'the base model'}")
+        return 0
+    try:
+        if args.action == "promote":
+            if not args.version:
+                print("adapters promote: which version? `adapters promote V`", file=sys.stderr)
+                return 2
+            now = registry.promote(_db(), adapters_dir, args.version, by="cli:operator")
+        else:
+            now = registry.rollback(_db(), adapters_dir, by="cli:operator")
+    except registry.RegistryError as e:
+        print(f"adapters {args.action}: {e}", file=sys.stderr)
+        return 1
+    _out(args, {"in_service": now}, f"in service: {now or 'the base model'} (the next answer uses it)")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from . import jobs
+
+    return jobs.run_worker()
+
+
 def cmd_settings(args) -> int:
     def shown(s):  # secrets are never printed, only whether they are set
         value = config.get(s.name)
@@ -334,6 +499,47 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("discord-sync", help="register the Discord slash commands (once, or after changing them)")
     s.add_argument("--guild", type=int, default=None, help="only this guild: shows up at once, for development")
     s.set_defaults(fn=cmd_discord_sync)
+
+    s = sub.add_parser("feedback", help="rate or correct an answer; `feedback review` for pending corrections")
+    s.add_argument("target", metavar="ANSWER_ID|review", help="the answer's id (from `ask --json`), or `review`")
+    s.add_argument("--up", action="store_true", help="👍")
+    s.add_argument("--down", action="store_true", help="👎")
+    s.add_argument("--correction", metavar="TEXT", help="the right answer (from the CLI: accepted at once)")
+    s.add_argument("--user", metavar="U", help="who gives it: `U` (an operator) or `platform:user`")
+    s.add_argument("--accept", type=int, metavar="ID", help="review: accept correction ID")
+    s.add_argument("--reject", type=int, metavar="ID", help="review: reject correction ID")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_feedback)
+
+    s = sub.add_parser("forget", help="delete a person's questions, votes and corrections; opt them out")
+    s.add_argument("user", metavar="USER", help="`platform:user`, e.g. slack:U0123 or discord:4567")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_forget)
+
+    s = sub.add_parser("train", help="queue a fine-tuning job on accepted feedback; --wait for its verdict")
+    s.add_argument("--wait", action="store_true",
+                   help="wait for the verdict (trains in this process when no worker is running)")
+    s.add_argument("--timeout", type=float, default=None, help="--wait: give up waiting after this many seconds")
+    s.add_argument("--user", default=None, help="recorded as who asked")
+    s.add_argument("--json", action="store_true", help='print {"job", "version", "verdict"} (with --wait)')
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("jobs", help="training jobs and their state; `jobs cancel ID`")
+    s.add_argument("action", nargs="?", choices=["list", "cancel"], default="list")
+    s.add_argument("id", nargs="?", type=int)
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_jobs)
+
+    s = sub.add_parser("adapters", help="adapter versions: list, promote V, rollback")
+    s.add_argument("action", choices=["list", "promote", "rollback"])
+    s.add_argument("version", nargs="?")
+    s.add_argument("--json", action="store_true",
+                   help='list: print {"in_service", "versions": [{"version", "verdict", "metrics"}]}')
+    s.set_defaults(fn=cmd_adapters)
+
+    s = sub.add_parser("worker", help="run the training worker (huey): jobs, the nightly retrain, recovery")
+    s.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")
     s.add_argument("--json", action="store_true")

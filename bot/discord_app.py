@@ -158,9 +158,19 @@ async def _run(interaction: discord.Interaction, method, *args, public: bool = F
     await _post(interaction.followup.send, reply.text, _feedback_view(reply), ephemeral=reply.private)
 
 
+def feedback_text(action: str | None, correction_id: int | None) -> str:
+    """The /feedback options as the command layer's text form (`review accept 3`, `optout`, "")."""
+    if action in (None, "list"):
+        return ""
+    if action in ("accept", "reject"):
+        return f"review {action} {correction_id if correction_id is not None else ''}".strip()
+    return action
+
+
 def _feedback_view(reply: Reply) -> discord.ui.View | None:
     """/feedback lists recent answers; give each a 👍/👎 pair, numbered as in the list."""
-    answers = reply.data.get("answers") or []
+    answers = reply.data.get("answers")
+    answers = answers if isinstance(answers, list) else []  # /forget's data counts answers instead
     view = discord.ui.View(timeout=None) if answers else None
     for n, a in enumerate(answers[:5], 1):
         view.add_item(VoteButton("up", a["id"], label=str(n), row=n - 1))
@@ -241,17 +251,33 @@ def _register(tree: app_commands.CommandTree) -> None:
 
     tree.add_command(kb)
 
-    @tree.command(name="feedback", description="Your recent answers, to rate or correct")
-    async def feedback(interaction: discord.Interaction) -> None:
-        await _run(interaction, interaction.client.kb.feedback_list)
+    @tree.command(name="feedback", description="Your recent answers to rate; opt out of training; review corrections")
+    @app_commands.describe(
+        action="list (the default): your recent answers · optout/optin: your data in training · "
+               "review, accept, reject: corrections (admin)",
+        correction_id="The correction to accept or reject (the number after # in the review list)")
+    async def feedback(interaction: discord.Interaction,
+                       action: Optional[Literal["list", "optout", "optin", "review", "accept", "reject"]] = None,
+                       correction_id: Optional[app_commands.Range[int, 1]] = None) -> None:
+        await _run(interaction, interaction.client.kb.feedback_command, feedback_text(action, correction_id))
+
+    @tree.command(name="forget", description="Delete your questions, votes and corrections, and opt out of training")
+    @app_commands.describe(what="me: everything you asked, rated and corrected")
+    async def forget(interaction: discord.Interaction, what: Literal["me"]) -> None:
+        await _run(interaction, interaction.client.kb.forget, what)
 
     @tree.command(name="train", description="Queue a fine-tuning job on accepted feedback (admin)")
     async def train(interaction: discord.Interaction) -> None:
+        # Public: the job's progress and verdict follow in this channel or thread (serve posts the outbox).
         await _run(interaction, interaction.client.kb.train, public=True)
 
-    @tree.command(name="jobs", description="Training jobs and their state")
-    async def jobs(interaction: discord.Interaction) -> None:
-        await _run(interaction, interaction.client.kb.jobs)
+    @tree.command(name="jobs", description="Training jobs and their state; cancel one (admin or whoever queued it)")
+    @app_commands.describe(cancel="The id of a job to cancel")
+    async def jobs(interaction: discord.Interaction, cancel: Optional[app_commands.Range[int, 1]] = None) -> None:
+        if cancel is None:
+            await _run(interaction, interaction.client.kb.jobs)
+        else:
+            await _run(interaction, interaction.client.kb.jobs, "cancel", cancel, public=True)
 
     @tree.command(name="adapter", description="Adapter versions; promote and rollback are for admins")
     @app_commands.describe(action="list, promote or rollback", version="The version to promote")

@@ -5,16 +5,21 @@ One process, one event loop, one copy of the model: Slack (HTTP on $PORT at
 DISCORD_TOKEN is set) share the loop, and both reach the model through the
 single model worker. `/healthz` answers on $PORT in every case, so the
 process starts, and tells the operator what it serves, with nothing set.
+Each running platform also posts the training jobs' outbox (`post_outbox`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 
-from . import config
+from . import config, store
 
 log = logging.getLogger("bot.serve")
+OUTBOX_EVERY_S = 2.0  # how often each platform's poster looks for job messages
+SLACK_TEXT_CHARS = 39000  # Slack truncates a message past 40,000 characters
 
 
 def build_commands(db=None, answerer=None):
@@ -39,6 +44,115 @@ def build_commands(db=None, answerer=None):
         admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
 
 
+# -- the outbox: what training jobs have to say, posted by this process -------------
+#
+# The training worker holds no chat token: it writes its progress and verdict
+# to the `outbox` table, and each platform running here posts its rows to the
+# channel or thread that asked. A claim is a lease (store.claim_outbox), so a
+# message claimed by a poster that died is offered again; a post that fails
+# is left unmarked and offered again after the lease, unless it can never
+# succeed (the channel is gone, the bot may not post there): that one is
+# logged and dropped, not retried forever.
+
+
+class Undeliverable(Exception):
+    """Raised by a sender for a message that can never be posted; the poster drops it."""
+
+
+async def post_outbox_once(db, platform: str, send, claimer: str, *, lease_s: float = 60.0,
+                           limit: int = 20) -> int:
+    """Claim `platform`'s unsent messages and post them with `await send(row)`; returns how many were posted.
+
+    Each posted (or undeliverable) message is marked sent at once. After a
+    failed post, the later messages of the same conversation wait for the
+    retry too, so a thread never reads a job's messages out of order."""
+    rows = await asyncio.to_thread(store.claim_outbox, db, platform, claimer, limit, lease_s)
+    posted, blocked = 0, set()
+    for row in rows:
+        where = (row["channel"], row["thread"])
+        if where in blocked:
+            continue
+        try:
+            await send(row)
+        except Undeliverable as e:
+            log.warning("outbox #%s (job %s) to %s %s dropped: %s", row["id"], row["job_id"], platform, where, e)
+        except Exception as e:  # noqa: BLE001 (a network error, a rate limit): offered again after the lease
+            log.warning("outbox #%s (job %s) to %s %s not posted, retried in %.0f s: %r",
+                        row["id"], row["job_id"], platform, where, lease_s, e)
+            blocked.add(where)
+            continue
+        else:
+            posted += 1
+        await asyncio.to_thread(store.mark_outbox_sent, db, [row["id"]])
+    return posted
+
+
+async def post_outbox(db, platform: str, send, every_s: float = OUTBOX_EVERY_S, stop: asyncio.Event | None = None,
+                      *, ready=None, claimer: str | None = None, lease_s: float = 60.0) -> None:
+    """Post `platform`'s outbox every `every_s` seconds until `stop` is set (or the task is cancelled).
+
+    `send(row)` is the transport's coroutine (`slack_sender`, `discord_sender`);
+    `ready()`, when given, says whether the platform can post yet (Discord
+    before login cannot): nothing is claimed until it can. The loop outlives
+    any exception (the database busy, a bug in a sender)."""
+    claimer = claimer or f"{platform}@{socket.gethostname()}:{os.getpid()}"
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
+        try:
+            if ready is None or ready():
+                await post_outbox_once(db, platform, send, claimer, lease_s=lease_s)
+        except Exception:  # noqa: BLE001
+            log.exception("outbox poster (%s) failed; trying again in %.1f s", platform, every_s)
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+SLACK_UNDELIVERABLE = {"channel_not_found", "not_in_channel", "is_archived", "restricted_action",
+                       "msg_too_long", "no_text", "invalid_thread_ts", "thread_reply_not_allowed"}
+
+
+def slack_sender(client):
+    """`send(row)` for Slack: chat.postMessage to the row's channel, in its thread when it has one."""
+    from slack_sdk.errors import SlackApiError
+
+    from .slack_render import escape
+
+    async def send(row: dict) -> None:
+        try:
+            await client.chat_postMessage(channel=row["channel"], thread_ts=row["thread"] or None,
+                                          text=escape(row["text"])[:SLACK_TEXT_CHARS])
+        except SlackApiError as e:
+            error = e.response.get("error")
+            if error in SLACK_UNDELIVERABLE:
+                raise Undeliverable(f"Slack answered {error}") from e
+            raise
+    return send
+
+
+def discord_sender(client):
+    """`send(row)` for Discord: to the row's thread (or channel), split at Discord's 2000 characters.
+
+    A channel the client has not cached (no gateway yet, a DM) is reached by
+    id alone (a partial messageable): no extra request, no read permission."""
+    import discord
+
+    from .discord_app import _post
+
+    async def send(row: dict) -> None:
+        try:
+            target = int(row["thread"] or row["channel"])
+        except (TypeError, ValueError):
+            raise Undeliverable(f"not a Discord channel id: {row['thread'] or row['channel']!r}") from None
+        channel = client.get_channel(target) or client.get_partial_messageable(target)
+        try:
+            await _post(channel.send, row["text"])
+        except (discord.NotFound, discord.Forbidden) as e:
+            raise Undeliverable(f"Discord answered {e.status} {e.text or ''}".strip()) from e
+    return send
+
+
 def _watch(task: asyncio.Task, name: str, state: dict) -> asyncio.Task:
     """Log a platform that stops (a bad token, a lost connection) instead of failing silently."""
     def done(t: asyncio.Task):
@@ -61,10 +175,11 @@ def health_route(state: dict):
     return web.get("/healthz", health)
 
 
-async def main_async(stop: asyncio.Event | None = None) -> None:
+async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = OUTBOX_EVERY_S) -> None:
     from aiohttp import web
 
     cmds = build_commands()
+    stop = stop or asyncio.Event()
     state = {"commands": cmds, "slack": "off", "discord": "off"}
     tasks = []
     port = config.get("PORT")
@@ -82,6 +197,8 @@ async def main_async(stop: asyncio.Event | None = None) -> None:
         else:
             runner = await slack_app.start_http(app, port, extra_routes=[health])
             state["slack"] = f"http :{port}/slack/events"
+        tasks.append(_watch(asyncio.create_task(
+            post_outbox(cmds.db, "slack", slack_sender(app.client), outbox_every_s, stop)), "slack outbox", state))
     if runner is None:
         webapp = web.Application()
         webapp.add_routes([health])
@@ -93,6 +210,9 @@ async def main_async(stop: asyncio.Event | None = None) -> None:
 
         client = discord_app.build_client(cmds)
         tasks.append(_watch(asyncio.create_task(discord_app.start(client, config.get("DISCORD_TOKEN"))), "discord", state))
+        tasks.append(_watch(asyncio.create_task(post_outbox(
+            cmds.db, "discord", discord_sender(client), outbox_every_s, stop,
+            ready=lambda: client.user is not None and not client.is_closed())), "discord outbox", state))
         state["discord"] = "gateway"
     if state["slack"] == "off" and state["discord"] == "off":
         log.warning("no chat platform configured (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, or DISCORD_TOKEN); "
@@ -101,7 +221,6 @@ async def main_async(stop: asyncio.Event | None = None) -> None:
         log.info("serving: slack %s, discord %s; health on :%s/healthz", state["slack"], state["discord"], port)
     # Load the model now, off the loop, so the first question does not pay for it.
     asyncio.get_running_loop().run_in_executor(None, cmds.answerer.generator)
-    stop = stop or asyncio.Event()
     await stop.wait()
     for t in tasks:
         t.cancel()

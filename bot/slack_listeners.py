@@ -129,6 +129,10 @@ class Listeners:
             return self.commands.kb_reindex(caller)
         return Reply("Use `/kb search <query>` or `/kb reindex`.", ok=False, private=True)
 
+    def jobs(self, caller: Caller, text: str) -> Reply:
+        words = text.split()
+        return self.commands.jobs(caller, words[0].lower() if words else None, words[1] if len(words) > 1 else None)
+
     def adapter(self, caller: Caller, text: str) -> Reply:
         words = text.split()
         return self.commands.adapter(caller, words[0] if words else "list", words[1] if len(words) > 1 else None)
@@ -256,9 +260,11 @@ class Listeners:
     def register(self, app) -> None:
         app.command("/ask")(self.ask)
         app.command("/kb")(self.command(self.kb))
-        app.command("/feedback")(self.command(lambda caller, text: self.commands.feedback_list(caller)))
+        app.command("/feedback")(self.command(self.commands.feedback_command))
+        app.command("/forget")(self.command(self.commands.forget))
+        # The job's progress and verdict go to the channel /train was run in (the outbox, posted by serve).
         app.command("/train")(self.command(lambda caller, text: self.commands.train(caller)))
-        app.command("/jobs")(self.command(lambda caller, text: self.commands.jobs(caller)))
+        app.command("/jobs")(self.command(self.jobs))
         app.command("/adapter")(self.command(self.adapter))
         app.command("/help")(self.command(lambda caller, text: self.commands.help(caller)))
         app.event("app_mention")(self.on_mention)

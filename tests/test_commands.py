@@ -44,7 +44,8 @@ def _adapter(root: Path, version: str):
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "adapter_model.safetensors").write_bytes(b"x")
-    (folder / "card.json").write_text(json.dumps({"verdict": "promoted", "metrics": {"golden_f1": 0.5}}))
+    (folder / "card.json").write_text(json.dumps({"verdict": "promoted", "metrics": {
+        "golden": {"current": {"n": 2, "f1": 0.25, "nll": 3.5}, "candidate": {"n": 2, "f1": 0.5, "nll": 3.25}}}}))
 
 
 def test_admin_commands_are_refused_to_others_with_a_clear_message(cmds):
@@ -61,9 +62,59 @@ def test_admins_by_user_id_and_by_discord_role(cmds):
     assert cmds.kb_reindex(ADMIN).ok and cmds.reindexed == [1]
 
 
-def test_train_says_plainly_that_it_is_not_built_yet(cmds):
-    reply = cmds.train(ADMIN)
-    assert not reply.ok and "not built yet" in reply.text
+def test_train_queues_a_job_that_reports_to_the_channel_that_asked(cmds):
+    cmds.enqueue = False  # the job row only: running it is tests/test_loop_jobs.py's business
+    reply = cmds.train(Caller("slack", "UADMIN", "C9", "171.5"))
+    assert reply.ok and f"#{reply.data['job']} queued" in reply.text
+    assert "No training worker is running" in reply.text  # none beat in this database
+    job = store.job(cmds.db, reply.data["job"])
+    assert (job["state"], job["requested_by"], job["platform"], job["channel"], job["thread"]) == \
+        ("queued", "slack:UADMIN", "slack", "C9", "171.5")
+    listed = cmds.jobs(USER)
+    assert f"#{job['id']} train queued" in listed.text and listed.data["jobs"][0]["id"] == job["id"]
+
+
+def test_jobs_cancel_is_for_admins_and_whoever_queued_it(cmds):
+    cmds.enqueue = False
+    job_id = cmds.train(ADMIN).data["job"]
+    refused = cmds.jobs(USER, "cancel", str(job_id))
+    assert not refused.ok and "admins only" in refused.text
+    assert store.job(cmds.db, job_id)["state"] == "queued"
+    assert "cancelled" in cmds.jobs(ADMIN, "cancel", f"#{job_id}").text
+    assert store.job(cmds.db, job_id)["state"] == "cancelled"
+    again = cmds.jobs(ADMIN, "cancel", str(job_id))
+    assert not again.ok and "already finished (cancelled)" in again.text
+    assert not cmds.jobs(ADMIN, "cancel", "x").ok and "no job #999" in cmds.jobs(ADMIN, "cancel", "999").text.lower()
+
+
+def test_corrections_wait_for_review_unless_the_author_is_trusted(cmds, monkeypatch):
+    ans = cmds.ask(USER, "什么是边缘计算？")
+    pending = cmds.correct(USER, ans.id, "边缘计算是在靠近数据源的地方计算。")
+    assert pending.data["status"] == "pending"
+    assert not cmds.feedback_command(USER, "review").ok  # admins only
+    listed = cmds.feedback_command(ADMIN, "review")
+    assert f"#{pending.data['correction_id']}" in listed.text and "靠近数据源" in listed.text
+    assert not cmds.feedback_command(ADMIN, "review accept").ok  # which one?
+    done = cmds.feedback_command(ADMIN, f"review accept {pending.data['correction_id']}")
+    assert done.ok and store.correction(cmds.db, pending.data["correction_id"])["reviewed_by"] == "slack:UADMIN"
+    assert not cmds.feedback_command(ADMIN, f"review reject {pending.data['correction_id']}").ok  # decided already
+    monkeypatch.setenv("BOT_TRUSTED_REVIEWERS", "slack:U1")
+    trusted = cmds.correct(USER, ans.id, "边缘计算把计算放在数据源附近。")
+    assert trusted.data["status"] == "accepted" and "accepted" in trusted.text
+    assert "No corrections are waiting" in cmds.feedback_command(ADMIN, "review").text
+
+
+def test_forget_me_deletes_your_data_and_opts_you_out(cmds):
+    mine, theirs = cmds.ask(USER, "什么是边缘计算？"), cmds.ask(ADMIN, "FairScale 是什么？")
+    cmds.vote(USER, mine.id, 1)
+    cmds.correct(USER, theirs.id, "FairScale 是一个训练库。")
+    assert not cmds.forget(USER, "everyone").ok
+    reply = cmds.forget(USER, "me")
+    assert reply.data == {"answers": 1, "votes": 1, "corrections": 1}
+    assert store.answer(cmds.db, mine.id) is None and store.answer(cmds.db, theirs.id) is not None
+    assert ("slack", "U1") in store.opted_out(cmds.db)
+    assert cmds.feedback_command(USER, "optin").ok and ("slack", "U1") not in store.opted_out(cmds.db)
+    assert not cmds.feedback_command(USER, "bogus").ok
 
 
 def test_votes_and_corrections_are_stored_against_the_answer(cmds):
@@ -118,7 +169,11 @@ def test_adapter_list_promote_and_rollback_move_only_the_pointer(cmds):
     assert cmds.adapter(ADMIN, "promote", "v0002").ok
     info = cmds.adapter(USER, "list").data
     assert info["in_service"] == "v0002" and [v["version"] for v in info["versions"]] == ["v0001", "v0002"]
-    assert info["versions"][0]["metrics"] == {"golden_f1": 0.5}
+    assert info["versions"][0]["metrics"]["golden"]["candidate"]["f1"] == 0.5
+    assert "v0001 (promoted): golden F1 0.25→0.50, NLL 3.50→3.25" in cmds.adapter(USER, "list").text
+    (root / ".tmp-v0003").mkdir()  # a run still writing is not a version
+    (root / ".tmp-v0003" / "adapter_config.json").write_text("{}")
+    assert [v["version"] for v in registry.listing(root)["versions"]] == ["v0001", "v0002"]
     assert cmds.adapter(ADMIN, "rollback").ok
     assert registry.listing(root)["in_service"] == "v0001"
     assert cmds.adapter(ADMIN, "rollback").ok  # back to the base model

@@ -74,7 +74,7 @@ def make_commands(db_path, gen) -> commands.Commands:
     db = store.connect(db_path)
     return commands.Commands(db, answering.Answerer(db, retrieval.Searcher(db), gen),
                              admins={"discord": [ADMIN_USER, ADMIN_ROLE]}, adapters_dir=db_path.parent / "adapters",
-                             reindex=lambda: "Re-indexed: nothing changed.")
+                             reindex=lambda: "Re-indexed: nothing changed.", enqueue=False)  # /train: no huey
 
 
 def fake_interaction(client, user=42, channel=7):
@@ -312,10 +312,15 @@ async def test_train_is_refused_privately_to_others_and_run_for_admins(rec, bot,
     assert deferred.json["type"] == 5 and not ephemeral(deferred)
     deleted = rec.find("DELETE", rf"/webhooks/{APP_ID}/{payload['token']}/messages/@original")
     if admin:
-        assert reply.json["content"] == commands.NOT_YET and not ephemeral(reply) and not deleted
+        job_id = int(re.match(r"Training job #(\d+) queued", reply.json["content"])[1])
+        assert not ephemeral(reply) and not deleted
+        job = store.job(client.kb.db, job_id)
+        assert (job["state"], job["requested_by"], job["platform"], job["channel"], job["thread"]) == \
+            ("queued", f"discord:{user}", "discord", CHANNEL, CHANNEL)
     else:
         assert "admins only" in reply.json["content"] and ephemeral(reply)
         assert deleted and rec.requests.index(deleted[0]) < rec.requests.index(reply)
+        assert store.list_jobs(client.kb.db) == []
 
 
 @pytest.mark.asyncio
@@ -451,9 +456,18 @@ async def test_serving_connects_to_the_gateway_answers_and_never_syncs(rec, db_p
 @pytest.mark.asyncio
 async def test_sync_commands_registers_the_tree_globally_or_to_one_guild(rec):
     names = await discord_app.sync_commands(TOKEN)
-    assert names == ["ask", "kb", "feedback", "train", "jobs", "adapter", "help"]
+    assert names == ["ask", "kb", "feedback", "forget", "train", "jobs", "adapter", "help"]
     (put,) = rec.find("PUT", rf"/applications/{APP_ID}/commands")
     schema = {c["name"]: c for c in put.json}
+    action, correction = schema["feedback"]["options"]
+    assert [c["value"] for c in action["choices"]] == ["list", "optout", "optin", "review", "accept", "reject"]
+    assert not action.get("required") and (correction["name"], correction["type"]) == ("correction_id", 4)
+    (what,) = schema["forget"]["options"]
+    assert what["required"] and [c["value"] for c in what["choices"]] == ["me"]
+    (cancel,) = schema["jobs"]["options"]
+    assert (cancel["name"], cancel["type"], cancel.get("required", False)) == ("cancel", 4, False)
+    assert all(len(c["description"]) <= 100 and all(len(o["description"]) <= 100 for o in c.get("options", []))
+               for c in put.json)
     assert [o["name"] for o in schema["kb"]["options"]] == ["search", "reindex"]
     action, version = schema["adapter"]["options"]
     assert [c["value"] for c in action["choices"]] == ["list", "promote", "rollback"] and action["required"]
@@ -461,3 +475,114 @@ async def test_sync_commands_registers_the_tree_globally_or_to_one_guild(rec):
     assert await discord_app.sync_commands(TOKEN, guild_id=int(GUILD)) == names
     assert rec.find("PUT", rf"/applications/{APP_ID}/guilds/{GUILD}/commands")
     assert not rec.find("GET", r"/gateway.*")
+
+
+# -- the fine-tuning loop: /forget, /feedback review, /jobs cancel, the outbox --------
+
+def opt(name: str, value, kind: int = 3) -> dict:
+    return {"name": name, "type": kind, "value": value}
+
+
+async def ask_and_wait(rec, client, question="什么是边缘计算？", **kw) -> str:
+    payload = ask(question, **kw)
+    deliver(client, payload)
+    await answered(rec, payload, 2)
+    return store.recent_answers(client.kb.db, "discord", kw.get("user", USER))[0]["id"]
+
+
+async def reply_to(rec, client, payload) -> tuple:
+    deliver(client, payload)
+    (deferred,), (reply,) = await answered(rec, payload, 2)
+    return deferred, reply
+
+
+@pytest.mark.asyncio
+async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(rec, bot):
+    from bot import feedback
+
+    client = await bot(Scripted(EDGE, EDGE))
+    mine = await ask_and_wait(rec, client)
+    theirs = await ask_and_wait(rec, client, user=ADMIN_USER, roles=())
+    deferred, reply = await reply_to(rec, client, slash("forget", [opt("what", "me")]))
+    assert ephemeral(deferred) and ephemeral(reply) and reply.json["content"].startswith("Deleted 1 question(s)")
+    assert store.answer(client.kb.db, mine) is None and store.answer(client.kb.db, theirs) is not None
+    assert feedback.is_opted_out(client.kb.db, "discord", USER)
+    assert not feedback.is_opted_out(client.kb.db, "discord", ADMIN_USER)
+
+
+@pytest.mark.asyncio
+async def test_feedback_review_is_refused_to_others_and_accepts_for_admins(rec, bot):
+    client = await bot(Scripted(EDGE))
+    answer_id = await ask_and_wait(rec, client)
+    fixed = client.kb.correct(commands.Caller("discord", USER), answer_id, "边缘计算：靠近数据源处理数据。")
+    cid = fixed.data["correction_id"]
+
+    _, refused = await reply_to(rec, client, slash("feedback", [opt("action", "review")]))
+    assert ephemeral(refused) and "admins only" in refused.json["content"]
+    _, listing = await reply_to(rec, client, slash("feedback", [opt("action", "review")], roles=(ADMIN_ROLE,)))
+    assert ephemeral(listing) and f"#{cid} by discord:{USER}" in listing.json["content"]
+    _, which = await reply_to(rec, client, slash("feedback", [opt("action", "accept")], user=ADMIN_USER, roles=()))
+    assert "Which correction?" in which.json["content"] and store.correction(client.kb.db, cid)["status"] == "pending"
+    _, accepted = await reply_to(rec, client, slash("feedback", [opt("action", "accept"), opt("correction_id", cid, 4)],
+                                                    user=ADMIN_USER, roles=()))
+    assert ephemeral(accepted) and accepted.json["content"] == f"Correction #{cid} accepted."
+    assert store.correction(client.kb.db, cid)["status"] == "accepted"
+    _, optout = await reply_to(rec, client, slash("feedback", [opt("action", "optout")]))
+    assert optout.json["content"].startswith("Done") and ("discord", USER) in store.opted_out(client.kb.db)
+
+
+@pytest.mark.asyncio
+async def test_jobs_cancel_cancels_a_queued_job_for_its_requester_or_an_admin(rec, bot):
+    from bot import jobs
+
+    client = await bot()
+    theirs = jobs.submit(client.kb.db, f"discord:{ADMIN_USER}", "discord", CHANNEL, THREAD, enqueue=False)
+    mine = jobs.submit(client.kb.db, f"discord:{USER}", "discord", CHANNEL, CHANNEL, enqueue=False)
+
+    deferred, refused = await reply_to(rec, client, slash("jobs", [opt("cancel", theirs, 4)]))
+    assert not ephemeral(deferred) and ephemeral(refused) and "admins only" in refused.json["content"]
+    assert store.job(client.kb.db, theirs)["state"] == "queued"
+    _, done = await reply_to(rec, client, slash("jobs", [opt("cancel", mine, 4)]))
+    assert not ephemeral(done) and done.json["content"] == f"Job #{mine} cancelled."
+    _, done = await reply_to(rec, client, slash("jobs", [opt("cancel", theirs, 4)], roles=(ADMIN_ROLE,)))
+    assert done.json["content"] == f"Job #{theirs} cancelled."
+    assert [store.job(client.kb.db, j)["state"] for j in (theirs, mine)] == ["cancelled", "cancelled"]
+    _, again = await reply_to(rec, client, slash("jobs", [opt("cancel", mine, 4)]))
+    assert ephemeral(again) and "already finished (cancelled)" in again.json["content"]
+    _, missing = await reply_to(rec, client, slash("jobs", [opt("cancel", 999, 4)]))
+    assert "no job #999" in missing.json["content"]
+    _, listing = await reply_to(rec, client, slash("jobs"))
+    assert ephemeral(listing) and f"#{mine} train cancelled by discord:{USER}" in listing.json["content"]
+
+
+@pytest.mark.asyncio
+async def test_the_outbox_reaches_the_thread_that_asked_once_split_at_2000(rec, bot):
+    from bot import serve
+
+    client = await bot()
+    db = client.kb.db
+    job = store.create_job(db, "train", f"discord:{ADMIN_USER}", "discord", CHANNEL, THREAD)
+    long = "\n".join(f"Job #{job}: step {i}/200, loss 0.{i:03d}" for i in range(120))
+    assert len(long) > 2000
+    ids = [store.post_outbox(db, job, "discord", CHANNEL, THREAD, "Job #1: v0001 promoted"),
+           store.post_outbox(db, job, "discord", DM, DM, long),
+           store.post_outbox(db, job, "discord", CHANNEL, "", "to the channel itself"),
+           store.post_outbox(db, job, "discord", "general", "", "not an id: dropped")]
+    store.post_outbox(db, job, "slack", "C1", "", "not for Discord")
+    stop = asyncio.Event()
+    poster = asyncio.create_task(serve.post_outbox(db, "discord", serve.discord_sender(client), 0.05, stop,
+                                                   ready=lambda: client.user is not None))
+    sent = lambda: rec.find("POST", r"/channels/\d+/messages")  # noqa: E731
+    try:
+        await rec.wait_for(lambda: len(sent()) >= 4)
+        await asyncio.sleep(0.3)  # several more rounds: nothing is posted twice
+    finally:
+        stop.set()
+        await asyncio.wait_for(poster, 2)
+    assert [r.path.split("/")[2] for r in sent()] == [THREAD, DM, DM, CHANNEL]  # a thread's id is its channel's
+    assert [sent()[0].json["content"], sent()[3].json["content"]] == ["Job #1: v0001 promoted", "to the channel itself"]
+    assert all(len(r.json["content"]) <= 2000 for r in sent())
+    assert "\n".join(r.json["content"] for r in sent()[1:3]) == long  # split at a line end
+    rows = {r["id"]: r for r in store.outbox(db, job)}
+    assert all(rows[i]["sent_at"] is not None for i in ids)
+    assert [r["sent_at"] for r in rows.values() if r["platform"] == "slack"] == [None]

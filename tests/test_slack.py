@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -107,7 +108,7 @@ async def slack(kb_db, searcher, tmp_path):
     gen = Slow()
     answerer = answering.Answerer(kb_db, searcher, gen)
     cmds = commands.Commands(kb_db, answerer, admins={"slack": [ADMIN]}, adapters_dir=tmp_path / "adapters",
-                             reindex=lambda: "Re-indexed: nothing changed.")
+                             reindex=lambda: "Re-indexed: nothing changed.", enqueue=False)  # /train: no huey
     app = slack_app.build_app(cmds, token=TOKEN, signing_secret=SECRET, api_url=recorder.api_url,
                               update_every_s=0.2)
     runner = await slack_app.start_http(app, 0, host="127.0.0.1")
@@ -312,7 +313,8 @@ async def test_admin_commands_are_refused_to_others_and_run_for_admins(slack):
     assert "admins only" in refused_adapter["text"]
     (train,), (adapter,) = said[f"train.{ADMIN}"], said[f"adapter.{ADMIN}"]
     admin = Caller("slack", ADMIN, "C0GENERAL")
-    assert train["text"] == slack_render.escape(slack.cmds.train(admin).text)
+    (job,) = store.list_jobs(slack.db)  # the refused /train queued nothing
+    assert train["text"].startswith(f"Training job #{job['id']} queued") and train["response_type"] == "in_channel"
     assert adapter["text"] == slack_render.escape(slack.cmds.adapter(admin, "promote", "x").text)
     assert "admins only" not in train["text"] + adapter["text"]
 
@@ -375,3 +377,123 @@ def test_the_manifest_declares_every_command_and_event():
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "app_mentions:read", "im:history"} <= scopes
     assert manifest["settings"]["socket_mode_enabled"] is False
+
+
+# -- the fine-tuning loop: /forget, /feedback review, /train, /jobs, the outbox ----
+
+async def said_to(slack, name: str, n: int = 1, timeout: float = 10) -> list[dict]:
+    """The messages posted to one response URL ("forget.U0ALICE"), once there are `n` of them."""
+    url = f"/response/{name}"
+    await slack.recorder.wait_for(lambda r: sum(c.path == url for c in r.calls) >= n, timeout)
+    return [c.data for c in slack.recorder.calls if c.path == url]
+
+
+async def asked(slack, user: str, question: str = "什么是边缘计算？") -> str:
+    slack.gen.delay = 0
+    answer = await asyncio.to_thread(slack.cmds.ask, Caller("slack", user, "C0GENERAL", "1700000000.000001"), question)
+    return answer.id
+
+
+@pytest.mark.asyncio
+async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(slack):
+    from bot import feedback
+
+    mine, theirs = await asked(slack, "U0ALICE"), await asked(slack, "U0BOB")
+    await asyncio.to_thread(slack.cmds.vote, Caller("slack", "U0BOB"), mine, 1)
+    await slack.command("/forget", "")
+    (usage,) = await said_to(slack, "forget.U0ALICE")
+    assert "`/forget me`" in usage["text"] and usage["response_type"] == "ephemeral"
+    assert store.answer(slack.db, mine) is not None
+
+    await slack.command("/forget", "me")
+    done = (await said_to(slack, "forget.U0ALICE", 2))[1]
+    assert done["response_type"] == "ephemeral" and done["text"].startswith("Deleted 1 question(s)")
+    assert store.answer(slack.db, mine) is None and store.answer(slack.db, theirs) is not None
+    assert [r["user"] for r in slack.answers()] == ["U0BOB"]
+    assert feedback.is_opted_out(slack.db, "slack", "U0ALICE") and not feedback.is_opted_out(slack.db, "slack", "U0BOB")
+
+
+@pytest.mark.asyncio
+async def test_feedback_optout_and_review_is_for_admins_who_accept_a_pending_correction(slack):
+    from bot import feedback
+
+    answer_id = await asked(slack, "U0ALICE")
+    fixed = await asyncio.to_thread(slack.cmds.correct, Caller("slack", "U0ALICE"), answer_id,
+                                    "边缘计算 <靠近数据源> & 低延迟")
+    cid = fixed.data["correction_id"]
+    assert fixed.data["status"] == "pending"
+
+    await slack.command("/feedback", "optout")
+    (optout,) = await said_to(slack, "feedback.U0ALICE")
+    assert optout["text"].startswith("Done") and feedback.is_opted_out(slack.db, "slack", "U0ALICE")
+    await slack.command("/feedback", "review", user="U0BOB")
+    (refused,) = await said_to(slack, "feedback.U0BOB")
+    assert "admins only" in refused["text"] and refused["response_type"] == "ephemeral"
+
+    await slack.command("/feedback", "review", user=ADMIN)
+    (listing,) = await said_to(slack, f"feedback.{ADMIN}")
+    assert listing["response_type"] == "ephemeral" and f"#{cid} by slack:U0ALICE" in listing["text"]
+    assert "&lt;靠近数据源&gt; &amp; 低延迟" in listing["text"]  # the user's text, escaped for mrkdwn
+    await slack.command("/feedback", f"review accept {cid}", user=ADMIN)
+    accepted = (await said_to(slack, f"feedback.{ADMIN}", 2))[1]
+    assert accepted["text"] == f"Correction #{cid} accepted."
+    assert store.correction(slack.db, cid)["status"] == "accepted"
+    assert store.correction(slack.db, cid)["reviewed_by"] == f"slack:{ADMIN}"
+    await slack.command("/feedback", f"review reject {cid}", user=ADMIN)
+    again = (await said_to(slack, f"feedback.{ADMIN}", 3))[2]
+    assert "already accepted" in again["text"] and store.correction(slack.db, cid)["status"] == "accepted"
+
+
+@pytest.mark.asyncio
+async def test_train_queues_a_job_for_the_channel_and_jobs_cancels_it(slack):
+    await slack.command("/train", "", user=ADMIN)
+    (queued,) = await said_to(slack, f"train.{ADMIN}")
+    job_id = int(re.match(r"Training job #(\d+) queued", queued["text"])[1])
+    assert queued["response_type"] == "in_channel"
+    job = store.job(slack.db, job_id)
+    assert (job["state"], job["requested_by"], job["platform"], job["channel"], job["thread"]) == \
+        ("queued", f"slack:{ADMIN}", "slack", "C0GENERAL", "")
+
+    await slack.command("/jobs", "")
+    (listing,) = await said_to(slack, "jobs.U0ALICE")
+    assert f"#{job_id} train queued" in listing["text"] and listing["response_type"] == "ephemeral"
+    await slack.command("/jobs", f"cancel {job_id}")  # U0ALICE neither queued it nor is an admin
+    refused = (await said_to(slack, "jobs.U0ALICE", 2))[1]
+    assert "admins only" in refused["text"] and store.job(slack.db, job_id)["state"] == "queued"
+    await slack.command("/jobs", "cancel nine")
+    which = (await said_to(slack, "jobs.U0ALICE", 3))[2]
+    assert which["text"].startswith("Which job?")
+
+    await slack.command("/jobs", f"cancel #{job_id}", user=ADMIN)
+    (cancelled,) = await said_to(slack, f"jobs.{ADMIN}")
+    assert cancelled["text"] == f"Job #{job_id} cancelled." and cancelled["response_type"] == "in_channel"
+    assert store.job(slack.db, job_id)["state"] == "cancelled"
+
+
+@pytest.mark.asyncio
+async def test_the_outbox_reaches_the_thread_that_asked_once_and_is_marked_sent(slack):
+    from bot import serve
+
+    job = store.create_job(slack.db, "train", f"slack:{ADMIN}", "slack", "C1", "123.456")
+    first = store.post_outbox(slack.db, job, "slack", "C1", "123.456", "Job #1: v0001 promoted")
+    in_channel = store.post_outbox(slack.db, job, "slack", "C1", "", "Job #1: <loss> 0.41 & falling")
+    store.post_outbox(slack.db, job, "discord", "1", "1", "not for Slack")
+    slack.recorder.errors[("chat.postMessage", "G0GONE")] = "channel_not_found"
+    gone = store.post_outbox(slack.db, job, "slack", "G0GONE", "", "never deliverable")
+    stop = asyncio.Event()
+    poster = asyncio.create_task(serve.post_outbox(slack.db, "slack", serve.slack_sender(slack.app.client), 0.05, stop))
+    try:
+        await slack.recorder.wait_for(lambda r: r.count("chat.postMessage") >= 3)
+        await asyncio.sleep(0.3)  # several more rounds: nothing is posted twice
+    finally:
+        stop.set()
+        await asyncio.wait_for(poster, 2)
+    posts = [c for c in slack.recorder.calls if c.method == "chat.postMessage"]
+    assert [(p.data["channel"], p.data.get("thread_ts"), p.data["text"]) for p in posts] == [
+        ("C1", "123.456", "Job #1: v0001 promoted"),
+        ("C1", None, "Job #1: &lt;loss&gt; 0.41 &amp; falling"),
+        ("G0GONE", None, "never deliverable")]
+    assert all(p.token == TOKEN for p in posts)
+    rows = {r["id"]: r for r in store.outbox(slack.db, job)}
+    assert all(rows[i]["sent_at"] is not None for i in (first, in_channel, gone))  # the dropped one too
+    assert [r["sent_at"] for r in rows.values() if r["platform"] == "discord"] == [None]
