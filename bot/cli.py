@@ -237,6 +237,14 @@ def cmd_models(args) -> int:
             print(f"tiny model at {folder} ({time.perf_counter() - t0:.1f} s; {meta.get('params', 0):,} parameters, "
                   f"final loss {meta.get('final_loss', float('nan')):.2f})")
         return 0
+    if args.action == "bench-train":
+        from . import model_bench
+
+        preset = args.preset or config.get("BOT_MODEL")
+        result = model_bench.run_train(preset, args.device, steps=args.steps, seq_len=args.seq_len,
+                                       log=lambda msg: print(msg, file=sys.stderr))
+        print(json.dumps(result) if args.json else model_bench.format_train_text(result))
+        return 0
     if args.action == "bench":
         from . import model_bench
 
@@ -482,13 +490,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
     s.set_defaults(fn=cmd_chat)
 
-    s = sub.add_parser("models", help="model presets: list, build-tiny (offline), bench (4-bit vs bf16)")
-    s.add_argument("action", choices=["list", "build-tiny", "bench"])
+    s = sub.add_parser("models", help="model presets: list, build-tiny (offline), bench (4-bit vs bf16), bench-train (QLoRA)")
+    s.add_argument("action", choices=["list", "build-tiny", "bench", "bench-train"])
     s.add_argument("preset", nargs="?", help="bench: the preset whose architecture to measure (default: BOT_MODEL)")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="bench: where to run")
     s.add_argument("--new-tokens", type=int, default=32, help="bench: tokens generated per timing")
     s.add_argument("--concurrency", type=int, default=None,
                    help="bench: questions timed batched vs one by one (default 8 on cuda, none on cpu)")
+    s.add_argument("--steps", type=int, default=10, help="bench-train: timed training steps")
+    s.add_argument("--seq-len", type=int, default=512, help="bench-train: tokens per training sequence")
     s.add_argument("--force", action="store_true", help="build-tiny: rebuild even if it exists")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_models)

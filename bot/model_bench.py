@@ -1,4 +1,4 @@
-"""Model benchmark: `python -m bot.model_bench [PRESET] [cpu|cuda] [--json]`.
+"""Model benchmarks: `python -m bot models bench` and `python -m bot models bench-train`.
 
 Memory and speed of a preset's architecture in bf16 and in 4-bit NF4,
 without its weights; `run(...)` and `format_text(...)` serve the CLI. The model is built at random from the preset's
@@ -184,6 +184,120 @@ def run(preset: str, device: str = "cpu", *, new_tokens: int = 32, prompt_tokens
     result["ratio_weights"] = round(nf4["weights"] / bf16["weights"], 3)
     result["ratio_linear"] = round(nf4["linear"] / bf16["linear"], 3)
     return result
+
+
+def run_train(preset: str, device: str = "cpu", *, steps: int = 10, seq_len: int = 512, batch_size: int | None = None,
+              serve_batch: int = 8, serve_tokens: int = 32, gradient_checkpointing: bool = True, log=print) -> dict:
+    """QLoRA training speed and memory for a preset's architecture, beside a serving copy: `models bench-train`.
+
+    The architecture is built at random in bf16 and saved; then, in one
+    process, a 4-bit serving copy answers `serve_batch` questions at once, and
+    a second 4-bit copy with the preset's LoRA recipe trains `steps` steps of
+    `batch_size` x `seq_len` tokens. On a GPU the process's peak allocated
+    memory is therefore what inference and training need together on one
+    card (the deployment goal: both fit one 80 GB GPU). Loss values mean
+    nothing here (random weights, random tokens): this measures cost only."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    from . import presets, training
+    from .generation import _disable_cpu_repack, _dtype
+
+    p = presets.load(preset)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda asked for, but torch sees no CUDA GPU here")
+    batch_size = batch_size or p.training.batch_size
+    arch = dict(p.architecture)
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    q = p.quantization
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                             bnb_4bit_compute_dtype=_dtype(q.compute_dtype), bnb_4bit_use_double_quant=q.double_quant)
+    gib = 2**30
+    result = {"preset": p.name, "device": device, "steps": steps, "seq_len": seq_len, "batch_size": batch_size,
+              "lora": {"r": p.lora.r, "alpha": p.lora.alpha, "target_modules": list(p.lora.target_modules)},
+              "gradient_checkpointing": gradient_checkpointing}
+
+    def peak() -> float | None:
+        return round(torch.cuda.max_memory_allocated() / gib, 2) if device == "cuda" else None
+
+    def load4():
+        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, quantization_config=bnb,
+                                                     device_map={"": 0} if device == "cuda" else None)
+        return model
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        log(f"building {p.name}'s architecture at random in bf16 (on {device}) and saving it")
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        result["params"] = sum(t.numel() for t in model.parameters())
+        model.save_pretrained(tmp)
+        del model
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+        log(f"serving copy: 4-bit, {serve_batch} questions of 64 tokens at once, {serve_tokens} new tokens")
+        served = load4().eval()
+        ids = torch.randint(10, config.vocab_size - 10, (serve_batch, 64), generator=torch.Generator().manual_seed(1))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            served.generate(input_ids=ids.to(served.device), attention_mask=torch.ones_like(ids).to(served.device),
+                            max_new_tokens=serve_tokens, min_new_tokens=serve_tokens, do_sample=False, pad_token_id=0)
+        _sync(device)
+        result["serve"] = {"batch": serve_batch, "tokens_per_s": round(serve_batch * serve_tokens /
+                                                                        (time.perf_counter() - t0), 2),
+                           "peak_gib": peak()}
+
+        log(f"training copy: 4-bit + LoRA r={p.lora.r}, {steps} steps of {batch_size}x{seq_len} tokens")
+        model = load4()
+        if device == "cpu":
+            _disable_cpu_repack(model)  # STACK.md trap A: the inference layout loses gradients
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = training.add_lora(model, p.lora)
+        trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
+        params = [t for t in model.parameters() if t.requires_grad]
+        opt = torch.optim.AdamW(params, lr=p.training.learning_rate)
+        gen = torch.Generator().manual_seed(2)
+        model.train()
+        times = []
+        for step in range(steps + 1):  # step 0 warms up kernels and the allocator; it is not timed
+            batch = torch.randint(10, config.vocab_size - 10, (batch_size, seq_len), generator=gen).to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if step:
+                times.append(time.perf_counter() - t0)
+            log(f"  step {step}/{steps}: {time.perf_counter() - t0:.2f} s")
+        seconds = sum(times)
+        result["train"] = {"trainable_params": trainable, "tokens_per_s": round(steps * batch_size * seq_len / seconds, 1),
+                           "s_per_step": round(seconds / steps, 3)}
+        result["peak_together_gib"] = peak()
+        if device == "cuda":
+            result["fits_80gb_together"] = result["peak_together_gib"] < 80
+        del model, served, opt
+        gc.collect()
+    return result
+
+
+def format_train_text(r: dict) -> str:
+    lines = [f"{r['preset']} architecture, random weights, on {r['device']}: {r['params']:,} parameters",
+             f"serving copy (4-bit): {r['serve']['batch']} questions at once, {r['serve']['tokens_per_s']:.1f} tok/s",
+             f"QLoRA (r={r['lora']['r']}, {len(r['lora']['target_modules'])} target modules, "
+             f"gradient checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): "
+             f"{r['train']['trainable_params']:,} trainable parameters, {r['batch_size']}x{r['seq_len']} tokens/step, "
+             f"{r['train']['s_per_step']:.3f} s/step, {r['train']['tokens_per_s']:.1f} tokens/s"]
+    if r.get("peak_together_gib") is not None:
+        lines.append(f"GPU peak: serving alone {r['serve']['peak_gib']:.2f} GiB; serving + training "
+                     f"{r['peak_together_gib']:.2f} GiB ({'fits' if r['fits_80gb_together'] else 'does NOT fit'} "
+                     "one 80 GB GPU)")
+    return "\n".join(lines)
 
 
 def format_text(r: dict) -> str:
