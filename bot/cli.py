@@ -420,6 +420,17 @@ def cmd_adapters(args) -> int:
                  for v in info["versions"]]
         _out(args, info, "\n".join(lines) + f"\nin service: {info['in_service'] or 'the base model'}")
         return 0
+    if args.action == "chart":
+        from . import charts
+
+        png = charts.adapter_chart(adapters_dir)
+        if png is None:
+            print("adapters chart: no adapter version with a card yet", file=sys.stderr)
+            return 1
+        out = Path(args.out or "adapters.png")
+        out.write_bytes(png)
+        _out(args, {"path": str(out), "bytes": len(png)}, f"chart written to {out}")
+        return 0
     try:
         if args.action == "promote":
             if not args.version:
@@ -541,9 +552,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_jobs)
 
-    s = sub.add_parser("adapters", help="adapter versions: list, promote V, rollback")
-    s.add_argument("action", choices=["list", "promote", "rollback"])
+    s = sub.add_parser("adapters", help="adapter versions: list, promote V, rollback, chart")
+    s.add_argument("action", choices=["list", "promote", "rollback", "chart"])
     s.add_argument("version", nargs="?")
+    s.add_argument("--out", metavar="FILE.png", help="chart: where to write the PNG (default adapters.png)")
     s.add_argument("--json", action="store_true",
                    help='list: print {"in_service", "versions": [{"version", "verdict", "metrics"}]}')
     s.set_defaults(fn=cmd_adapters)

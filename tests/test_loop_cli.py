@@ -67,6 +67,13 @@ def test_feedback_train_wait_jobs_and_adapters_from_the_cli(loopenv, capsys):
     code, out, _ = run(capsys, "jobs")
     assert f"#{job['id']} train promoted v0001" in out
 
+    code, out, _ = run(capsys, "adapters", "chart", "--out", str(loopenv.tmp / "chart.png"), "--json")
+    assert code == 0 and json.loads(out)["path"].endswith("chart.png")
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(loopenv.tmp / "chart.png")  # a real PNG, decodable
+    assert pixels.shape[0] >= 300 and pixels.shape[1] >= 800 and pixels.std() > 0
+
     code, out, _ = run(capsys, "adapters", "rollback", "--json")
     assert code == 0 and json.loads(out) == {"in_service": None}
     assert asked(capsys, "什么是天使投资？")["adapter"] is None
