@@ -63,10 +63,14 @@ def _answerer(db, model: str | None = None):
 
 
 def cmd_ask(args) -> int:
-    from . import answering
+    from . import answering, guard
 
     if not args.question.strip():
         print("ask: the question is empty", file=sys.stderr)
+        return 2
+    why = guard.check_question(args.question)  # too long, control characters, bytes that were not UTF-8
+    if why:
+        print(f"ask: {why}", file=sys.stderr)
         return 2
     answerer = _answerer(_db(), args.model)
     stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
@@ -286,18 +290,32 @@ def _who(spec: str | None) -> tuple[str, str]:
     return (platform, user) if sep and platform and user else ("cli", spec or "operator")
 
 
+def _audit(db, action: str, target: str = "", result: str = "ok", detail: str = "", user: str | None = None) -> None:
+    """The audit row of a privileged command run here: platform `cli`, ids and counts only (as bot.commands)."""
+    from . import store
+
+    store.audit(db, "cli", user or "operator", action, target, result, detail)
+
+
 def cmd_feedback(args) -> int:
-    from . import feedback
+    from . import feedback, guard
 
     db = _db()
     try:
         if args.target == "review":
             if args.accept is not None or args.reject is not None:
                 cid, accept = (args.accept, True) if args.accept is not None else (args.reject, False)
-                done = feedback.review(db, cid, accept, by=feedback.person(*_who(args.user)))
+                action = f"feedback {'accept' if accept else 'reject'}"
+                try:
+                    done = feedback.review(db, cid, accept, by=feedback.person(*_who(args.user)))
+                except (feedback.FeedbackError, OverflowError) as e:
+                    _audit(db, action, f"#{cid}", f"error: {e}"[:300], user=args.user)
+                    raise feedback.FeedbackError(f"no correction #{cid}" if isinstance(e, OverflowError) else e)
+                _audit(db, action, f"#{cid}", user=args.user)
                 _out(args, done, f"correction #{cid} {done['status']}")
                 return 0
             rows = feedback.pending(db)
+            _audit(db, "feedback review", "pending", "ok", f"{len(rows)} waiting", user=args.user)
             _out(args, {"pending": rows}, "\n".join(
                 f"#{r['id']} {r['platform']}:{r['user']} on {r['question'][:60]!r}: {r['text'][:200]}"
                 for r in rows) or "no corrections are waiting for review")
@@ -305,6 +323,13 @@ def cmd_feedback(args) -> int:
         if args.up == args.down and args.correction is None:
             print("feedback: give --up or --down, and/or --correction TEXT", file=sys.stderr)
             return 2
+        # Every input is checked before anything is written: a bad correction must not leave its vote
+        # behind, and an id that is not even text (a NUL, bytes that were not UTF-8) must not reach SQLite.
+        why = guard.check_text(args.target, what="answer id", limit=64, empty="give an answer id") or (
+            guard.check_correction(args.correction) if args.correction is not None else None)
+        if why:
+            print(f"feedback: {why}", file=sys.stderr)
+            return 1
         platform, user = _who(args.user)
         out = {"answer_id": args.target}
         if args.up or args.down:
@@ -324,10 +349,18 @@ def cmd_feedback(args) -> int:
 def cmd_forget(args) -> int:
     from . import feedback
 
+    from . import guard
+
+    why = guard.check_text(args.user, what="user", limit=200,
+                           empty="give the person as platform:user, e.g. slack:U0123")
+    if why:
+        print(f"forget: {why}", file=sys.stderr)
+        return 2
     db = _db()
-    platform, user = _who(args.user)
+    platform, user = _who(args.user.strip())
     counts = feedback.forget(db, platform, user)
     feedback.opt_out(db, platform, user)
+    _audit(db, "forget", f"{platform}:{user}", "ok", " ".join(f"{k}={v}" for k, v in counts.items()))
     _out(args, {"user": f"{platform}:{user}", **counts, "opted_out": True},
          f"{platform}:{user}: deleted {counts['answers']} question(s), {counts['votes']} vote(s), "
          f"{counts['corrections']} correction(s); opted out of training")
@@ -357,7 +390,12 @@ def cmd_train(args) -> int:
     db = _db()
     _searcher(db)  # evaluation answers through the real index: make sure there is one
     alive = jobs.worker_alive(db)
-    job_id = jobs.submit(db, "cli:" + (args.user or "operator"), "cli", enqueue=alive or not args.wait)
+    try:
+        job_id = jobs.submit(db, "cli:" + (args.user or "operator"), "cli", enqueue=alive or not args.wait)
+    except Exception as e:
+        _audit(db, "train", "", f"error: {type(e).__name__}: {e}"[:300], user=args.user)
+        raise
+    _audit(db, "train", f"#{job_id}", user=args.user)
     if not args.wait:
         note = "" if alive else " (no worker is running: start `python -m bot worker`, or use --wait)"
         _out(args, {"job": job_id, "state": "queued"}, f"job #{job_id} queued{note}")
@@ -398,10 +436,14 @@ def cmd_jobs(args) -> int:
             print("jobs cancel: which job? `jobs cancel ID`", file=sys.stderr)
             return 2
         try:
+            if commands.parse_id(args.id) is None:  # 0, negative, or past SQLite's integers
+                raise jobs.JobError(f"no job #{args.id}")
             done = jobs.cancel(db, args.id, "cli:operator")
         except jobs.JobError as e:
+            _audit(db, "jobs cancel", f"#{args.id}", f"error: {e}")
             print(f"jobs cancel: {e}", file=sys.stderr)
             return 1
+        _audit(db, "jobs cancel", f"#{args.id}", "ok", done["state"])
         _out(args, done, done["message"])
         return 0
     rows = jobs.listing(db, limit=args.limit)
@@ -440,8 +482,11 @@ def cmd_adapters(args) -> int:
         else:
             now = registry.rollback(_db(), adapters_dir, by="cli:operator")
     except registry.RegistryError as e:
+        _audit(_db(), f"adapter {args.action}", commands.ident(args.version) if args.version else "",
+               f"error: {e}"[:300])
         print(f"adapters {args.action}: {e}", file=sys.stderr)
         return 1
+    _audit(_db(), f"adapter {args.action}", now or "base")
     _out(args, {"in_service": now}, f"in service: {now or 'the base model'} (the next answer uses it)")
     return 0
 
@@ -450,6 +495,29 @@ def cmd_worker(args) -> int:
     from . import jobs
 
     return jobs.run_worker()
+
+
+def cmd_purge(args) -> int:
+    from . import retention
+
+    days = args.days if args.days is not None else config.get("BOT_RETENTION_DAYS")
+    if days < 0 or (args.days is not None and days == 0):
+        print("purge: --days must be at least 1", file=sys.stderr)
+        return 2
+    if days == 0:  # the setting's 0 means keep everything: nothing to purge
+        _out(args, {"days": 0, "answers": 0, "votes": 0, "corrections": 0},
+             "BOT_RETENTION_DAYS=0 keeps everything; nothing purged (give --days N to purge anyway)")
+        return 0
+    done = retention.purge(_db(), days, by=("cli", "operator"))
+    _out(args, done, f"deleted {done['answers']} question(s), {done['votes']} vote(s) and "
+                     f"{done['corrections']} correction(s) older than {days} days")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from . import dashboard
+
+    return dashboard.serve(config.get("BOT_DB"), host=args.host, port=args.port)
 
 
 def cmd_settings(args) -> int:
@@ -562,6 +630,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run the training worker (huey): jobs, the nightly retrain, recovery")
     s.set_defaults(fn=cmd_worker)
+
+    s = sub.add_parser("purge", help="delete questions, answers and their feedback older than the retention period")
+    s.add_argument("--days", type=int, default=None, help="older than this many days (default: BOT_RETENTION_DAYS)")
+    s.add_argument("--json", action="store_true", help='print {"days", "cutoff", "answers", "votes", "corrections"}')
+    s.set_defaults(fn=cmd_purge)
+
+    s = sub.add_parser("dashboard", help="browse the database read-only in Datasette, with canned queries")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    s.add_argument("--port", type=int, default=8001, help="port to listen on (default: 8001)")
+    s.set_defaults(fn=cmd_dashboard)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")
     s.add_argument("--json", action="store_true")

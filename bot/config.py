@@ -37,6 +37,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BOT_MODEL", "qwen2.5-0.5b-instruct", "Model preset (a file in models/): `qwen2.5-0.5b-instruct`, `qwen2.5-7b-instruct`, `tiny`, or `none` for retrieval-only answers."),
     Setting("BOT_CACHE_DIR", ".cache/models", "Where offline-built models (the `tiny` preset) are kept; tests and demos share it.", "path"),
     Setting("BOT_GENERATION_TIMEOUT", "300", "Seconds an answer may take before the user gets the retrieval-only answer instead.", "float"),
+    Setting("BOT_RATE_USER", "10/60", "Questions one person may ask: COUNT/SECONDS (10/60 is ten in any 60 s), or `off`. Past it they are told \"busy, try again in N s\"."),
+    Setting("BOT_RATE_CHANNEL", "30/60", "Questions one channel (or DM) may ask: COUNT/SECONDS, or `off`. Past it people there are told \"busy, try again in N s\"."),
+    Setting("BOT_QUEUE_MAX", "32", "Most questions waiting for (or being answered by) the model at once; the next is told \"busy, try again in N s\" instead of timing out.", "int"),
     Setting("BOT_SLACK_ADMINS", "", "Comma-separated Slack user ids allowed to run admin commands (/train, /adapter promote|rollback, /kb reindex).", "list"),
     Setting("BOT_DISCORD_ADMINS", "", "Comma-separated Discord user or role ids allowed to run admin commands.", "list"),
     Setting("PORT", "3000", "HTTP port of `serve` (Slack events at /slack/events, health at /healthz).", "int"),
@@ -57,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BOT_RETRAIN_MIN_FEEDBACK", "5", "The scheduled retrain runs only when at least this many new accepted examples (corrections, upvoted answers) exist.", "int"),
     Setting("BOT_SEARCH_K", "5", "How many passages a search returns by default.", "int"),
     Setting("BOT_CHUNK_CHARS", "600", "Target passage size in characters when a section is split into passages.", "int"),
+    Setting("BOT_LOG_FORMAT", "json", "Log format of `serve` and `worker`: `json` (one object per line: time, level, logger, message and extra fields, for a log collector) or `text` (for a terminal)."),
+    Setting("BOT_RETENTION_DAYS", "180", "Days questions, answers and the votes and corrections on them are kept; the worker purges older ones daily (04:30) and `purge` does it now. 180 keeps half a year of feedback for retraining while not holding what people asked for ever; 0 keeps everything.", "int"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -239,9 +239,13 @@ def recover(db=None, adapters_dir: Path | None = None) -> list[dict]:
         if _alive(row["runner"]):
             live.add(row["version"])
             continue
-        store.update_job(db, row["id"], state="failed", error=f"worker stopped during {row['state']}")
+        # Killed after the pointer moved (promotion done, job row not final yet): say so, not "unchanged".
+        served = row["version"] is not None and row["version"] == registry.read_pointer(adapters_dir)
+        after = f" (after {row['version']} was put in service)" if served else ""
+        store.update_job(db, row["id"], state="failed", error=f"worker stopped during {row['state']}{after}")
         _say(db, row, f"Job #{row['id']} failed: the worker stopped during {row['state']}; "
-                      "the adapter in service is unchanged.")
+                      + (f"{row['version']} had already been promoted and is in service." if served
+                         else "the adapter in service is unchanged."))
         failed.append(store.job(db, row["id"]))
     if adapters_dir.is_dir():
         for p in adapters_dir.glob(".tmp-*"):
@@ -301,6 +305,13 @@ def run_worker() -> int:
     """The `worker` process: one consumer thread (one GPU), the schedule, recovery at start."""
     from huey.consumer import Consumer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from . import logs
+
+    logs.setup()  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
     Consumer(huey, workers=1, periodic=True).run()
     return 0
+
+
+# The daily retention purge is a periodic task on this same huey: importing it here registers it
+# wherever the queue is (`worker`, `huey_consumer bot.jobs.huey`), after `huey` exists above.
+from . import retention  # noqa: E402,F401

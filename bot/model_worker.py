@@ -49,6 +49,11 @@ class ModelWorker:
         self._queue.put((future, messages, max_new_tokens, on_token))
         return future
 
+    @property
+    def depth(self) -> int:
+        """Questions waiting for the model (not counting the batch being generated): /healthz and /metrics."""
+        return self._queue.qsize()
+
     def close(self, timeout: float | None = None) -> None:
         """Finish the questions already queued, then stop the thread."""
         if not self._closed:

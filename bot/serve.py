@@ -3,8 +3,9 @@
 One process, one event loop, one copy of the model: Slack (HTTP on $PORT at
 /slack/events, or Socket Mode when SLACK_APP_TOKEN is set) and Discord (when
 DISCORD_TOKEN is set) share the loop, and both reach the model through the
-single model worker. `/healthz` answers on $PORT in every case, so the
-process starts, and tells the operator what it serves, with nothing set.
+single model worker. `/healthz` (liveness), `/readyz` (readiness) and
+`/metrics` (Prometheus) answer on $PORT in every case, so the process
+starts, and tells the operator what it serves, with nothing set.
 Each running platform also posts the training jobs' outbox (`post_outbox`).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 from . import config, store
 
@@ -163,16 +165,101 @@ def _watch(task: asyncio.Task, name: str, state: dict) -> asyncio.Task:
     return task
 
 
-def health_route(state: dict):
-    """GET /healthz: liveness, and what this process serves (the state dict is filled in as platforms start)."""
-    from aiohttp import web
+# -- operations: health, readiness and metrics on $PORT -------------------------------
 
-    async def health(request):
-        answerer = state["commands"].answerer
-        model = "loaded" if answerer.generator_loaded else (answerer.unavailable_reason or "loading")
-        return web.json_response({"ok": True, "slack": state["slack"], "discord": state["discord"], "model": model})
+DB_CHECK_TIMEOUT_S = 2.0  # a readiness probe must answer well within a load balancer's few seconds
 
-    return web.get("/healthz", health)
+
+class Ops:
+    """What /healthz, /readyz and /metrics read: the database, the answerer's model, the platforms.
+
+    `platforms` is the dict the serving loop fills in as each platform starts
+    (and `_watch` when one stops): `{"slack": "off" | "http :3000/slack/events"
+    | "socket mode" | "stopped: ...", "discord": ...}`."""
+
+    def __init__(self, commands, platforms: dict, db_path, adapters_dir=None):
+        self.commands, self.platforms = commands, platforms
+        self.db_path, self.adapters_dir = db_path, adapters_dir
+        self._registry = None
+
+    def _generator(self):
+        # Answerer.generator() holds its lock while the model loads: ask only once loaded (it returns at once).
+        answerer = self.commands.answerer
+        return answerer.generator() if answerer.generator_loaded else None
+
+    def live(self) -> dict:
+        """The in-process figures: model state, queues, adapter in service (no I/O but one small file read).
+
+        `queue_depth` is what waits for the model worker; `in_flight` every question
+        between `ask` and its recorded answer (retrieving, waiting, generating)."""
+        from .hotswap import read_pointer
+
+        answerer = self.commands.answerer
+        gen = self._generator()
+        if gen is not None:
+            model_state, model = "loaded", "loaded"
+        elif answerer.unavailable_reason is not None:
+            model_state, model = "retrieval-only", answerer.unavailable_reason
+        else:
+            model_state, model = "loading", "loading"
+        inner = getattr(gen, "generator", gen)  # a ModelWorker wraps the LocalGenerator that holds the adapters
+        return {"model_state": model_state, "model": model, "model_loaded": gen is not None,
+                "queue_depth": int(getattr(gen, "depth", 0) or 0), "in_flight": answerer.queue_depth(),
+                "adapter": {"in_service": read_pointer(self.adapters_dir) if self.adapters_dir else None,
+                            "serving": getattr(inner, "active_adapter", None)}}
+
+    async def database(self) -> dict:
+        """`{"ok": True, "ms"}` when a fresh connection answers a real query in time, else `{"ok": False, "error"}`."""
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(store.ping, self.db_path, DB_CHECK_TIMEOUT_S),
+                                   DB_CHECK_TIMEOUT_S + 0.5)
+        except asyncio.TimeoutError:
+            return {"ok": False, "error": f"no answer within {DB_CHECK_TIMEOUT_S:.0f} s"}
+        except Exception as e:  # noqa: BLE001 (missing, unreadable, not a database, locked)
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    async def health(self) -> dict:
+        """Liveness and readiness in one report; `ready` is what /readyz answers 200 or 503 on."""
+        database, live = await self.database(), self.live()
+        return {"ok": True,  # the process answers: liveness
+                # Ready once the database answers and the model is loaded or has definitively fallen
+                # back to retrieval-only; while it loads, questions would wait behind it.
+                "ready": database["ok"] and live["model_state"] != "loading",
+                "database": database, "model": live["model"], "model_state": live["model_state"],
+                "queue_depth": live["queue_depth"], "in_flight": live["in_flight"], "adapter": live["adapter"],
+                "slack": self.platforms.get("slack", "off"), "discord": self.platforms.get("discord", "off"),
+                "platforms": dict(self.platforms)}
+
+    @property
+    def registry(self):
+        if self._registry is None:  # prometheus_client is imported on first scrape, not with bot.serve
+            from . import metrics
+
+            self._registry = metrics.registry(self.commands.db, self.live)
+        return self._registry
+
+    def routes(self) -> list:
+        """GET /healthz (always 200 while the process lives; `?ready=1`: as /readyz), /readyz (200 or 503), /metrics."""
+        from aiohttp import web
+
+        async def healthz(request):
+            report = await self.health()
+            strict = request.query.get("ready", "") not in ("", "0", "false")
+            return web.json_response(report, status=503 if strict and not report["ready"] else 200)
+
+        async def readyz(request):
+            report = await self.health()
+            return web.json_response(report, status=200 if report["ready"] else 503)
+
+        async def metrics_view(request):
+            from . import metrics
+
+            body = await asyncio.to_thread(metrics.exposition, self.registry)  # SQL: off the event loop
+            return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+        return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view)]
 
 
 async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = OUTBOX_EVERY_S) -> None:
@@ -180,11 +267,11 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
 
     cmds = build_commands()
     stop = stop or asyncio.Event()
-    state = {"commands": cmds, "slack": "off", "discord": "off"}
+    state = {"slack": "off", "discord": "off"}  # the platforms, as they start and stop
+    ops = Ops(cmds, state, config.get("BOT_DB"), config.get("BOT_ADAPTERS_DIR"))
     tasks = []
     port = config.get("PORT")
     slack_token, app_token = config.get("SLACK_BOT_TOKEN"), config.get("SLACK_APP_TOKEN")
-    health = health_route(state)
     runner = None
     if slack_token:
         from . import slack_app
@@ -195,13 +282,13 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
             tasks.append(_watch(asyncio.create_task(slack_app.start_socket_mode(app, app_token)), "slack", state))
             state["slack"] = "socket mode"
         else:
-            runner = await slack_app.start_http(app, port, extra_routes=[health])
+            runner = await slack_app.start_http(app, port, extra_routes=ops.routes())
             state["slack"] = f"http :{port}/slack/events"
         tasks.append(_watch(asyncio.create_task(
             post_outbox(cmds.db, "slack", slack_sender(app.client), outbox_every_s, stop)), "slack outbox", state))
     if runner is None:
         webapp = web.Application()
-        webapp.add_routes([health])
+        webapp.add_routes(ops.routes())
         runner = web.AppRunner(webapp)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()
@@ -216,9 +303,10 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
         state["discord"] = "gateway"
     if state["slack"] == "off" and state["discord"] == "off":
         log.warning("no chat platform configured (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, or DISCORD_TOKEN); "
-                    "serving /healthz on :%s only", port)
+                    "serving /healthz, /readyz and /metrics on :%s only", port)
     else:
-        log.info("serving: slack %s, discord %s; health on :%s/healthz", state["slack"], state["discord"], port)
+        log.info("serving: slack %s, discord %s; /healthz, /readyz and /metrics on :%s",
+                 state["slack"], state["discord"], port, extra={"slack": state["slack"], "discord": state["discord"]})
     # Load the model now, off the loop, so the first question does not pay for it.
     asyncio.get_running_loop().run_in_executor(None, cmds.answerer.generator)
     await stop.wait()
@@ -228,7 +316,9 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+
+    logs.setup()  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
 
     async def run():
         stop = asyncio.Event()

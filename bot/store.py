@@ -113,6 +113,17 @@ def m004_loop(db: sqlite_utils.Database) -> None:
     db["outbox"].create_index(["platform", "sent_at"])
 
 
+@migration
+def m005_operations(db: sqlite_utils.Database) -> None:
+    # Every privileged action (admin commands, reviews, forgets, purges), who
+    # did it and how it ended, for the operator; and an index so the
+    # retention purge finds old questions without a scan.
+    db["audit"].create({"id": int, "at": float, "platform": str, "user": str, "action": str, "target": str,
+                        "result": str, "detail": str}, pk="id")
+    db["audit"].create_index(["at"])
+    db["answers"].create_index(["created_at"])
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -131,7 +142,9 @@ class ThreadLocalDatabase(sqlite_utils.Database):
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path)
-        for pragma in ("busy_timeout = 10000", "foreign_keys = ON", "synchronous = NORMAL", "recursive_triggers = ON"):
+        # synchronous=FULL: a vote the user was told is saved survives a power cut too, not only a
+        # killed process; feedback writes are few, so the fsync per commit costs nothing noticeable.
+        for pragma in ("busy_timeout = 10000", "foreign_keys = ON", "synchronous = FULL", "recursive_triggers = ON"):
             conn.execute(f"PRAGMA {pragma}")
         return conn
 
@@ -556,3 +569,66 @@ def outbox(db, job_id: int | None = None) -> list[dict]:
     if job_id is None:
         return list(db.query("select * from outbox order by id"))
     return list(db.query("select * from outbox where job_id = ? order by id", [job_id]))
+
+
+# --- operations: audit trail and retention -----------------------------------
+
+def audit(db, platform: str, user: str, action: str, target: str = "", result: str = "ok", detail: str = "") -> None:
+    """Record a privileged action: who, what, on what, when, and how it ended (`ok`, `refused`, `error: ...`)."""
+    with db.conn:
+        db.execute("insert into audit (at, platform, user, action, target, result, detail)"
+                   " values (?, ?, ?, ?, ?, ?, ?)", [time.time(), platform, user, action, target, result, detail])
+
+
+def audit_log(db, limit: int = 50, action: str | None = None) -> list[dict]:
+    if action:
+        return list(db.query("select * from audit where action = ? order by id desc limit ?", [action, limit]))
+    return list(db.query("select * from audit order by id desc limit ?", [limit]))
+
+
+def purge_before(db, cutoff: float) -> dict:
+    """Delete questions (answers rows) older than `cutoff`, with the votes and corrections on them,
+    and older delivery keys; one transaction. Audit rows and jobs stay: they hold no chat text."""
+    old = "select id from answers where created_at < ?"
+    with db.conn:
+        votes_n = db.execute(f"delete from votes where answer_id in ({old})", [cutoff]).rowcount
+        corrections_n = db.execute(f"delete from corrections where answer_id in ({old})", [cutoff]).rowcount
+        answers_n = db.execute("delete from answers where created_at < ?", [cutoff]).rowcount
+        db.execute("delete from deliveries where created_at < ?", [cutoff])
+    return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
+
+
+# --- operations: health and metrics (bot/serve.py, bot/metrics.py) ------------
+
+def ping(path: Path | str, timeout: float = 2.0) -> int:
+    """Open the database file afresh, read-only, and run a real query: the number of migrations applied.
+
+    A fresh connection, not the process's cached ones: those keep working on a
+    file that was deleted or moved away, so only a new open shows whether the
+    next connection (a new thread, a restart) would find the database."""
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        return conn.execute("select count(*) from _migrations").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def answer_stats(db, buckets_ms: Iterable[float], before: float | None = None) -> dict[tuple[str, str], dict]:
+    """Answers by (platform, mode): `count`, `sum_ms` and cumulative `buckets` (answers with latency_ms <= each bound).
+
+    One scan of `answers` (of those created before `before` when given: what a purge is about to delete)."""
+    bounds = [float(b) for b in buckets_ms]  # floats, so nothing but numbers reaches the SQL text
+    cols = "".join(f", sum(latency_ms <= {b!r})" for b in bounds)
+    where, args = (" where created_at < ?", [before]) if before is not None else ("", [])
+    rows = db.execute(f"select coalesce(platform, ''), coalesce(mode, ''), count(*), coalesce(sum(latency_ms), 0)"
+                      f"{cols} from answers{where} group by 1, 2", args).fetchall()
+    return {(r[0], r[1]): {"count": r[2], "sum_ms": r[3], "buckets": [n or 0 for n in r[4:]]} for r in rows}
+
+
+def operations_counts(db) -> dict[str, dict]:
+    """What /metrics reports as it stands: votes by value, corrections by status, jobs by state."""
+    return {
+        "votes": dict(db.execute("select value, count(*) from votes group by value").fetchall()),
+        "corrections": dict(db.execute("select status, count(*) from corrections group by status").fetchall()),
+        "jobs": dict(db.execute("select state, count(*) from jobs group by state").fetchall()),
+    }
