@@ -85,6 +85,11 @@ def postprocess(text: str, shown: list) -> tuple[str, list[Citation], str]:
     return text, citations, "; ".join(notices)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (a RuntimeError subclass), a MemoryError, or a CUDA/CPU allocator's message."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
 def retrieval_only_text(question: str, shown: list, reason: str) -> str:
     head = _notice(
         question,
@@ -118,6 +123,13 @@ class Answerer:
         self._load_lock = threading.Lock()
         self.k, self.context_budget, self.history_budget = k, context_budget, history_budget
         self.max_new_tokens, self.timeout_s = max_new_tokens, timeout_s
+        self._in_flight = 0  # questions between `ask` and their recorded answer
+        self._count_lock = threading.Lock()
+
+    def queue_depth(self) -> int:
+        """Questions in the pipeline now (retrieving, waiting for the model, generating): the admission
+        bound (bot/guard.py) and /healthz read it."""
+        return self._in_flight
 
     def generator(self):
         """The generator, loading it on first use; None (with the reason kept) if it cannot be had."""
@@ -149,7 +161,15 @@ class Answerer:
         return gen.generate(messages, self.max_new_tokens, on_token)
 
     def ask(self, question: str, ctx: Context | None = None, on_token: Callable[[str], None] | None = None) -> Answer:
-        ctx = ctx or Context()
+        with self._count_lock:
+            self._in_flight += 1
+        try:
+            return self._ask(question, ctx or Context(), on_token)
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+
+    def _ask(self, question: str, ctx: Context, on_token: Callable[[str], None] | None) -> Answer:
         t0 = time.perf_counter()
         hits = self.searcher.search(question, self.k)
         retrieval_ms = (time.perf_counter() - t0) * 1000
@@ -176,7 +196,11 @@ class Answerer:
                 prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
                 text, citations, notice = postprocess(result.text, shown)
             except Exception as e:  # OOM, CUDA error, timeout: the user still gets the passages
-                reason = _notice(question, "the model failed while answering", "模型在生成回答时出错")
+                # Tokens may have streamed already: the final text replaces them, apology first.
+                if _out_of_memory(e):
+                    reason = _notice(question, "the model ran out of memory while answering", "模型在生成回答时内存不足")
+                else:
+                    reason = _notice(question, "the model failed while answering", "模型在生成回答时出错")
                 mode = "retrieval-only"
                 text = _notice(question, "Sorry, something went wrong. ", "抱歉，出了点问题。") + \
                     retrieval_only_text(question, shown, reason)

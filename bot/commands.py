@@ -6,14 +6,27 @@ the `Reply` their own way. Nothing here imports a chat SDK, and permissions
 are decided here, not in a transport, so every platform refuses alike.
 Methods are blocking (retrieval, generation, SQL): event-loop transports
 call them through `asyncio.to_thread`.
+
+Input is checked here (bot/guard.py) before any work, and questions are
+admitted here (`admission`): every transport refuses alike. Every
+privileged action (admin commands, reviews, cancels, forgets) writes an
+audit row, refused and failed attempts included; audit rows carry ids and
+counts, never what people wrote.
 """
 from __future__ import annotations
 
+import logging
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
-from . import answering, feedback, store
+from . import answering, feedback, guard, store
 from .feedback import MAX_CORRECTION_CHARS  # noqa: F401  (the modal's limit)
+from .guard import MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name it here)
+from .guard import Admission
+
+log = logging.getLogger(__name__)
 
 HELP = [
     ("/ask <question>", "answer from the knowledge base, with numbered sources and 👍/👎 buttons"),
@@ -28,7 +41,21 @@ HELP = [
     ("/adapter list|promote <version>|rollback", "adapter versions; promote and rollback are admin"),
     ("/help", "this list"),
 ]
-MAX_QUESTION_CHARS = 4000
+SORRY = "Sorry, that failed on my side; it is logged for the operator. Please try again later."
+_IDENT = re.compile(r"[\w.:#-]{1,64}", re.ASCII)
+_MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot name a row, and would not even bind
+
+
+def ident(text) -> str:
+    """What an audit row may say about an argument someone typed: an id-shaped word, else a placeholder."""
+    text = str(text or "")
+    return text if _IDENT.fullmatch(text) else "(not an id)"
+
+
+def parse_id(text) -> int | None:
+    """`7` or `#7` -> 7; anything else (words, signs, ids past SQLite's range) -> None."""
+    m = re.fullmatch(r"#?([0-9]{1,19})", str(text if text is not None else "").strip(), re.ASCII)
+    return int(m[1]) if m and 1 <= int(m[1]) <= _MAX_ID else None
 
 
 @dataclass
@@ -55,11 +82,15 @@ class Reply:
 
 class Commands:
     def __init__(self, db, answerer: answering.Answerer, *, admins: dict[str, list[str]] | None = None,
-                 reindex: Callable[[], str] | None = None, adapters_dir=None, enqueue: bool = True):
+                 reindex: Callable[[], str] | None = None, adapters_dir=None, enqueue: bool = True,
+                 guard: Admission | None = None):
         self.db, self.answerer = db, answerer
         self.admins = {k: set(v) for k, v in (admins or {}).items()}
         self._reindex, self.adapters_dir = reindex, adapters_dir
         self.enqueue = enqueue  # False: /train records the job but leaves running it to the caller (tests)
+        # Rate limits and the queue bound: from the settings unless a caller (a test, a load script) brings its own.
+        self.guard = guard if guard is not None else Admission.from_settings(
+            depth=getattr(answerer, "queue_depth", None))
 
     # -- permissions ---------------------------------------------------------
 
@@ -67,28 +98,62 @@ class Commands:
         allowed = self.admins.get(caller.platform, set())
         return caller.user in allowed or any(r in allowed for r in caller.roles) or caller.platform == "cli"
 
-    def _refuse(self, what: str) -> Reply:
+    def _refuse(self, caller: Caller, what: str, action: str, target: str = "") -> Reply:
+        self._audit(caller, action, target, "refused")
         return Reply(f"Sorry, {what} is for admins only. Ask an admin of this workspace to run it.",
                      ok=False, private=True)
+
+    # -- the audit trail -------------------------------------------------------
+
+    def _audit(self, caller: Caller, action: str, target: str = "", result: str = "ok", detail: str = "") -> None:
+        try:
+            store.audit(self.db, caller.platform, caller.user, action, target, result, detail)
+        except Exception:  # the action has happened (or been refused): say so to the caller all the same
+            log.exception("could not write the audit row for %s (%s)", action, result)
+
+    def _failed(self, caller: Caller, action: str, target: str, error: Exception) -> Reply:
+        """An unexpected failure of a privileged action: audited, logged, and a plain apology for the caller."""
+        log.error("%s by %s:%s failed", action, caller.platform, caller.user, exc_info=error)
+        self._audit(caller, action, target, f"error: {type(error).__name__}: {error}"[:300])
+        return Reply(SORRY, ok=False, private=True)
 
     # -- questions -----------------------------------------------------------
 
     def check_question(self, question: str) -> Reply | None:
-        """A clear refusal for a question that cannot be asked, else None."""
-        q = (question or "").strip()
-        if not q:
-            return Reply("Please add a question, e.g. `/ask 什么是边缘计算？`", ok=False, private=True)
-        if len(q) > MAX_QUESTION_CHARS:
-            return Reply(f"That question is {len(q)} characters; the limit is {MAX_QUESTION_CHARS}.",
-                         ok=False, private=True)
-        return None
+        """A clear refusal for a question that cannot be asked (empty, too long, not text), else None."""
+        why = guard.check_question(question)
+        return Reply(why, ok=False, private=True) if why else None
+
+    def admit(self, caller: Caller) -> Reply | None:
+        """None when the question may go to the model (a slot is then held: `release` it), else a polite
+        "busy, try again in N s" for the caller. Checked before any work; a refusal stores nothing."""
+        busy = self.guard.admit(caller.platform, caller.user, caller.channel)
+        if busy is None:
+            return None
+        return Reply(busy.text, ok=False, private=True, data={"busy": busy.reason, "retry_after": busy.seconds})
+
+    def release(self, caller: Caller) -> None:
+        self.guard.release(caller.platform, caller.user)
+
+    @contextmanager
+    def admission(self, caller: Caller) -> Iterator[Reply | None]:
+        """`with commands.admission(caller) as busy:` the slot is held for the block and always released."""
+        busy = self.admit(caller)
+        try:
+            yield busy
+        finally:
+            if busy is None:
+                self.release(caller)
 
     def ask(self, caller: Caller, question: str, on_token=None) -> answering.Answer:
         return self.answerer.ask(question.strip(), caller.context(), on_token=on_token)
 
     def kb_search(self, caller: Caller, query: str, k: int = 5) -> Reply:
-        if not query.strip():
+        if not (query or "").strip():
             return Reply("Please add a query, e.g. `/kb search 融资策略`", ok=False, private=True)
+        why = guard.check_text(query, what="query", limit=guard.MAX_QUESTION_CHARS, empty="")
+        if why:
+            return Reply(why, ok=False, private=True)
         hits = self.answerer.searcher.search(query, k)
         if not hits:
             return Reply("No passage matches that query.", private=True)
@@ -97,10 +162,16 @@ class Commands:
 
     def kb_reindex(self, caller: Caller) -> Reply:
         if not self.is_admin(caller):
-            return self._refuse("/kb reindex")
+            return self._refuse(caller, "/kb reindex", "kb reindex")
         if self._reindex is None:
+            self._audit(caller, "kb reindex", "", "error: not available in this process")
             return Reply("Re-indexing is not available in this process.", ok=False, private=True)
-        return Reply(self._reindex())
+        try:
+            text = self._reindex()
+        except Exception as e:
+            return self._failed(caller, "kb reindex", "", e)
+        self._audit(caller, "kb reindex", "", "ok", text.splitlines()[0][:200] if text else "")
+        return Reply(text)
 
     # -- feedback ------------------------------------------------------------
 
@@ -111,6 +182,9 @@ class Commands:
         return None
 
     def vote(self, caller: Caller, answer_id: str, value: int) -> Reply:
+        bad = _nobody(caller) or guard.check_answer_id(answer_id)
+        if bad:
+            return Reply(bad, ok=False, private=True)
         try:
             feedback.vote(self.db, answer_id, caller.platform, caller.user, value)
         except feedback.FeedbackError as e:
@@ -119,6 +193,9 @@ class Commands:
                      private=True)
 
     def correct(self, caller: Caller, answer_id: str, text: str) -> Reply:
+        bad = _nobody(caller) or guard.check_answer_id(answer_id) or guard.check_correction(text)
+        if bad:
+            return Reply(bad, ok=False, private=True)
         try:
             done = feedback.correct(self.db, answer_id, text, caller.platform, caller.user)
         except feedback.FeedbackError as e:
@@ -160,9 +237,13 @@ class Commands:
 
     def review(self, caller: Caller, action: str | None = None, correction_id=None) -> Reply:
         if not self.is_admin(caller):
-            return self._refuse("/feedback review")
+            verb = action if action in ("accept", "reject") else "review"
+            target = f"#{parse_id(correction_id)}" if parse_id(correction_id) else ""
+            return self._refuse(caller, "/feedback review", f"feedback {verb}", target)
         if action is None:
             rows = feedback.pending(self.db)
+            # Reading everyone's pending corrections is itself privileged: on the trail, by count.
+            self._audit(caller, "feedback review", "pending", "ok", f"{len(rows)} waiting")
             if not rows:
                 return Reply("No corrections are waiting for review.", private=True, data={"pending": []})
             lines = [f"#{r['id']} by {r['platform']}:{r['user']} on “{_short(r['question'], 80)}”\n"
@@ -172,23 +253,32 @@ class Commands:
         if action not in ("accept", "reject"):
             return Reply("Use `/feedback review`, `/feedback review accept <id>` or `/feedback review reject <id>`.",
                          ok=False, private=True)
-        try:
-            cid = int(str(correction_id).lstrip("#"))
-        except (TypeError, ValueError):
+        cid = parse_id(correction_id)
+        if cid is None:
             return Reply(f"Which correction? `/feedback review {action} <id>` (the number after #).",
                          ok=False, private=True)
+        what = f"feedback {action}"
         try:
             done = feedback.review(self.db, cid, action == "accept", by=feedback.person(caller.platform, caller.user))
         except feedback.FeedbackError as e:
+            self._audit(caller, what, f"#{cid}", f"error: {e}")
             return Reply(_sentence(e), ok=False, private=True)
+        except Exception as e:
+            return self._failed(caller, what, f"#{cid}", e)
+        self._audit(caller, what, f"#{cid}")
         return Reply(f"Correction #{cid} {done['status']}.", private=True, data=done)
 
     def forget(self, caller: Caller, who: str = "me") -> Reply:
         if (who or "").strip().lower() != "me":
             return Reply("`/forget me` deletes what you asked, rated and corrected. "
                          "It only ever applies to you.", ok=False, private=True)
-        counts = feedback.forget(self.db, caller.platform, caller.user)
-        feedback.opt_out(self.db, caller.platform, caller.user)
+        me = feedback.person(caller.platform, caller.user)
+        try:
+            counts = feedback.forget(self.db, caller.platform, caller.user)
+            feedback.opt_out(self.db, caller.platform, caller.user)
+        except Exception as e:
+            return self._failed(caller, "forget", me, e)
+        self._audit(caller, "forget", me, "ok", " ".join(f"{k}={v}" for k, v in counts.items()))
         return Reply(f"Deleted {counts['answers']} question(s), {counts['votes']} vote(s) and "
                      f"{counts['corrections']} correction(s); you are opted out of training from now on "
                      "(`/feedback optin` undoes that). An adapter already trained keeps what it learned "
@@ -199,11 +289,15 @@ class Commands:
 
     def train(self, caller: Caller) -> Reply:
         if not self.is_admin(caller):
-            return self._refuse("/train")
+            return self._refuse(caller, "/train", "train")
         from . import jobs
 
-        job_id = jobs.submit(self.db, feedback.person(caller.platform, caller.user), caller.platform,
-                             caller.channel, caller.thread, enqueue=self.enqueue)
+        try:
+            job_id = jobs.submit(self.db, feedback.person(caller.platform, caller.user), caller.platform,
+                                 caller.channel, caller.thread, enqueue=self.enqueue)
+        except Exception as e:
+            return self._failed(caller, "train", "", e)
+        self._audit(caller, "train", f"#{job_id}")
         note = "" if jobs.worker_alive(self.db) else (
             " No training worker is running now (start it with `python -m bot worker`); the job waits for it.")
         return Reply(f"Training job #{job_id} queued. Progress and the verdict are posted here.{note}",
@@ -221,19 +315,24 @@ class Commands:
                          data={"jobs": rows})
         if action != "cancel":
             return Reply("Use `/jobs` or `/jobs cancel <id>`.", ok=False, private=True)
-        try:
-            ident = int(str(job_id).lstrip("#"))
-        except (TypeError, ValueError):
-            return Reply("Which job? `/jobs cancel <id>`", ok=False, private=True)
-        row = store.job(self.db, ident)
+        number = parse_id(job_id)
+        if number is None:
+            return Reply("Which job? `/jobs cancel <id>` (the number after #).", ok=False, private=True)
+        target = f"#{number}"
+        row = store.job(self.db, number)
         if row is None:
-            return Reply(f"There is no job #{ident}.", ok=False, private=True)
+            self._audit(caller, "jobs cancel", target, "error: no such job")
+            return Reply(f"There is no job #{number}.", ok=False, private=True)
         if not self.is_admin(caller) and row["requested_by"] != feedback.person(caller.platform, caller.user):
-            return self._refuse("cancelling someone else's job")
+            return self._refuse(caller, "cancelling someone else's job", "jobs cancel", target)
         try:
-            done = jobs.cancel(self.db, ident, feedback.person(caller.platform, caller.user))
+            done = jobs.cancel(self.db, number, feedback.person(caller.platform, caller.user))
         except jobs.JobError as e:
+            self._audit(caller, "jobs cancel", target, f"error: {e}")
             return Reply(_sentence(e), ok=False, private=True)
+        except Exception as e:
+            return self._failed(caller, "jobs cancel", target, e)
+        self._audit(caller, "jobs cancel", target, "ok", done["state"])
         return Reply(_sentence(done["message"]), data=done)
 
     def adapter(self, caller: Caller, action: str, version: str | None = None) -> Reply:
@@ -250,21 +349,35 @@ class Commands:
         if action not in ("promote", "rollback"):
             return Reply("Use `/adapter list`, `/adapter promote <version>` or `/adapter rollback`.",
                          ok=False, private=True)
+        what = f"adapter {action}"
+        target = ident(version) if action == "promote" and version else ""
         if not self.is_admin(caller):
-            return self._refuse(f"/adapter {action}")
+            return self._refuse(caller, f"/adapter {action}", what, target)
+        if action == "promote" and not version:
+            return Reply("Which version? `/adapter promote <version>`", ok=False, private=True)
         try:
+            before = registry.listing(self.adapters_dir)["in_service"]
             if action == "promote":
-                if not version:
-                    return Reply("Which version? `/adapter promote <version>`", ok=False, private=True)
                 now = registry.promote(self.db, self.adapters_dir, version, by=f"{caller.platform}:{caller.user}")
             else:
                 now = registry.rollback(self.db, self.adapters_dir, by=f"{caller.platform}:{caller.user}")
         except registry.RegistryError as e:
-            return Reply(str(e), ok=False, private=True)
+            # The server's own paths are none of the chat's business: the folder is named as `adapters`.
+            why = str(e).replace(str(self.adapters_dir), "adapters") if self.adapters_dir else str(e)
+            self._audit(caller, what, target, f"error: {why}"[:300])
+            return Reply(why, ok=False, private=True)
+        except Exception as e:
+            return self._failed(caller, what, target, e)
+        self._audit(caller, what, now or "base", "ok", f"{before or 'base'} -> {now or 'base'}")
         return Reply(f"Adapter in service: {now or 'the base model'}. The next answer uses it.")
 
     def help(self, caller: Caller) -> Reply:
         return Reply("\n".join(f"`{c}` — {d}" for c, d in HELP), private=True)
+
+
+def _nobody(caller: Caller) -> str | None:
+    """Feedback is stored against a person: a payload that names none cannot give any."""
+    return None if caller.user else "I can't tell who sent that, so nothing was recorded."
 
 
 def _short(text: str, n: int) -> str:

@@ -6,7 +6,10 @@ the command's schema) and registered by `python -m bot discord-sync`
 earlier turns of the thread, channel or DM as context. Permissions and every
 other decision live in bot.commands: this module turns payloads into a Caller
 and Replies into messages, running the blocking command methods in threads so
-the event loop (shared with Slack) never waits.
+the event loop (shared with Slack) never waits. Questions are admitted first
+(rate limits, the queue bound: "busy, try again in N s"); buttons and forms
+the bot does not know get a message saying so instead of Discord's
+"This interaction failed".
 """
 from __future__ import annotations
 
@@ -25,8 +28,11 @@ from .discord_render import answer_text, split_message
 log = logging.getLogger("bot.discord")
 LIMIT = 2000  # Discord's maximum message length
 CORRECTION_ID = re.compile(r"kb:correct:(?P<answer>[0-9a-f]{6,32})")
+VOTE_ID = re.compile(r"kb:vote:(?P<value>up|down):(?P<answer>[0-9a-f]{6,32})")
 FIELD = "correction"
 SORRY = "Sorry, something went wrong on my side; please try again."
+UNKNOWN_BUTTON = "That button is not one I know (it may be from an older version of me); nothing was recorded."
+UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
 
 
 # -- who is asking, and where ------------------------------------------------
@@ -63,8 +69,7 @@ async def _first(cmds: Commands, key: str) -> bool:
 
 # -- buttons and the correction modal ------------------------------------------
 
-class VoteButton(discord.ui.DynamicItem[discord.ui.Button],
-                 template=r"kb:vote:(?P<value>up|down):(?P<answer>[0-9a-f]{6,32})"):
+class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=VOTE_ID.pattern):
     """👍/👎 under an answer. The state lives in the custom_id, so a click on a
     message sent before a restart reaches a fresh process all the same."""
 
@@ -134,6 +139,13 @@ async def submit_correction(interaction: discord.Interaction, answer_id: str, te
     await interaction.response.send_message(reply.text, ephemeral=True)
 
 
+async def _unknown(interaction: discord.Interaction, text: str) -> None:
+    log.info("unknown %s %s", interaction.type.name, ((interaction.data or {}).get("custom_id") or "")[:100])
+    if not await _first(interaction.client.kb, f"discord:interaction:{interaction.id}"):
+        return
+    await interaction.response.send_message(text, ephemeral=True)
+
+
 # -- sending ------------------------------------------------------------------
 
 async def _post(send, text: str, view: discord.ui.View | None = None, first=None, **kw) -> None:
@@ -188,6 +200,9 @@ class KBClient(discord.Client):
         # privileged intent; asking for it needs a switch in the developer portal.
         intents.message_content = message_content
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        # discord.py logs every request body and gateway event at DEBUG: message text, which never
+        # goes to our logs. Its loggers stop at INFO whatever the root level.
+        logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLogger("discord").level))
         self.kb = cmds
         self.tree = app_commands.CommandTree(self)
         _register(self.tree)
@@ -197,10 +212,17 @@ class KBClient(discord.Client):
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         data = interaction.data or {}
-        match = CORRECTION_ID.fullmatch(data.get("custom_id", ""))
-        # Also reached when the modal is alive in this process: submit_correction answers once.
-        if interaction.type is discord.InteractionType.modal_submit and match:
-            await submit_correction(interaction, match["answer"], _submitted(data.get("components", []), FIELD))
+        custom_id = data.get("custom_id") or ""
+        if interaction.type is discord.InteractionType.modal_submit:
+            match = CORRECTION_ID.fullmatch(custom_id)
+            # Also reached when the modal is alive in this process: submit_correction answers once.
+            if match:
+                await submit_correction(interaction, match["answer"], _submitted(data.get("components", []), FIELD))
+            else:
+                await _unknown(interaction, UNKNOWN_FORM)
+        elif interaction.type is discord.InteractionType.component and not VOTE_ID.fullmatch(custom_id):
+            # VoteButton answers its own ids (also after a restart); nothing else would answer this one.
+            await _unknown(interaction, UNKNOWN_BUTTON)
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.user
@@ -214,10 +236,15 @@ class KBClient(discord.Client):
         if refusal:
             await message.reply(refusal.text)
             return
-        if not await _first(self.kb, f"discord:message:{message.id}"):
-            return
-        async with message.channel.typing():
-            answer = await asyncio.to_thread(self.kb.ask, _caller(message.author, message.channel, None), question)
+        caller = _caller(message.author, message.channel, None)
+        with self.kb.admission(caller) as busy:
+            if busy:
+                await message.reply(busy.text)
+                return
+            if not await _first(self.kb, f"discord:message:{message.id}"):
+                return
+            async with message.channel.typing():
+                answer = await asyncio.to_thread(self.kb.ask, caller, question)
         await _post(message.channel.send, answer_text(answer), vote_view(answer.id), first=message.reply)
 
 
@@ -232,10 +259,15 @@ def _register(tree: app_commands.CommandTree) -> None:
         if refusal:
             await interaction.response.send_message(refusal.text, ephemeral=True)
             return
-        if not await _first(cmds, f"discord:interaction:{interaction.id}"):
-            return  # a redelivery: the first one is being answered
-        await interaction.response.defer(thinking=True)
-        answer = await asyncio.to_thread(cmds.ask, caller_for(interaction), question)
+        caller = caller_for(interaction)
+        with cmds.admission(caller) as busy:
+            if busy:
+                await interaction.response.send_message(busy.text, ephemeral=True)
+                return
+            if not await _first(cmds, f"discord:interaction:{interaction.id}"):
+                return  # a redelivery: the first one is being answered
+            await interaction.response.defer(thinking=True)
+            answer = await asyncio.to_thread(cmds.ask, caller, question)
         await _post(interaction.followup.send, answer_text(answer), vote_view(answer.id))
 
     kb = app_commands.Group(name="kb", description="The knowledge base")

@@ -20,6 +20,15 @@ _CLAUSE_END = re.compile(r"[，、：,:](?:\[\d{1,3}\])*")
 _SPACE = re.compile(r"\s+")
 
 
+_BROADCAST = re.compile(r"@(everyone|here)\b")
+
+
+def defuse(text: str) -> str:
+    """`@everyone`/`@here` from the model or a document, with a zero-width space after the `@`: the
+    client sends with no mentions allowed, and this keeps it so where a message is sent some other way."""
+    return _BROADCAST.sub("@\u200b\\1", text)
+
+
 def answer_text(answer) -> str:
     """The answer, then its sources as `[n] doc › heading`, then the notice (if any) in small print."""
     parts = [answer.answer.strip()]
@@ -28,7 +37,7 @@ def answer_text(answer) -> str:
         parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in answer.citations))
     if answer.notice:
         parts.append(f"-# {answer.notice}")
-    return "\n\n".join(p for p in parts if p)
+    return defuse("\n\n".join(p for p in parts if p))
 
 
 def split_message(text: str, limit: int = 2000) -> list[str]:

@@ -68,6 +68,10 @@ class _TokenIsUsed(logging.Filter):
 def build_app(commands: Commands, *, token: str, signing_secret: str, api_url: str = "https://slack.com/api/",
               update_every_s: float = 1.0, workers: int = 32) -> AsyncApp:
     """The Slack app for `commands`. Makes no network call: construction works offline."""
+    # slack_sdk logs every request and response body at DEBUG: message text, which never goes
+    # to our logs. Its loggers (the Web API client and response URLs) stop at INFO whatever the root level.
+    sdk_log = logging.getLogger("slack_sdk")
+    sdk_log.setLevel(max(logging.INFO, sdk_log.level))
     client = AsyncWebClient(base_url=api_url.rstrip("/") + "/",
                             retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=1)])
     bolt_log, quiet = logging.getLogger("slack_bolt.AsyncApp"), _TokenIsUsed()
@@ -107,12 +111,43 @@ def _share_session(app: AsyncApp):
     return close
 
 
+_SHAPES = {"event": dict, "view": dict, "user": (dict, str), "actions": list, "channel": (dict, str),
+           "container": dict, "team": (dict, str, type(None)), "type": str, "state": dict}
+
+
+def well_formed(body) -> bool:
+    """Whether a parsed body has the shape bolt indexes into (a dict, with dicts and lists where
+    Slack puts them). Bolt assumes it, and answers 500 with a traceback for a payload that breaks
+    it; such a payload is not from Slack and gets a 400 before bolt sees it."""
+    if not isinstance(body, dict):
+        return False
+    for key, kind in _SHAPES.items():
+        if key in body and not isinstance(body[key], kind):
+            return False
+    if "actions" in body and not all(isinstance(a, dict) for a in body["actions"]):
+        return False
+    view = body.get("view") or {}
+    return not ("state" in view and not isinstance(view["state"], dict))
+
+
 async def start_http(app: AsyncApp, port: int, extra_routes=(), host: str = "0.0.0.0") -> web.AppRunner:
     """Serve the app at /slack/events (plus `extra_routes`) on host:port; returns the runner to clean up.
 
     With port 0 the system picks a free port: `runner.addresses[0][1]`."""
     async def events(request: web.Request) -> web.Response:
-        return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+        try:
+            bolt_request = await to_bolt_request(request)
+        except UnicodeDecodeError:
+            # Slack sends UTF-8: a body that is not is not from Slack, and gets a plain 400 rather
+            # than aiohttp's 500 and a traceback. (Nothing was verified or done yet.)
+            return web.Response(status=400, text="the request body is not UTF-8")
+        except (ValueError, LookupError, AttributeError, TypeError):
+            # Not JSON, a charset nobody knows, or JSON of the wrong shape (a list, a string), which
+            # bolt's request parser indexes into and fails on.
+            return web.Response(status=400, text="the request body is not a Slack request (bad JSON, charset or shape)")
+        if not well_formed(bolt_request.body):
+            return web.Response(status=400, text="the request body is not a Slack request (malformed payload)")
+        return await to_aiohttp_response(await app.async_dispatch(bolt_request))
 
     webapp = web.Application()
     webapp.add_routes([web.post(EVENTS_PATH, events), *extra_routes])

@@ -11,20 +11,29 @@ more gets HTTP 429), stopping as soon as the answer is complete so the
 final update (sources, buttons) is never overtaken by a stale frame.
 Slack retries deliveries it believes lost; `store.first_delivery` makes each
 event, command and click count once.
+
+Questions are admitted (rate limits, the queue bound) before any work: past
+a limit the asker is told "busy, try again in N s" at once. Input is checked
+by the command layer; ids, buttons, forms and commands the bot does not know
+get a message saying so rather than bolt's 404. Chat text never goes to the
+logs: a failure is logged with ids only.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 from slack_sdk.errors import SlackApiError
 
+from . import guard
 from . import slack_render as render
 from . import store
-from .commands import Caller, Commands, Reply
+from .commands import SORRY, Caller, Commands, Reply
 
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
@@ -113,11 +122,19 @@ class Listeners:
     def command(self, run):
         """A slash command answered by one message: `run(caller, text) -> Reply`, off the loop."""
         async def listener(ack, command, respond):
+            if not command.get("user_id"):
+                await ack("Sorry, that command arrived without a user, so I can't run it.")
+                return
             await ack()
             if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
                 return
             caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
-            reply = await self._submit(self.pool, run, caller, render.unescape(command.get("text", "")).strip())
+            try:
+                reply = await self._submit(self.pool, run, caller,
+                                           render.unescape(command.get("text") or "").strip())
+            except Exception:  # a bug or the database: the caller hears so, the log gets no chat text
+                log.exception("%s by %s failed", command.get("command"), caller.user)
+                reply = Reply(SORRY, ok=False, private=True)
             await respond(**render.reply_message(reply))
         return listener
 
@@ -138,26 +155,40 @@ class Listeners:
         return self.commands.adapter(caller, words[0] if words else "list", words[1] if len(words) > 1 else None)
 
     async def ask(self, ack, command, respond, client):
-        question = render.unescape(command.get("text", "")).strip()
+        question = render.unescape(command.get("text") or "").strip()
+        user, channel = command.get("user_id"), command.get("channel_id")
+        if not user or not channel:
+            await ack("Sorry, that command arrived without a user or channel, so I can't answer it.")
+            return
         bad = self.commands.check_question(question)
         if bad:
             await ack(render.escape(bad.text))  # a slash command's ack text is shown to the caller only
             return
-        await ack()
-        if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
-            return
-        user, channel = command["user_id"], command["channel_id"]
-        try:
-            root = await client.chat_postMessage(channel=channel, text=f"<@{user}> asked: {render.escape(question)}")
-        except SlackApiError as e:
-            # Not a member here (a private channel, a DM with someone else): answer
-            # through the command's response URL instead, without streaming.
-            log.info("cannot post in %s (%s): answering through response_url", channel, e.response.get("error"))
-            answer = await self._submit(self.pool, self.commands.ask, Caller(PLATFORM, user, channel), question)
-            await respond(text=render.answer_fallback(answer), blocks=render.answer_blocks(answer),
-                          response_type="in_channel")
-            return
-        await self.answer(client, Caller(PLATFORM, user, channel, root["ts"]), question)
+        caller = Caller(PLATFORM, user, channel)
+        with self.commands.admission(caller) as busy:
+            if busy:
+                await ack(render.escape(busy.text))
+                return
+            await ack()
+            if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
+                return
+            try:
+                root = await client.chat_postMessage(channel=channel,
+                                                     text=f"<@{user}> asked: {render.escape(question)}")
+            except SlackApiError as e:
+                # Not a member here (a private channel, a DM with someone else): answer
+                # through the command's response URL instead, without streaming.
+                log.info("cannot post in %s (%s): answering through response_url", channel, e.response.get("error"))
+                try:
+                    answer = await self._submit(self.pool, self.commands.ask, caller, question)
+                except Exception:
+                    log.exception("answering in %s for %s failed", channel, user)
+                    await respond(**render.reply_message(Reply(SORRY, ok=False, private=True)))
+                    return
+                await respond(text=render.answer_fallback(answer), blocks=render.answer_blocks(answer),
+                              response_type="in_channel")
+                return
+            await self.answer(client, Caller(PLATFORM, user, channel, root["ts"]), question)
 
     # -- answering in a thread -------------------------------------------------
 
@@ -172,7 +203,8 @@ class Listeners:
         try:
             answer = await self._submit(self.pool, self.commands.ask, caller, question, on_token=stream.on_token)
         except Exception:  # the command layer never fails for the model's sake: a bug, or the database
-            log.exception("answering %r failed", question[:80])
+            # Ids only: the question is chat text and never goes to the logs.
+            log.exception("answering in %s (thread %s) for %s failed", caller.channel, caller.thread, caller.user)
         finally:
             stream.close()
             await pump  # no streaming frame may land after the final text
@@ -196,17 +228,28 @@ class Listeners:
             await self._answer_event(body, event, client)
 
     async def _answer_event(self, body, event, client) -> None:
+        thread = event.get("thread_ts") or event.get("ts")
+        if not (event.get("channel") and event.get("user") and thread):
+            log.warning("ignored a %s event without channel, user or ts (%s)", event.get("type"), body.get("event_id"))
+            return  # nobody to answer, nowhere to answer: there is no one to tell either
         if not await self.first(f"slack:event:{body.get('event_id')}"):
             return  # a retry of an event already being answered
-        thread = event.get("thread_ts") or event["ts"]
-        caller = Caller(PLATFORM, event.get("user", ""), event["channel"], thread)
-        question = render.question_from_event(event.get("text", ""))
-        bad = self.commands.check_question(question)
-        if bad:
-            await client.chat_postEphemeral(channel=caller.channel, user=caller.user, thread_ts=thread,
-                                            text=render.escape(bad.text))
-            return
-        await self.answer(client, caller, question)
+        caller = Caller(PLATFORM, event["user"], event["channel"], thread)
+        question = render.question_from_event(event.get("text") or "")
+        refusal = self.commands.check_question(question)
+        # Only a question that can be asked takes a slot; a refused one is told why and costs nothing.
+        admission = self.commands.admission(caller) if refusal is None else contextlib.nullcontext()
+        with admission as busy:
+            refusal = refusal or busy
+            if refusal:
+                try:
+                    await client.chat_postEphemeral(channel=caller.channel, user=caller.user, thread_ts=thread,
+                                                    text=render.escape(refusal.text))
+                except SlackApiError as e:
+                    log.warning("could not tell %s why their message was not answered: %s",
+                                caller.user, e.response.get("error"))
+                return
+            await self.answer(client, caller, question)
 
     # -- 👍 / 👎 and corrections ------------------------------------------------
 
@@ -215,19 +258,36 @@ class Listeners:
 
     @staticmethod
     def _action_caller(body) -> Caller:
-        return Caller(PLATFORM, body["user"]["id"], (body.get("channel") or {}).get("id", ""))
+        return Caller(PLATFORM, (body.get("user") or {}).get("id", ""), (body.get("channel") or {}).get("id", ""))
 
-    async def vote_up(self, ack, body, action, respond):
+    async def _say(self, body, respond, client, reply: Reply) -> None:
+        """A private message to whoever clicked: through the response URL when there is one (messages),
+        else ephemerally in the channel; a click inside a modal has neither, and is only acked."""
+        try:
+            if body.get("response_url"):
+                await respond(**render.reply_message(reply))
+            elif (body.get("channel") or {}).get("id") and (body.get("user") or {}).get("id"):
+                await client.chat_postEphemeral(channel=body["channel"]["id"], user=body["user"]["id"],
+                                                text=render.escape(reply.text))
+        except SlackApiError as e:
+            log.warning("could not reply to a click: %s", e.response.get("error"))
+
+    async def vote_up(self, ack, body, action, respond, client):
         await ack()
         if await self._first_action(body, action):
-            reply = await self._submit(self.pool, self.commands.vote, self._action_caller(body), action.get("value", ""), 1)
-            await respond(**render.reply_message(reply))
+            reply = await self._submit(self.pool, self.commands.vote, self._action_caller(body),
+                                       action.get("value", ""), 1)
+            await self._say(body, respond, client, reply)
 
     async def vote_down(self, ack, body, action, respond, client):
         await ack()
         if not await self._first_action(body, action):
             return
         answer_id = action.get("value", "")
+        bad = guard.check_answer_id(answer_id)
+        if bad:  # a forged or garbled button: no form to open for it
+            await self._say(body, respond, client, Reply(bad, ok=False, private=True))
+            return
         # Record the vote at once, but don't let it delay the modal: a trigger_id expires 3 s after the click.
         vote = self._submit(self.pool, self.commands.vote, self._action_caller(body), answer_id, -1)
         try:
@@ -236,10 +296,10 @@ class Listeners:
             log.warning("could not open the correction modal: %s", e.response.get("error"))
         reply = await vote
         if not reply.ok:
-            await respond(**render.reply_message(reply))
+            await self._say(body, respond, client, reply)
 
     async def submit_correction(self, ack, body, view):
-        caller = Caller(PLATFORM, body["user"]["id"])
+        caller = Caller(PLATFORM, (body.get("user") or {}).get("id", ""))
         if not await self.first(f"slack:action:{body.get('trigger_id') or view.get('id')}"):
             await ack()
             return
@@ -254,8 +314,29 @@ class Listeners:
             return
         if reply.ok:
             await ack(response_action="update", view=render.thanks_modal(reply))
+        elif not view.get("state", {}).get("values", {}).get(render.CORRECTION):
+            # No such field in this form (a forged or older view): an error for it would show nowhere.
+            await ack(response_action="update", view=render.notice_modal("Not saved", reply.text))
         else:
-            await ack(response_action="errors", errors={render.CORRECTION: reply.text[:150]})
+            await ack(response_action="errors", errors={render.CORRECTION: render.field_error(reply.text)})
+
+    # -- what the bot does not know: a message, not bolt's 404 ------------------
+
+    async def unknown_command(self, ack, command):
+        await ack(render.escape(f"Sorry, I don't know {command.get('command') or 'that command'}. "
+                                "`/help` lists what I can do.")[:3000])
+
+    async def unknown_action(self, ack, body, respond, client):
+        await ack()
+        log.info("unknown action %s", [a.get("action_id") for a in body.get("actions") or []][:3])
+        await self._say(body, respond, client, Reply(render.UNKNOWN_ACTION, ok=False, private=True))
+
+    async def unknown_view(self, ack, view):
+        log.info("unknown form %s", view.get("callback_id"))
+        await ack(response_action="update", view=render.notice_modal("Not saved", render.UNKNOWN_FORM))
+
+    async def ignore(self, ack):
+        await ack()  # a form closed, a shortcut not ours: nothing to do, and nothing to say
 
     def register(self, app) -> None:
         app.command("/ask")(self.ask)
@@ -272,3 +353,10 @@ class Listeners:
         app.action(render.VOTE_UP)(self.vote_up)
         app.action(render.VOTE_DOWN)(self.vote_down)
         app.view(render.CORRECTION)(self.submit_correction)
+        # Bolt runs the first listener that matches: these catch whatever the ones above did not.
+        anything = re.compile(".*", re.DOTALL)
+        app.command(anything)(self.unknown_command)
+        app.action(anything)(self.unknown_action)
+        app.view_submission(anything)(self.unknown_view)
+        app.view_closed(anything)(self.ignore)
+        app.shortcut(anything)(self.ignore)

@@ -5,6 +5,9 @@ I/O, so `slack_app` stays about transport. Slack's payloads arrive with
 `&`, `<` and `>` escaped, and anything we post is read as mrkdwn, where
 `<...>` is a link or a mention: text from users, passages or the model is
 escaped on the way out so it can never ping `@channel` or forge a link.
+Plain `@channel`/`@here`/`@everyone` get a zero-width space after the `@`
+too: they are not broadcasts without `link_names`, but a client or a
+future flag that links them must still find nothing to ping.
 """
 from __future__ import annotations
 
@@ -19,10 +22,14 @@ THINKING = "_Thinking…_"
 SECTION_CHARS = 3000  # Block Kit: a section's text is at most 3000 characters
 INPUT_CHARS = min(3000, MAX_CORRECTION_CHARS)  # Block Kit: plain_text_input max_length is at most 3000
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+UNKNOWN_ACTION = "That button is not one I know (it may be from an older version of me); nothing was recorded."
+UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
 
 
 def escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u200b\\1", text)
 
 
 def unescape(text: str) -> str:
@@ -31,7 +38,7 @@ def unescape(text: str) -> str:
 
 def question_from_event(text: str) -> str:
     """The question in a mention or DM: user mentions (the bot's own included) removed, entities decoded."""
-    return unescape(_MENTION.sub(" ", text or "")).strip()
+    return unescape(_MENTION.sub(" ", text if isinstance(text, str) else "")).strip()
 
 
 def _pieces(text: str, size: int) -> list[str]:
@@ -117,9 +124,22 @@ def correction_text(view: dict) -> str:
 
 def thanks_modal(reply: Reply) -> dict:
     """Shown in place of the modal after a correction is saved (`response_action: update`)."""
-    return {"type": "modal", "title": {"type": "plain_text", "text": "Thank you"},
+    return notice_modal("Thank you", reply.text)
+
+
+def notice_modal(title: str, text: str) -> dict:
+    """A modal that only says something (`response_action: update`): thanks, or why a form was not taken."""
+    return {"type": "modal", "title": {"type": "plain_text", "text": title[:24]},
             "close": {"type": "plain_text", "text": "Done"},
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(reply.text)}}]}
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(text)[:SECTION_CHARS]}}]}
+
+
+def field_error(text: str, limit: int = 150) -> str:
+    """A message short enough for a modal's field error: cut at a word, with an ellipsis, when too long."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 1)
+    return text[:cut if cut > limit // 2 else limit - 1] + "…"
 
 
 def reply_message(reply: Reply) -> dict:

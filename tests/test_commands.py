@@ -42,8 +42,10 @@ ADMIN = Caller("slack", "UADMIN", "C1")
 def _adapter(root: Path, version: str):
     folder = root / version
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    # A minimal valid LoRA adapter (config, one-tensor safetensors): promotion checks both (bot/hotswap.py).
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "target_modules": ["q_proj"]}')
+    header = b'{"q.lora_A.weight": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}'
+    (folder / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
     (folder / "card.json").write_text(json.dumps({"verdict": "promoted", "metrics": {
         "golden": {"current": {"n": 2, "f1": 0.25, "nll": 3.5}, "candidate": {"n": 2, "f1": 0.5, "nll": 3.25}}}}))
 
@@ -134,7 +136,8 @@ def test_bad_feedback_gets_a_clear_message_and_stores_nothing(cmds):
     assert not cmds.vote(USER, ans.id, 5).ok
     assert not cmds.correct(USER, ans.id, "   ").ok
     assert not cmds.correct(USER, ans.id, "x" * (commands.MAX_CORRECTION_CHARS + 1)).ok
-    assert "no longer exists" in cmds.correct(USER, "missing", "text").text
+    assert "no longer exists" in cmds.correct(USER, "abcdef123456", "text").text
+    assert "malformed answer id" in cmds.correct(USER, "missing", "text").text  # not an id the bot makes
     assert store.votes(cmds.db, ans.id) == [] and store.corrections(cmds.db) == []
 
 
