@@ -107,6 +107,26 @@ def _hub_unreachable(model_id: str, revision: str) -> str | None:
     return None
 
 
+def identity(preset_name: str, cache_dir: Path) -> tuple[str, str, dict] | None:
+    """(model id, revision, architecture numbers) that `load` would give a preset's model, without
+    loading it: what an adapter must have been trained for. None when it cannot be told (no such
+    preset, not built yet)."""
+    from . import presets
+
+    try:
+        preset = presets.load(preset_name)
+    except presets.PresetError:
+        return None
+    if not preset.is_local:
+        return preset.hub_id, preset.revision, preset.architecture
+    folder = Path(cache_dir) / preset.local_name
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(folder), f"local-{meta.get('data_hash', '')[:12]}", preset.architecture
+
+
 def load(preset_name: str, *, cache_dir: Path, adapters_dir: Path, quantize: bool | None = None,
          trainable: bool = True) -> "LocalGenerator":
     """Load a preset's model and tokenizer; `quantize` overrides the preset's 4-bit setting.
@@ -168,6 +188,9 @@ class LocalGenerator:
         self.model_id, self.revision, self.quantized = model_id, revision, quantized
         self.adapters_dir = adapters_dir
         self.lock = threading.RLock()
+        # A fast tokenizer keeps its padding setting on the shared Rust object: `count_tokens` (no
+        # padding) on an asker's thread while a batch is encoded (padding) breaks the batch.
+        self._tokenizer_lock = threading.Lock()
         self.calls = 0  # generate() calls on the model; `batched_calls` counts those with more than one row
         self.batched_calls = 0
         self.pointer_error: str | None = None
@@ -189,7 +212,8 @@ class LocalGenerator:
         return next(self.base.parameters()).device
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(self, messages: list[dict]) -> str:
         """The prompt text for a chat, as the model sees it (training uses the same function)."""
@@ -210,8 +234,9 @@ class LocalGenerator:
         with self.lock:
             self.follow_pointer()
             limits = [n or g.max_new_tokens for _, n, _ in requests]
-            enc = self.tokenizer([self.render(m) for m, _, _ in requests], return_tensors="pt",
-                                 padding=True, add_special_tokens=False)
+            prompts = [self.render(m) for m, _, _ in requests]
+            with self._tokenizer_lock:
+                enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             prompt_lens = enc["attention_mask"].sum(1).tolist()
             for n, limit in zip(prompt_lens, limits):
                 if n + limit > self.context_length:
@@ -247,7 +272,7 @@ class LocalGenerator:
         with self.lock:
             if name in self._names:
                 return  # versions are immutable: the same name is the same weights
-            hotswap.check_folder(path)
+            hotswap.check_folder(path, (self.model_id, self.revision, self.preset.architecture))
             self._serial += 1
             pname = f"a{self._serial}"
             self.model = hotswap.load_into(self.base, self.model, pname, path, self._names.get(self._active))

@@ -44,17 +44,29 @@ def listing(adapters_dir: Path) -> dict:
     return {"in_service": read_pointer(Path(adapters_dir)) if Path(adapters_dir).is_dir() else None, "versions": out}
 
 
+def serving_base() -> tuple | None:
+    """The base model the serving process loads (BOT_MODEL): (id, revision, architecture); None if it cannot be told."""
+    from . import config, generation
+
+    try:
+        return generation.identity(config.get("BOT_MODEL"), config.get("BOT_CACHE_DIR"))
+    except Exception:  # a bad setting is the serving process's to report; the folder checks still run
+        return None
+
+
 def promote(db, adapters_dir: Path, version: str, by: str) -> str:
     try:
         check_name(version)
-        check_folder(Path(adapters_dir) / version)
+        check_folder(Path(adapters_dir) / version, serving_base())
     except AdapterError as e:
         raise RegistryError(f"cannot promote {version!r}: {e}") from None
     previous = read_pointer(Path(adapters_dir))
     if previous == version:
         raise RegistryError(f"{version} is already in service")
-    set_pointer(Path(adapters_dir), version)
+    # Recorded first: a process killed between the two still leaves `rollback` a way back (a record
+    # of a move that never happened is harmless: rollback only reads the records of the version in service).
     store.record_promotion(db, version, previous, "promote", by)
+    set_pointer(Path(adapters_dir), version)
     return version
 
 
@@ -67,7 +79,7 @@ def rollback(db, adapters_dir: Path, by: str) -> str | None:
     previous = history[-1]["previous"]
     if previous is not None:
         try:
-            check_folder(Path(adapters_dir) / previous)
+            check_folder(Path(adapters_dir) / previous, serving_base())
         except AdapterError as e:
             raise RegistryError(f"cannot roll back to {previous}: {e}") from None
     set_pointer(Path(adapters_dir), previous)
