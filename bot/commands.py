@@ -38,7 +38,8 @@ HELP = [
     ("/forget me", "delete your questions, votes and corrections, and opt out of training"),
     ("/train", "queue a fine-tuning job on accepted feedback (admin)"),
     ("/jobs [cancel <id>]", "training jobs and their state; cancel one (admin or whoever queued it)"),
-    ("/adapter list|promote <version>|rollback", "adapter versions; promote and rollback are admin"),
+    ("/adapter list|chart|promote <version>|rollback",
+     "adapter versions with their metrics, or as a chart; promote and rollback are admin"),
     ("/help", "this list"),
 ]
 SORRY = "Sorry, that failed on my side; it is logged for the operator. Please try again later."
@@ -346,8 +347,17 @@ class Commands:
                      f"{' (' + v['verdict'] + ')' if v.get('verdict') else ''}{metric_text(v.get('metrics') or {})}"
                      for v in info["versions"]]
             return Reply("Adapter versions (▶ in service):\n" + "\n".join(lines), private=True, data=info)
+        if action == "chart":
+            from . import charts
+
+            png = charts.adapter_chart(self.adapters_dir)
+            if png is None:
+                return Reply("No adapter version has a card yet: there is nothing to chart.", private=True)
+            # The PNG travels in `data`; each transport attaches it its own way.
+            return Reply("Adapter versions: character F1 per version and set (left), training loss (right).",
+                         data={"chart_png": png, "chart_name": "adapters.png"})
         if action not in ("promote", "rollback"):
-            return Reply("Use `/adapter list`, `/adapter promote <version>` or `/adapter rollback`.",
+            return Reply("Use `/adapter list`, `/adapter chart`, `/adapter promote <version>` or `/adapter rollback`.",
                          ok=False, private=True)
         what = f"adapter {action}"
         target = ident(version) if action == "promote" and version else ""

@@ -14,6 +14,7 @@ the bot does not know get a message saying so instead of Discord's
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 from typing import Literal, Optional
@@ -148,11 +149,14 @@ async def _unknown(interaction: discord.Interaction, text: str) -> None:
 
 # -- sending ------------------------------------------------------------------
 
-async def _post(send, text: str, view: discord.ui.View | None = None, first=None, **kw) -> None:
-    """Post text as one or more messages (Discord's limit); the view (buttons) goes under the last."""
+async def _post(send, text: str, view: discord.ui.View | None = None, first=None, file=None, **kw) -> None:
+    """Post text as one or more messages (Discord's limit); the view (buttons) and a file go under the last."""
     chunks = split_message(text, LIMIT) or ["(nothing to show)"]
     for i, chunk in enumerate(chunks):
-        extra = {"view": view} if view is not None and i == len(chunks) - 1 else {}
+        last = i == len(chunks) - 1
+        extra = {"view": view} if view is not None and last else {}
+        if file is not None and last:
+            extra["file"] = file
         await (first if i == 0 and first else send)(chunk, **kw, **extra)
 
 
@@ -167,7 +171,9 @@ async def _run(interaction: discord.Interaction, method, *args, public: bool = F
     reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args)
     if public and reply.private:
         await interaction.delete_original_response()
-    await _post(interaction.followup.send, reply.text, _feedback_view(reply), ephemeral=reply.private)
+    png = reply.data.get("chart_png")  # /adapter chart: the PNG rides on the follow-up
+    chart = discord.File(io.BytesIO(png), filename=reply.data.get("chart_name", "chart.png")) if png else None
+    await _post(interaction.followup.send, reply.text, _feedback_view(reply), file=chart, ephemeral=reply.private)
 
 
 def feedback_text(action: str | None, correction_id: int | None) -> str:
@@ -313,7 +319,7 @@ def _register(tree: app_commands.CommandTree) -> None:
 
     @tree.command(name="adapter", description="Adapter versions; promote and rollback are for admins")
     @app_commands.describe(action="list, promote or rollback", version="The version to promote")
-    async def adapter(interaction: discord.Interaction, action: Literal["list", "promote", "rollback"],
+    async def adapter(interaction: discord.Interaction, action: Literal["list", "chart", "promote", "rollback"],
                       version: Optional[str] = None) -> None:
         await _run(interaction, interaction.client.kb.adapter, action, version, public=action != "list")
 

@@ -121,7 +121,7 @@ class Listeners:
 
     def command(self, run):
         """A slash command answered by one message: `run(caller, text) -> Reply`, off the loop."""
-        async def listener(ack, command, respond):
+        async def listener(ack, command, respond, client):
             if not command.get("user_id"):
                 await ack("Sorry, that command arrived without a user, so I can't run it.")
                 return
@@ -136,7 +136,18 @@ class Listeners:
                 log.exception("%s by %s failed", command.get("command"), caller.user)
                 reply = Reply(SORRY, ok=False, private=True)
             await respond(**render.reply_message(reply))
+            if reply.data.get("chart_png") and caller.channel:
+                await self.upload_chart(client, caller.channel, reply)
         return listener
+
+    @staticmethod
+    async def upload_chart(client, channel: str, reply: Reply) -> None:
+        """Attach a command's PNG (the /adapter chart) to the channel: Slack's v2 upload (needs files:write)."""
+        try:
+            await client.files_upload_v2(channel=channel, file=reply.data["chart_png"],
+                                         filename=reply.data.get("chart_name", "chart.png"), title="Adapter versions")
+        except Exception as e:  # no files:write scope, or not in the channel: say so, keep serving
+            log.warning("chart upload to %s failed: %s", channel, type(e).__name__)
 
     def kb(self, caller: Caller, text: str) -> Reply:
         verb, _, rest = text.partition(" ")

@@ -47,7 +47,8 @@ class Recorder:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> "Recorder":
         app = web.Application()
-        app.add_routes([web.post("/api/{method}", self._api), web.post("/response/{id}", self._response)])
+        app.add_routes([web.post("/api/{method}", self._api), web.post("/response/{id}", self._response),
+                        web.post("/upload/{id}", self._upload)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -107,6 +108,17 @@ class Recorder:
         await self._record(Call(method, data, path=request.path, token=token, reply=reply))
         return web.json_response(reply)
 
+    async def _upload(self, request: web.Request) -> web.Response:
+        """A file's bytes, posted to the URL that files.getUploadURLExternal handed out."""
+        if request.content_type.startswith("multipart/"):  # a form with the file as its part
+            body = b""
+            async for part in await request.multipart():
+                body += await part.read()
+        else:
+            body = await request.read()
+        await self._record(Call("upload", {"id": request.match_info["id"], "bytes": body}, path=request.path))
+        return web.Response(text="OK - %d" % len(body))
+
     async def _response(self, request: web.Request) -> web.Response:
         await self._record(Call("response_url", await self._payload(request), path=request.path))
         return web.Response(text="ok")
@@ -128,6 +140,13 @@ class Recorder:
             return {"ok": True, "channel": data.get("channel"), "ts": data.get("ts"), "text": data.get("text", "")}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": self.next_ts()}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{next(self._ts):08d}"
+            return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}
+        if method == "files.completeUploadExternal":
+            files = data.get("files")
+            files = json.loads(files) if isinstance(files, str) else files or []
+            return {"ok": True, "files": [{"id": f["id"], "title": f.get("title", "")} for f in files]}
         if method == "views.open":
             return {"ok": True, "view": {**(data.get("view") or {}), "id": f"V{next(self._ts):08d}"}}
         return {"ok": True}

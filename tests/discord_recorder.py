@@ -33,6 +33,7 @@ class Request:
     path: str  # after /api/v10
     query: dict
     json: dict | list | None
+    files: dict = field(default_factory=dict)  # attachments of a multipart request: filename -> bytes
 
     def __repr__(self) -> str:
         return f"<{self.method} {self.path} {str(self.json)[:80]}>"
@@ -114,9 +115,18 @@ class Recorder:
 
     async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["tail"]
-        raw = await request.read()
-        body = json.loads(raw) if raw and request.content_type == "application/json" else None
-        recorded = Request(request.method, path, dict(request.query), body)
+        files = {}
+        if request.content_type.startswith("multipart/"):  # a message with attachments: payload_json + files[n]
+            body = None
+            async for part in await request.multipart():
+                if part.name == "payload_json":
+                    body = json.loads(await part.text())
+                else:
+                    files[part.filename] = await part.read()
+        else:
+            raw = await request.read()
+            body = json.loads(raw) if raw and request.content_type == "application/json" else None
+        recorded = Request(request.method, path, dict(request.query), body, files)
         await self._record(recorded)
         method, body = request.method, body or {}
         if (method, path) == ("GET", "/users/@me"):

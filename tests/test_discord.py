@@ -470,7 +470,7 @@ async def test_sync_commands_registers_the_tree_globally_or_to_one_guild(rec):
                for c in put.json)
     assert [o["name"] for o in schema["kb"]["options"]] == ["search", "reindex"]
     action, version = schema["adapter"]["options"]
-    assert [c["value"] for c in action["choices"]] == ["list", "promote", "rollback"] and action["required"]
+    assert [c["value"] for c in action["choices"]] == ["list", "chart", "promote", "rollback"] and action["required"]
     assert version["name"] == "version" and not version.get("required")
     assert await discord_app.sync_commands(TOKEN, guild_id=int(GUILD)) == names
     assert rec.find("PUT", rf"/applications/{APP_ID}/guilds/{GUILD}/commands")
@@ -586,3 +586,22 @@ async def test_the_outbox_reaches_the_thread_that_asked_once_split_at_2000(rec, 
     rows = {r["id"]: r for r in store.outbox(db, job)}
     assert all(rows[i]["sent_at"] is not None for i in ids)
     assert [r["sent_at"] for r in rows.values() if r["platform"] == "slack"] == [None]
+
+
+@pytest.mark.asyncio
+async def test_adapter_chart_arrives_as_a_png_attachment(rec, bot, db_path):
+    import json as _json
+
+    folder = db_path.parent / "adapters" / "v0001"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1}')
+    (folder / "card.json").write_text(_json.dumps({"verdict": "promoted", "loss_curve": [3.0, 2.0], "metrics": {
+        "golden": {"current": {"n": 1, "f1": 0.2, "nll": 3.0}, "candidate": {"n": 1, "f1": 0.4, "nll": 2.5}}}}))
+    client = await bot()
+    payload = slash("adapter", [{"name": "action", "type": 3, "value": "chart"}])
+    deliver(client, payload)
+    (deferred,), (reply,) = await answered(rec, payload, 2)
+    assert deferred.json["type"] == 5 and not ephemeral(deferred)
+    assert "F1 per version" in reply.json["content"] and list(reply.files) == ["adapters.png"]
+    assert reply.files["adapters.png"].startswith(b"\x89PNG\r\n\x1a\n")
+    assert reply.json["attachments"][0]["filename"] == "adapters.png"

@@ -497,3 +497,27 @@ async def test_the_outbox_reaches_the_thread_that_asked_once_and_is_marked_sent(
     rows = {r["id"]: r for r in store.outbox(slack.db, job)}
     assert all(rows[i]["sent_at"] is not None for i in (first, in_channel, gone))  # the dropped one too
     assert [r["sent_at"] for r in rows.values() if r["platform"] == "discord"] == [None]
+
+
+def _carded_adapter(root, version: str) -> None:
+    """A version folder with a card (what the chart reads); its weights are not looked at."""
+    folder = root / version
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1}')
+    (folder / "card.json").write_text(json.dumps({"verdict": "promoted", "loss_curve": [3.0, 2.0, 1.5], "metrics": {
+        "golden": {"current": {"n": 2, "f1": 0.2, "nll": 3.0}, "candidate": {"n": 2, "f1": 0.4, "nll": 2.5}}}}))
+
+
+@pytest.mark.asyncio
+async def test_adapter_chart_is_uploaded_to_the_channel_as_a_png(slack):
+    await slack.command("/adapter", "chart")
+    (said,) = (await slack.responses(1)).values()
+    assert "nothing to chart" in said[0]["text"] and slack.recorder.count("files.getUploadURLExternal") == 0
+
+    _carded_adapter(slack.cmds.adapters_dir, "v0001")
+    await slack.command("/adapter", "chart")
+    await slack.recorder.wait_for(lambda r: r.count("files.completeUploadExternal") == 1)
+    (upload,) = slack.recorder.of("upload")
+    assert upload["bytes"].startswith(b"\x89PNG\r\n\x1a\n") and len(upload["bytes"]) > 10_000
+    (done,) = slack.recorder.of("files.completeUploadExternal")
+    assert done["channel_id"] == "C0GENERAL"
