@@ -135,6 +135,10 @@ async def start_http(app: AsyncApp, port: int, extra_routes=(), host: str = "0.0
 
     With port 0 the system picks a free port: `runner.addresses[0][1]`."""
     async def events(request: web.Request) -> web.Response:
+        if not request.headers.get("X-Slack-Request-Timestamp", "").isdigit():
+            # Missing or not a number: no signature can be checked against it. slack_sdk's
+            # verifier would raise on int("soon") and bolt would answer 500; it is a forgery: 401.
+            return web.Response(status=401, text="invalid request")
         try:
             bolt_request = await to_bolt_request(request)
         except UnicodeDecodeError:
