@@ -251,6 +251,9 @@ def recover(db=None, adapters_dir: Path | None = None) -> list[dict]:
         for p in adapters_dir.glob(".tmp-*"):
             if p.name[len(".tmp-"):] not in live:
                 shutil.rmtree(p, ignore_errors=True)
+        if not live:  # a pointer write cut short by a kill (the pointer itself is never half-written)
+            for p in adapters_dir.glob(".current-*"):
+                p.unlink(missing_ok=True)
     if not live:
         huey.flush_locks(LOCK)  # a killed worker's lock would hold the GPU forever
     return failed

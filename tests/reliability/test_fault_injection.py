@@ -36,7 +36,7 @@ def test_killing_the_worker_at_random_points_never_leaves_a_bad_adapter_in_servi
     for r in records:
         assert r["exit"] == -9 and r["killed_at"], r  # it was killed, at a point it had reached
         assert r["state_after"] == "failed" and r["recovered_jobs"] == [r["job"]]
-        assert r["tmp_after"] == [] and not r["gpu_lock_held_after"]
+        assert r["tmp_after"] == [] and r["litter_after"] == [] and not r["gpu_lock_held_after"]
         assert r["served"] == {"active": r["pointer_after"], "pointer_error": None}
     # The plan reached every kind of point, and the kills caught the loop in each state that matters.
     reached = {r["killed_at"].split()[0] for r in records}
