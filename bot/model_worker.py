@@ -106,6 +106,8 @@ class ModelWorker:
         try:
             results = self.generator.generate_batch(requests)
         except Exception as e:
+            if "out of memory" in str(e).lower() or type(e).__name__ == "OutOfMemoryError":
+                _free_gpu_cache()  # what the failed batch held goes back before the next question
             if len(batch) > 1 and not any(streamed):
                 # One bad question (too long for the context, say) must not fail
                 # the others: answer each alone. Nothing was streamed yet, so no
@@ -122,3 +124,12 @@ class ModelWorker:
         self.largest_batch = max(self.largest_batch, len(batch))
         for (future, *_), result in zip(batch, results):
             future.set_result(result)
+
+
+def _free_gpu_cache() -> None:
+    """Return cached CUDA blocks after an out-of-memory error; nothing to do without torch or CUDA."""
+    import sys
+
+    torch = sys.modules.get("torch")  # a generator that ran on CUDA has imported it already
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
