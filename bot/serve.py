@@ -65,7 +65,8 @@ async def post_outbox_once(db, platform: str, send, claimer: str, *, lease_s: fl
                            limit: int = 20) -> int:
     """Claim `platform`'s unsent messages and post them with `await send(row)`; returns how many were posted.
 
-    Each posted (or undeliverable) message is marked sent at once. After a
+    Each posted message is marked sent at once; an undeliverable one is marked
+    dropped, with the reason. After a
     failed post, the later messages of the same conversation wait for the
     retry too, so a thread never reads a job's messages out of order."""
     rows = await asyncio.to_thread(store.claim_outbox, db, platform, claimer, limit, lease_s)
@@ -78,6 +79,8 @@ async def post_outbox_once(db, platform: str, send, claimer: str, *, lease_s: fl
             await send(row)
         except Undeliverable as e:
             log.warning("outbox #%s (job %s) to %s %s dropped: %s", row["id"], row["job_id"], platform, where, e)
+            await asyncio.to_thread(store.mark_outbox_dropped, db, row["id"], str(e))
+            continue
         except Exception as e:  # noqa: BLE001 (a network error, a rate limit): offered again after the lease
             log.warning("outbox #%s (job %s) to %s %s not posted, retried in %.0f s: %r",
                         row["id"], row["job_id"], platform, where, lease_s, e)

@@ -124,6 +124,13 @@ def m005_operations(db: sqlite_utils.Database) -> None:
     db["answers"].create_index(["created_at"])
 
 
+@migration
+def m006_outbox_errors(db: sqlite_utils.Database) -> None:
+    # Why an outbox message was given up on (a channel that no longer exists, a
+    # bot removed from it): such a row is done, but it was not sent.
+    db["outbox"].add_column("dropped", str)
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -563,6 +570,12 @@ def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: floa
 def mark_outbox_sent(db, ids: Iterable[int]) -> None:
     with db.conn:
         db.conn.executemany("update outbox set sent_at = ? where id = ?", [(time.time(), i) for i in ids])
+
+
+def mark_outbox_dropped(db, outbox_id: int, why: str) -> None:
+    """Give up on a message that can never be posted: done (not offered again), and says why."""
+    with db.conn:
+        db.execute("update outbox set sent_at = ?, dropped = ? where id = ?", [time.time(), why[:300], outbox_id])
 
 
 def outbox(db, job_id: int | None = None) -> list[dict]:

@@ -83,6 +83,8 @@ async def test_an_undeliverable_message_is_dropped_not_retried_forever(db, job, 
     assert await serve.post_outbox_once(db, "slack", send, "test", lease_s=0) == 1
     assert send.posted == ["after it"] and unsent(db) == []
     assert "dropped" in caplog.text and "channel_not_found" in caplog.text
+    lost, after = store.outbox(db, job)
+    assert lost["dropped"] == "Slack answered channel_not_found" and after["dropped"] is None
 
 
 @pytest.mark.asyncio
