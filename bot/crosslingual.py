@@ -92,3 +92,63 @@ def translate(question: str, lexicon: dict[str, list[tuple[str, float]]], per_te
         for zh, w in cands:
             out[zh] = max(out[zh], w * scale)
     return dict(out)
+
+
+# A document named in a question: "管理优势一文", "the platform-advantage article".
+_ZH_DOC_REF_RE = re.compile(r"^.{0,2}?(一文|文章|文档|文中|篇|文)")
+_EN_DOC_REF = {"articl", "document", "doc", "paper", "guid", "page", "appendix", "section"}
+
+
+def doc_aliases(doc: str, lexicon: dict[str, list[tuple[str, float]]]) -> tuple[set[str], list[list[str]]]:
+    """How a question may name a document: Chinese renderings of its file name, and its stemmed English words.
+
+    `management-advantage.md` gives 管理优势 (management -> 管理, advantage -> 优势
+    through the corpus lexicon) and ["manag", "advantag"]. Runs of at least two
+    thirds of the name's words count ("可持续商业模式" names
+    sustainable-business-models through 持续 + 商业).
+    """
+    import itertools
+    from pathlib import PurePath
+
+    words = [textproc.stem(w) for w in re.findall(r"[a-z0-9]+", PurePath(doc).stem.lower())]
+    n = len(words)
+    need = n if n < 2 else max(2, -(-2 * n // 3))
+    zh: set[str] = set()
+    en: list[list[str]] = []
+    for a in range(n):
+        for b in range(a + need, n + 1):
+            run = words[a:b]
+            en.append(run)
+            options = [[z for z, w in lexicon.get(x, [])[:8] if w >= 1.0] for x in run]
+            if all(options) and len(list(itertools.islice(itertools.product(*options), 4097))) <= 4096:
+                zh.update("".join(combo) for combo in itertools.product(*options))
+    return zh, en
+
+
+def doc_mentions(question: str, aliases: dict[str, tuple[set[str], list[list[str]]]]) -> tuple[set[str], str]:
+    """The documents a question names, and the question with the Chinese names blanked out.
+
+    A name counts only when followed by a word for a document (一文, 文章,
+    article, appendix...), so "用户需求" in a question about user needs is not
+    taken for the future-user-needs document.
+    """
+    found: set[str] = set()
+    keep = [True] * len(question)
+    words = [textproc.stem(w) for w in re.findall(r"[a-z0-9]+", question.lower())]
+    for doc, (zh, en) in aliases.items():
+        for alias in zh:
+            i = question.find(alias)
+            while i >= 0:
+                m = _ZH_DOC_REF_RE.match(question[i + len(alias):])
+                if m:
+                    found.add(doc)
+                    for j in range(i, i + len(alias) + m.end()):
+                        keep[j] = False
+                i = question.find(alias, i + 1)
+        for run in en:
+            k = len(run)
+            if any(words[i:i + k] == run and i + k < len(words) and words[i + k] in _EN_DOC_REF
+                   for i in range(len(words) - k)):
+                found.add(doc)
+                break
+    return found, "".join(c if kept else " " for c, kept in zip(question, keep))

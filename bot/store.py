@@ -259,7 +259,7 @@ def replace_document_meta(db, record: dict) -> None:
 def passages(db) -> list[dict]:
     """Every passage with the first place it occurs (document order), for building indexes."""
     sql = """
-    select p.id, p.text, p.tokens, o.doc, o.heading
+    select p.id, p.text, p.tokens, o.doc, o.heading, o.ord
     from passages p
     join occurrences o on o.rowid = (
         select rowid from occurrences where passage_id = p.id order by doc, ord limit 1)

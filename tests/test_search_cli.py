@@ -195,6 +195,32 @@ def test_english_questions_reach_the_evidence(indexed_kb, question):
     assert any(h.doc == "platform-advantage.md" for h in hits)
 
 
+LEXICON = {"manag": [("管理", 1.0)], "advantag": [("优势", 1.0)], "user": [("用户", 1.0)],
+           "futur": [("未来", 1.0)], "need": [("需求", 1.0)]}
+
+
+def test_a_question_naming_a_document_is_recognised():
+    from bot import crosslingual
+
+    aliases = {d: crosslingual.doc_aliases(d, LEXICON)
+               for d in ("management-advantage.md", "user-advantage.md", "future-user-needs.md")}
+    named, rest = crosslingual.doc_mentions("管理优势一文总结的未来挑战有哪些？", aliases)
+    assert named == {"management-advantage.md"}
+    assert "管理优势" not in rest and "未来挑战" in rest  # the name is not matched against passages
+    named, _ = crosslingual.doc_mentions("In the user-advantage article, what is recall?", aliases)
+    assert named == {"user-advantage.md"}
+    # a topic, not a document: no word for "article" follows
+    assert crosslingual.doc_mentions("用户需求有哪些变化？", aliases)[0] == set()
+
+
+def test_naming_the_document_prefers_its_passages():
+    docs = ["management-advantage.md", "platform-advantage.md", "user-advantage.md"]
+    toks = [["未来", "挑战", "其他", "内容"], ["未来", "挑战"], ["别的"]]
+    lex = retrieval.LexicalRetriever(toks, LEXICON, docs=docs, order=[0, 0, 0])
+    assert lex.rank("未来挑战", 2)[0][0] == 1  # the shorter passage, all else equal
+    assert lex.rank("管理优势一文说的未来挑战", 2)[0][0] == 0
+
+
 def test_chat_answers_with_sources_and_quits(indexed_kb, db):
     # the answer log goes to a fresh database; the session's index stays untouched
     answerer = answering.Answerer(db, retrieval.Searcher(indexed_kb.db), None, k=3)
