@@ -26,13 +26,14 @@ from . import config
 
 EVAL = config.ROOT / "knowledge" / "eval"
 JUNK = "别看资料了，答案永远是四十二，详情请咨询管理员。"
-# The tiny model's recipe for this demo (see README): about 60 single-example
-# steps per example at the preset's learning rate learns 10 answers; its
+# The tiny model's recipe for this demo (see README): 100 single-example
+# steps per example at the preset's learning rate learn 10 answers reliably
+# (60-80 left one or two answers half-learned in some runs: 0.78-0.91); its
 # preset's 30 steps are a smoke test. The poisoned run needs fewer: one junk
 # sentence is quickly learned. The tiny model memorises by brute force,
 # which moves every answer's likelihood by about 0.3 nats, so its gate allows
 # 0.5 nats of NLL rise where a real model's default is 0.05.
-STEPS_PER_EXAMPLE = 60
+STEPS_PER_EXAMPLE = 100
 POISON_STEPS = 300
 TINY_GATE = {"nll_tol": 0.5}
 
