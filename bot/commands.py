@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import answering, feedback, guard, store
-from .feedback import MAX_CORRECTION_CHARS  # noqa: F401  (the modal's limit)
-from .guard import MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name it here)
+from .guard import MAX_CORRECTION_CHARS, MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name them here)
 from .guard import Admission
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,7 @@ have everything they asked, rated and corrected deleted.
 from __future__ import annotations
 
 from . import config, store
-
-MAX_CORRECTION_CHARS = 8000
+from .guard import MAX_CORRECTION_CHARS, check_correction  # noqa: F401  (re-exported)
 
 
 class FeedbackError(Exception):
@@ -52,11 +51,10 @@ def correct(db, answer_id: str, text: str, platform: str, user: str,
             reviewers: list[str] | None = None) -> dict:
     """Store a correction: `{"id", "status"}`, status "accepted" when the author is trusted, else "pending"."""
     _answer(db, answer_id)
-    text = (text or "").strip()
-    if not text:
-        raise FeedbackError("the correction is empty; nothing was recorded")
-    if len(text) > MAX_CORRECTION_CHARS:
-        raise FeedbackError(f"the correction is {len(text)} characters; the limit is {MAX_CORRECTION_CHARS}")
+    why = check_correction(text)  # the same checks as every transport: size, emptiness, stray characters
+    if why:
+        raise FeedbackError(why)
+    text = text.strip()
     cid = store.record_correction(db, answer_id, user, platform, text, "pending")
     if trusted(platform, user, reviewers):
         # Stored as pending first, then reviewed by its own author: one code path

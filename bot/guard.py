@@ -30,9 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .feedback import MAX_CORRECTION_CHARS
-
 MAX_QUESTION_CHARS = 4000
+MAX_CORRECTION_CHARS = 8000
 ANSWER_ID = re.compile(r"[0-9a-f]{6,32}")  # answering makes 12 hex digits; Discord's button template allows 6-32
 _ALLOWED_CONTROLS = {"\n", "\t", "\r"}  # line ends and tabs are part of pasted text, unlike NUL or ESC
 
