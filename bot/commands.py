@@ -400,14 +400,10 @@ def _sentence(message) -> str:
 
 
 def metric_text(metrics: dict) -> str:
-    """`: learned F1 0.06→0.84, NLL 4.1→0.9 · golden ...` from a card's metrics (empty when it has none)."""
-    parts = []
-    for name, pair in metrics.items():
-        if not isinstance(pair, dict):  # a card written by hand, or by an older version
-            continue
-        cand, cur = pair.get("candidate", {}), pair.get("current", {})
-        if cand.get("n"):
-            parts.append(f"{name} F1 {cur.get('f1', 0):.2f}→{cand['f1']:.2f}, NLL {cur.get('nll', 0):.2f}→{cand['nll']:.2f}")
+    """`: learned F1 0.06→0.84, NLL 4.10→0.90 · golden ...` from a card's metrics (empty when it has none)."""
+    from .evaluation import metric_parts
+
+    parts = metric_parts(metrics)
     return (": " + " · ".join(parts)) if parts else ""
 
 

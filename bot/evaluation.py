@@ -118,6 +118,19 @@ def evaluate(gen, searcher, items: list[Item], *, k: int = 5, context_budget: in
             "nll": round(sum(r["nll"] for r in rows) / n, 4), "rows": rows}
 
 
+def metric_parts(metrics: dict) -> list[str]:
+    """`learned F1 0.06→0.84, NLL 4.10→0.90` for each set a card's (or a run's) metrics checked."""
+    parts = []
+    for name, pair in metrics.items():
+        if not isinstance(pair, dict):  # a card written by hand, or by an older version
+            continue
+        cand, cur = pair.get("candidate", {}), pair.get("current", {})
+        if cand.get("n"):
+            parts.append(f"{name} F1 {cur.get('f1', 0):.2f}→{cand['f1']:.2f}, "
+                         f"NLL {cur.get('nll', 0):.2f}→{cand['nll']:.2f}")
+    return parts
+
+
 def compare(gen, searcher, sets: dict[str, list[Item]], candidate: str, current: str | None, **kwargs) -> dict:
     """Both adapters (already loaded into `gen`; current None = the base model) on every set:
     `{set: {"candidate": {...}, "current": {...}}}`. Leaves the candidate active."""

@@ -25,7 +25,7 @@ from huey import RedisHuey, SqliteHuey, crontab
 from huey.exceptions import TaskLockedException
 from huey.storage import SqliteStorage
 
-from . import config, registry, retrain, snapshot, store
+from . import config, evaluation, registry, retrain, snapshot, store
 
 log = logging.getLogger(__name__)
 LOCK = "gpu"
@@ -108,12 +108,6 @@ def _settings(overrides: dict) -> dict:
     return {**out, **overrides}
 
 
-def _metric_line(metrics: dict) -> str:
-    return "; ".join(f"{name} F1 {p['current']['f1']:.2f}→{p['candidate']['f1']:.2f}, "
-                     f"NLL {p['current']['nll']:.2f}→{p['candidate']['nll']:.2f}"
-                     for name, p in metrics.items() if p["candidate"]["n"])
-
-
 def execute(db, job_id: int, **overrides) -> dict:
     """Run job `job_id` in this process if it is still queued; the final job row (plus `ran`)."""
     if not store.claim_job(db, job_id):
@@ -161,7 +155,7 @@ def execute(db, job_id: int, **overrides) -> dict:
     verdict = result["verdict"]
     store.update_job(db, job_id, state=verdict, verdict=verdict, version=result.get("version"),
                      data_hash=result.get("data_hash"), result=json.dumps(result, ensure_ascii=False))
-    line = _metric_line(result.get("metrics", {}))
+    line = "; ".join(evaluation.metric_parts(result.get("metrics", {})))
     if verdict == "promoted":
         _say(db, job, f"Job #{job_id}: {result['version']} promoted; it answers from the next question. {line}")
     elif verdict == "rejected":
