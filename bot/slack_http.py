@@ -34,7 +34,7 @@ import hmac
 import time
 from typing import Callable
 
-from aiohttp import ClientPayloadError, web
+from aiohttp import web
 
 MAX_BODY = 1 << 20  # 1 MiB: Slack's largest payloads (a view with 100 blocks) are far smaller
 MAX_HASHED = 16 << 20  # read (and hashed) at most this much of a body to decide whether it is signed
@@ -80,7 +80,7 @@ async def read_signed(request: web.Request, secret: str,
             mac.update(chunk)
             if size <= MAX_BODY:
                 kept.append(chunk)
-    except (ClientPayloadError, web.HTTPException) as e:  # cut short, or a framing aiohttp refused
+    except (web.RequestPayloadError, web.HTTPException, ConnectionResetError) as e:  # cut short, bad framing
         return _refused(f"the body could not be read ({type(e).__name__})")
     if not hmac.compare_digest(b"v0=" + mac.hexdigest().encode(), signature.encode("ascii")):
         return _refused("signature mismatch")
