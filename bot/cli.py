@@ -517,7 +517,7 @@ def cmd_purge(args) -> int:
 def cmd_dashboard(args) -> int:
     from . import dashboard
 
-    return dashboard.serve(config.get("BOT_DB"), host=args.host, port=args.port)
+    return dashboard.serve(config.get("BOT_DB"), host=args.host, port=args.port, allow=args.allow_host)
 
 
 def cmd_settings(args) -> int:
@@ -639,6 +639,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dashboard", help="browse the database read-only in Datasette, with canned queries")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     s.add_argument("--port", type=int, default=8001, help="port to listen on (default: 8001)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also serve requests for this host name (a reverse proxy's); repeatable. "
+                        "Any other Host gets 421 (DNS rebinding)")
     s.set_defaults(fn=cmd_dashboard)
 
     s = sub.add_parser("settings", help="show every setting, its current value and what it does")

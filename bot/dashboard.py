@@ -17,11 +17,25 @@ How it is opened, and why:
 - Custom SQL stays allowed: Datasette runs it only as a single SELECT, on the
   `mode=ro` connections, under its time limit.
 - It listens on 127.0.0.1 by default: the tables hold what people asked.
+- **It answers only to its own host name** (`guarded`). A web page on
+  another site can make a browser send requests to 127.0.0.1 under the
+  page's own name (DNS rebinding: `evil.example` re-resolved to 127.0.0.1),
+  and read the answers as same-origin. Such a request carries
+  `Host: evil.example`; only the name the dashboard was started on (plus
+  `localhost`/`127.0.0.1`/`::1` when bound to loopback, and `--allow-host`
+  names for a reverse proxy) is served. Any other gets 421 Misdirected
+  Request: the request is well-formed but was aimed at a server that does
+  not serve that name (RFC 9110, 15.5.20), which is exactly the case; 400 is
+  kept for a missing or unparseable Host header.
+- **Reads only: GET and HEAD.** POST, PUT, DELETE, PATCH and the rest get
+  405 with `Allow: GET, HEAD` before Datasette sees them (it would answer a
+  POST to a read-only page with a 500).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Iterable
 
 from datasette import hookimpl
 
@@ -122,7 +136,64 @@ def build(db_path: Path | str, metadata: dict | None = None):
     return ds
 
 
-def serve(db_path: Path | str, host: str = "127.0.0.1", port: int = 8001) -> int:
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARD = {"0.0.0.0", "::", ""}
+READS = (b"GET", b"HEAD")
+
+
+def split_host(header: str) -> tuple[str, int | None] | None:
+    """`Host` header -> (lower-case name, port or None); None when it cannot be one."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8001
+        name, _, rest = header[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+    else:
+        if header.count(":") > 1:  # an IPv6 address must be in brackets
+            return None
+        name, _, port = header.partition(":")
+        port = port or None
+    name = name.rstrip(".")
+    if not name or (port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5)):
+        return None
+    return name, int(port) if port else None
+
+
+def allowed_names(host: str, allow: Iterable[str] = ()) -> tuple[set[str], set[str]]:
+    """(names that must come with the bound port, names allowed on any port): what `guarded` serves."""
+    bound = {host.strip("[]").lower()} - WILDCARD
+    if not bound or bound <= LOOPBACK:  # loopback, or everything: this machine's own names are fine
+        bound |= LOOPBACK
+    return bound, {n.strip().lower().rstrip(".") for n in allow if n.strip()}
+
+
+def guarded(app, host: str, port: int, allow: Iterable[str] = ()):
+    """`app` (ASGI) serving only requests named for it (`Host`) and only reads; see the module docstring."""
+    bound, proxied = allowed_names(host, allow)
+
+    async def refuse(send, status: int, text: str, headers: list | None = None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), *(headers or [])]})
+        await send({"type": "http.response.body", "body": text.encode()})
+
+    async def guard(scope, receive, send):
+        if scope["type"] != "http":  # lifespan: start-up and shutdown
+            return await app(scope, receive, send)
+        raw = [v for k, v in scope["headers"] if k == b"host"]
+        named = split_host(raw[0].decode("latin-1")) if len(raw) == 1 else None
+        if named is None:
+            return await refuse(send, 400, "bad request: one Host header with a host name is required\n")
+        name, asked_port = named
+        if not (name in proxied or (name in bound and asked_port in (port, None if port == 80 else port))):
+            return await refuse(send, 421, f"misdirected request: this dashboard does not serve {name!r}; "
+                                           "start it with --allow-host NAME to serve another name\n")
+        if scope["method"].encode() not in READS:
+            return await refuse(send, 405, "method not allowed: the dashboard is read-only (GET and HEAD)\n",
+                                [(b"allow", b"GET, HEAD")])
+        return await app(scope, receive, send)
+    return guard
+
+
+def serve(db_path: Path | str, host: str = "127.0.0.1", port: int = 8001, allow: Iterable[str] = ()) -> int:
     """Run the dashboard until interrupted (the `dashboard` command)."""
     import asyncio
 
@@ -135,5 +206,8 @@ def serve(db_path: Path | str, host: str = "127.0.0.1", port: int = 8001) -> int
     ds = build(db_path)
     asyncio.run(ds.invoke_startup())
     print(f"dashboard: http://{host}:{port}/{DB_NAME} (read-only {db_path}); Ctrl-C stops it", file=sys.stderr)
-    uvicorn.run(ds.app(), host=host, port=port, log_level="warning", lifespan="on")
+    if host in WILDCARD and not allow:
+        print("dashboard: listening on every address; only localhost names are served unless you add "
+              "--allow-host NAME", file=sys.stderr)
+    uvicorn.run(guarded(ds.app(), host, port, allow), host=host, port=port, log_level="warning", lifespan="on")
     return 0

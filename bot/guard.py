@@ -4,7 +4,8 @@ Pure Python with no SDK and no I/O of its own (the settings aside), so every
 transport (and the CLI) refuses alike through `bot.commands`.
 
 Input: a question or correction is refused, with a message saying why,
-when it is empty, over its size limit, or holds characters no person
+when it is empty (once whitespace and invisible format characters are
+removed: a question of zero-width spaces alone says nothing), over its size limit, or holds characters no person
 typed: control characters (other than newline, tab and carriage return),
 lone UTF-16 surrogates (they cannot even be written to SQLite as UTF-8),
 U+FFFD (bytes that were not UTF-8 somewhere on the way, so the text is no
@@ -53,10 +54,17 @@ def _bad_character(text: str) -> str | None:
     return None
 
 
+def _visible(text: str) -> str:
+    """`text` without format characters (Unicode category Cf: zero-width spaces and joiners, the word
+    joiner, BOM, bidi marks) and surrounding whitespace: what a reader sees of it. Cf characters are
+    not whitespace to `str.strip`, so a message of them alone would otherwise pass as a question."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
+
+
 def check_text(text, *, what: str, limit: int, empty: str) -> str | None:
     """A message saying why `text` cannot be taken as a `what` ("question", "correction"), or None."""
     body = text.strip() if isinstance(text, str) else ""
-    if not body:
+    if not body or not _visible(body):
         return empty
     if len(body) > limit:
         return f"That {what} is {len(body)} characters; the limit is {limit}. Nothing was recorded."

@@ -4,8 +4,9 @@ One bolt `AsyncApp`, on the event loop the Discord client shares; its
 listeners (bot/slack_listeners.py) are registered with bolt's own
 decorators and call the platform-neutral command layer. Construction makes
 no network call, so it works offline and in tests; the Web API base URL is
-a parameter, so tests point it at a local recorder. Signatures are checked
-by bolt before anything of ours runs (a bad, stale or missing one gets 401).
+a parameter, so tests point it at a local recorder. Over HTTP, signatures
+are checked on the raw bytes before anything is parsed (bot/slack_http.py:
+a bad, stale or missing one gets 401), then bolt checks them again.
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import asyncio
 import logging
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.logger import messages
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from . import slack_http
 from .commands import Commands
 from .slack_listeners import Listeners
 
@@ -86,6 +88,7 @@ def build_app(commands: Commands, *, token: str, signing_secret: str, api_url: s
     slack = Listeners(commands, update_every_s, workers)
     slack.register(app)
     app._kb_slack = slack  # for start_http's cleanup; bolt has no hook of its own for it
+    app._kb_signing_secret = signing_secret  # start_http checks signatures itself, before bolt parses
     return app
 
 
@@ -112,45 +115,46 @@ def _share_session(app: AsyncApp):
 
 
 _SHAPES = {"event": dict, "view": dict, "user": (dict, str), "actions": list, "channel": (dict, str),
-           "container": dict, "team": (dict, str, type(None)), "type": str, "state": dict}
+           "container": dict, "team": (dict, str, type(None)), "type": str, "state": dict,
+           # What bolt's listener matchers compare (with regular expressions: a list there is a TypeError).
+           "command": str, "callback_id": str, "action_id": str, "trigger_id": str}
+_TEXT = (str, type(None))
+_INNER = {"event": {"type": str, "subtype": _TEXT, "callback_id": _TEXT, "function": (dict, type(None))},
+          "view": {"state": dict, "callback_id": _TEXT, "type": _TEXT, "private_metadata": _TEXT}}
+
+
+def _fits(body: dict, shapes: dict) -> bool:
+    return all(key not in body or isinstance(body[key], kind) for key, kind in shapes.items())
 
 
 def well_formed(body) -> bool:
     """Whether a parsed body has the shape bolt indexes into (a dict, with dicts and lists where
-    Slack puts them). Bolt assumes it, and answers 500 with a traceback for a payload that breaks
-    it; such a payload is not from Slack and gets a 400 before bolt sees it."""
-    if not isinstance(body, dict):
+    Slack puts them, and text where bolt matches listeners against it). Bolt assumes it, and answers
+    500 with a traceback for a payload that breaks it; such a payload is not from Slack and gets a
+    400 before bolt dispatches it."""
+    if not isinstance(body, dict) or not _fits(body, _SHAPES):
         return False
-    for key, kind in _SHAPES.items():
-        if key in body and not isinstance(body[key], kind):
-            return False
-    if "actions" in body and not all(isinstance(a, dict) for a in body["actions"]):
+    if not all(isinstance(body.get(key) or {}, dict) and _fits(body.get(key) or {}, inner)
+               for key, inner in _INNER.items()):
         return False
-    view = body.get("view") or {}
-    return not ("state" in view and not isinstance(view["state"], dict))
+    return all(isinstance(a, dict) and _fits(a, {"action_id": _TEXT, "block_id": _TEXT})
+               for a in body.get("actions") or [])
 
 
 async def start_http(app: AsyncApp, port: int, extra_routes=(), host: str = "0.0.0.0") -> web.AppRunner:
     """Serve the app at /slack/events (plus `extra_routes`) on host:port; returns the runner to clean up.
 
     With port 0 the system picks a free port: `runner.addresses[0][1]`."""
+    secret = app._kb_signing_secret
+
     async def events(request: web.Request) -> web.Response:
-        if not request.headers.get("X-Slack-Request-Timestamp", "").isdigit():
-            # Missing or not a number: no signature can be checked against it. slack_sdk's
-            # verifier would raise on int("soon") and bolt would answer 500; it is a forgery: 401.
-            return web.Response(status=401, text="invalid request")
-        try:
-            bolt_request = await to_bolt_request(request)
-        except UnicodeDecodeError:
-            # Slack sends UTF-8: a body that is not is not from Slack, and gets a plain 400 rather
-            # than aiohttp's 500 and a traceback. (Nothing was verified or done yet.)
-            return web.Response(status=400, text="the request body is not UTF-8")
-        except (ValueError, LookupError, AttributeError, TypeError):
-            # Not JSON, a charset nobody knows, or JSON of the wrong shape (a list, a string), which
-            # bolt's request parser indexes into and fails on.
-            return web.Response(status=400, text="the request body is not a Slack request (bad JSON, charset or shape)")
-        if not well_formed(bolt_request.body):
-            return web.Response(status=400, text="the request body is not a Slack request (malformed payload)")
+        # Nothing of the body is decoded or parsed before its signature is checked (bot/slack_http.py).
+        raw = await slack_http.read_signed(request, secret)
+        if isinstance(raw, web.Response):
+            return raw
+        bolt_request = slack_http.parse(raw, request, well_formed)
+        if isinstance(bolt_request, web.Response):
+            return bolt_request
         return await to_aiohttp_response(await app.async_dispatch(bolt_request))
 
     webapp = web.Application()
@@ -160,7 +164,9 @@ async def start_http(app: AsyncApp, port: int, extra_routes=(), host: str = "0.0
     async def cleanup(_):
         await close()
     webapp.on_cleanup.append(cleanup)
-    runner = web.AppRunner(webapp)
+    # The body as it came off the wire: Slack signs those bytes. (aiohttp would otherwise decompress
+    # first, and refuse an encoding it has no decoder for with a 400 before the signature is checked.)
+    runner = web.AppRunner(webapp, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

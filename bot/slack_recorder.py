@@ -155,9 +155,12 @@ class Recorder:
 # -- Slack calling the bot ------------------------------------------------------
 
 
-def signed_headers(secret: str, body: str, timestamp: int | None = None, content_type: str | None = None) -> dict:
+def signed_headers(secret: str, body: str | bytes, timestamp: int | None = None,
+                   content_type: str | None = None) -> dict:
+    """Slack's headers for `body` (text is signed as its UTF-8 bytes; bytes as they are)."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    raw = body if isinstance(body, bytes) else body.encode()
+    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + raw, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
             "Content-Type": content_type or "application/x-www-form-urlencoded"}
 

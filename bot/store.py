@@ -360,10 +360,22 @@ def record_vote(db, answer_id: str, user: str, platform: str, value: int) -> Non
 
 
 def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending") -> int:
+    """Store a correction; its id. One per person per answer while it waits: a new one from the same
+    person replaces the text of their pending one (same id, one review item), so repeating it cannot
+    flood the review queue. Once reviewed, a new correction is a new item."""
+    now = time.time()
     with db.conn:
+        # The UPDATE comes first so the transaction takes SQLite's write lock at once: two
+        # concurrent corrections from one person then cannot both miss and both insert.
+        updated = status == "pending" and db.execute(
+            "update corrections set text = ?, created_at = ? where id = (select id from corrections"
+            " where answer_id = ? and user = ? and platform = ? and status = 'pending' order by id limit 1)"
+            " returning id", [text, now, answer_id, user, platform]).fetchone()
+        if updated:
+            return updated[0]
         return db.execute(
             "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
-            [answer_id, user, platform, text, status, time.time()]).lastrowid
+            [answer_id, user, platform, text, status, now]).lastrowid
 
 
 def votes(db, answer_id: str) -> list[dict]:

@@ -140,3 +140,91 @@ def test_the_command_refuses_a_missing_database(env, capsys):
     assert cli.main(["dashboard", "--port", "1"]) == 2
     assert "no database at" in capsys.readouterr().err
     assert not env.db_path.exists()  # and did not create one
+
+
+# -- served over HTTP: Host names and methods -----------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(port: int, method: str, path: str, host: str | None) -> tuple[int, dict, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.putheader("Content-Length", "2")
+        conn.endheaders(b"{}")
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served(data, monkeypatch):
+    """`python -m bot dashboard` itself, in a child process on a free loopback port, with one --allow-host."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = _free_port()
+    env = {**os.environ, "BOT_DB": str(data["path"])}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "dashboard", "--port", str(port),
+                             "--allow-host", "Dash.Example.org"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if _request(port, "GET", "/-/versions.json", f"127.0.0.1:{port}")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_the_dashboard_answers_only_to_its_own_host_names_and_only_reads(served, data):
+    port, path = served, f"/{dashboard.DB_NAME}/audit_log.json?_shape=array"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}",
+                 "dash.example.org", f"dash.example.org:{port}", "dash.example.org.:443"):
+        status, _, body = _request(port, "GET", path, host)
+        assert status == 200 and json.loads(body)[0]["action"] == "train", (host, status, body)
+    assert _request(port, "HEAD", path, f"127.0.0.1:{port}")[0] == 200
+    # DNS rebinding: a page on another site, its name now resolving to 127.0.0.1, is not served.
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1",
+                 f"dash.example.org.evil.example:{port}", f"127.0.0.2:{port}"):
+        status, _, body = _request(port, "GET", path, host)
+        assert status == 421 and "does not serve" in body and "--allow-host" in body, (host, status, body)
+    for host in (f"127.0.0.1:{port}:1", "127.0.0.1:http", ""):
+        status, _, body = _request(port, "GET", path, host)
+        assert status == 400, (host, status, body)
+    before = _counts(data["db"])
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        for where in (path, f"/{dashboard.DB_NAME}/recent_corrections", f"/{dashboard.DB_NAME}/votes"):
+            status, headers, body = _request(port, method, where, f"localhost:{port}")
+            assert (status, headers.get("allow")) == (405, "GET, HEAD") and "read-only" in body, (method, where)
+        assert _request(port, method, path, "evil.example")[0] == 421  # the name is checked first
+    assert _counts(data["db"]) == before
+
+
+def test_host_headers_are_split_into_name_and_port_and_wildcard_binds_serve_only_localhost():
+    assert dashboard.split_host("Example.org.:8001") == ("example.org", 8001)
+    assert dashboard.split_host("[::1]:8001") == ("::1", 8001)
+    assert dashboard.split_host("[::1]") == ("::1", None)
+    for bad in ("", ":80", "a:b", "a:1:2", "[::1]x", "a:123456", "a:²"):
+        assert dashboard.split_host(bad) is None, bad
+    assert dashboard.allowed_names("0.0.0.0") == (dashboard.LOOPBACK, set())
+    assert dashboard.allowed_names("dash.internal", ["Proxy.Example."]) == ({"dash.internal"}, {"proxy.example"})

@@ -138,6 +138,9 @@ def test_admission_through_the_command_layer_is_a_private_reply_and_the_context_
     ("del\x7f", "control character (U+007F)"), ("next\x85line", "control character (U+0085)"),
     ("bad \ud800 half", "lone surrogate"), ("caf\ufffd", "U+FFFD"), ("x\uffffy", "noncharacter U+FFFF"),
     ("a\U0010FFFEb", "noncharacter U+10FFFE"),
+    # Nothing visible: format characters (category Cf) alone, or with whitespace around them.
+    ("\u200b\u200c\u200d\u2060\ufeff", "Please add a question"), ("\u200b" * 50, "Please add a question"),
+    (" \u200e\u200f \n\u202a\u202c\t", "Please add a question"), ("\u2066\u2069\u00ad", "Please add a question"),
 ])
 def test_questions_that_cannot_be_taken_as_typed_get_a_reason(text, expected):
     why = guard.check_question(text)
@@ -145,13 +148,30 @@ def test_questions_that_cannot_be_taken_as_typed_get_a_reason(text, expected):
 
 
 def test_ordinary_text_passes_including_lines_tabs_and_emoji_sequences():
-    for text in ("什么是边缘计算？", "line one\nline two\twith a tab\r\n", "👩‍💻 team? ¿Qué tal?", "x" * 4000):
+    for text in ("什么是边缘计算？", "line one\nline two\twith a tab\r\n", "👩‍💻 team? ¿Qué tal?", "x" * 4000,
+                 "边缘\u200b计算是什么？", "\ufeffwhat is edge computing?", "\u200d?"):
         assert guard.check_question(text) is None, text
     assert guard.check_correction("改正：见术语表。") is None
+    assert "empty" in guard.check_correction("\u200b\u2060\ufeff")
     assert "empty" in guard.check_correction("  ") and "the limit is 8000" in guard.check_correction("x" * 8001)
     assert guard.check_answer_id("0123456789ab") is None
     for bad in ("", "nope", "0123456789AB", "x" * 100, "abc\x00def", "\ud800" * 8, None, 42):
         assert "malformed answer id" in guard.check_answer_id(bad)
+
+
+def test_a_question_of_invisible_characters_is_refused_and_one_with_a_zero_width_space_is_answered(
+        env, indexed_kb, capsys):
+    import json
+
+    db = copy_db(indexed_kb.db, env.db_path)
+    for blank in ("\u200b\u200c\u200d\u2060\ufeff", " \u200e\u200f\u202a\u202c ", "\u2066\u2069"):
+        assert cli.main(["ask", blank]) == 2
+        assert "Please add a question" in capsys.readouterr().err
+    assert db.execute("select count(*) from answers").fetchone()[0] == 0
+    assert cli.main(["ask", "什么是\u200b边缘计算？", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["citations"], answer
+    assert [r[0] for r in db.execute("select question from answers")] == ["什么是\u200b边缘计算？"]
 
 
 # -- the audit trail ---------------------------------------------------------------------------

@@ -50,6 +50,46 @@ def test_trusted_corrections_are_accepted_others_wait_for_review(db):
         feedback.correct(db, aid, "   ", "cli", "")
 
 
+def test_one_pending_correction_per_person_per_answer_a_new_one_replaces_it_until_it_is_reviewed(db):
+    aid, other_answer = answer(db, "什么是边缘计算？"), answer(db, "什么是混合并行？")
+    first = feedback.correct(db, aid, "靠近数据源[1]", "slack", "U2", reviewers=[])
+    for _ in range(49):
+        assert feedback.correct(db, aid, "靠近数据源[1]", "slack", "U2", reviewers=[])["id"] == first["id"]
+    assert [p["id"] for p in feedback.pending(db)] == [first["id"]]
+    last = feedback.correct(db, aid, "在数据源附近计算[1]", "slack", "U2", reviewers=[])
+    assert last == {"id": first["id"], "status": "pending"}
+    assert [(c["id"], c["text"]) for c in store.corrections(db, aid)] == [(first["id"], "在数据源附近计算[1]")]
+    # Someone else, the same person elsewhere (another answer, another platform): their own items.
+    others = [feedback.correct(db, aid, "不对", "slack", "U3", reviewers=[])["id"],
+              feedback.correct(db, other_answer, "不对", "slack", "U2", reviewers=[])["id"],
+              feedback.correct(db, aid, "不对", "discord", "U2", reviewers=[])["id"]]
+    assert len({first["id"], *others}) == 4 and len(feedback.pending(db)) == 4
+    # Reviewed: the next correction from the same person is a new item; the reviewed one is kept as it was.
+    feedback.review(db, first["id"], True, "slack:ADMIN")
+    again = feedback.correct(db, aid, "再补充一点", "slack", "U2", reviewers=[])
+    assert again["id"] != first["id"] and again["status"] == "pending"
+    assert store.correction(db, first["id"])["text"] == "在数据源附近计算[1]"
+    assert store.correction(db, first["id"])["status"] == "accepted"
+    # A trusted person's corrections are accepted at once: each is its own accepted row, none left pending.
+    trusted = [feedback.correct(db, aid, f"补充 {i}", "slack", "U9", reviewers=["slack:U9"]) for i in range(2)]
+    assert [t["status"] for t in trusted] == ["accepted", "accepted"] and trusted[0]["id"] != trusted[1]["id"]
+
+
+def test_repeat_corrections_script_50_from_8_threads_make_one_review_item(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "reliability" / "repeat_corrections.py"
+    out = subprocess.run([sys.executable, str(script), "--n", "50", "--threads", "8", "--db", str(tmp_path / "r.db")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert (figures["corrections_sent"], figures["review_items"], figures["rows"],
+            figures["distinct_ids_returned"]) == (50, 1, 1, 1)
+    assert figures["after_review"] == {"new_item": True, "status": "pending", "review_items": 1, "rows": 2}
+
+
 def test_trusted_reviewers_come_from_the_setting(db, monkeypatch):
     monkeypatch.setenv("BOT_TRUSTED_REVIEWERS", "slack:UTRUST, discord:7")
     aid = answer(db, "q")
