@@ -84,8 +84,9 @@ _MENTION_RULES: list[tuple[str, re.Pattern, str]] = [
     # @handles (e-mail addresses are already gone). ASCII names only: "@张三，请看" has no end we could trust.
     ("handle", re.compile(r"(?<![A-Za-z0-9_@<.])@[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9_]"), "<USER>"),
 ]
-# 32+ hex digits is past any number a sentence would hold (a git sha-1 goes too: fine).
-_HEX = ("hex secret", re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])"), "<SECRET>")
+# 32+ hex digits is past any number a sentence would hold (a git sha-1 goes too: fine). Only hex digits
+# bound it: a label glued to the front (`会话IDe9e0…`) must not hide it; the label's hex-looking end goes too.
+_HEX = ("hex secret", re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32,}(?![0-9a-fA-F])"), "<SECRET>")
 _B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{20,}(?![A-Za-z0-9+/=_-])")
 PHONE_REGIONS = ("CN", "US")  # national formats tried; any region's number with a leading + is found by both
 
@@ -157,11 +158,17 @@ def _emails(text: str) -> Iterator[Span]:
             yield start, m.end()
 
 
+_CITATION = re.compile(r"\[\d{1,3}\]")
+
+
 def _phones(text: str) -> Iterator[Span]:
     import phonenumbers
 
+    # libphonenumber reads a citation right after a number (`0199[1]`) as part of it and then rejects the
+    # whole; blanking citations (same length, so offsets hold) lets it see the number.
+    masked = _CITATION.sub(lambda m: " " * len(m.group(0)), text)
     for region in PHONE_REGIONS:
-        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+        for m in phonenumbers.PhoneNumberMatcher(masked, region, leniency=phonenumbers.Leniency.VALID):
             yield m.start, m.end
 
 
