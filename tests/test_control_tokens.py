@@ -140,3 +140,20 @@ def test_the_token_id_check_fails_on_an_undefused_example(which, tiny_tok, qwen_
 def test_every_preset_declares_its_tokens():
     for name in presets.names():
         assert control_tokens.preset_tokens(name), f"models/{name}.toml has no [tokens] special list"
+
+
+def test_no_mix_of_text_and_tokens_survives_quoting(qwen_tok, tiny_tok):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    pieces = st.one_of(st.text(max_size=12), st.sampled_from(QWEN25_ADDED + ["<", "|", ">", "[INST]", "<s>", "\n"]))
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.lists(pieces, max_size=12))
+    def check(parts):
+        safe = prompts.quoted("".join(parts))
+        for tok in (qwen_tok, tiny_tok):
+            assert not set(tok(safe, add_special_tokens=False)["input_ids"]) & control_tokens.special_ids(tok), safe
+        assert control_tokens.find(safe, QWEN25_ADDED) == []
+
+    check()
