@@ -1,6 +1,6 @@
 """Nothing private or hostile reaches the weights: the PII corpus through the real feedback path and snapshot.
 
-    python tests/reliability/pii_corpus.py [--train] [--limit N] [--json] [--keep DIR]
+    python tests/reliability/pii_corpus.py [--train] [--limit N] [--kinds K,K] [--json] [--keep DIR]
 
 Reads tests/fixtures/pii_corpus.jsonl (text, kind, the secret substring that
 must not survive; negatives that must be left alone; control-token cases)
@@ -41,8 +41,9 @@ CORPUS = ROOT / "tests" / "fixtures" / "pii_corpus.jsonl"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
-def load(path: Path = CORPUS, limit: int | None = None) -> list[dict]:
+def load(path: Path = CORPUS, limit: int | None = None, kinds: set[str] | None = None) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if not kinds or r["kind"] in kinds]
     if limit:  # keep every kind: the first `limit` of each
         seen: Counter = Counter()
         rows = [r for r in rows if (seen.update([r["kind"]]) or seen[r["kind"]] <= limit)]
@@ -197,13 +198,14 @@ def _print(report: dict) -> None:
             print(f"  special tokens inside any training example ({name} tokenizer, {p['examples']} examples): {n}")
         print(f"  control-token strings in written examples: {p['control_token_strings_in_jsonl']}")
         print(f"  negatives not written verbatim: {p['negatives_missing_from_files']}")
-    print("\nOK" if ok(report) else "\nFAILED")
+    print(f"\n{'OK' if ok(report) else 'FAILED'} in {report['seconds']} s")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="also run a training job on the tiny preset")
     parser.add_argument("--limit", type=int, default=0, help="at most N cases of each kind (0: all)")
+    parser.add_argument("--kinds", help="only these kinds, comma-separated (e.g. 'email,phone,negative')")
     parser.add_argument("--steps", type=int, default=4, help="training steps with --train")
     parser.add_argument("--keep", type=Path, help="write into DIR and keep it")
     parser.add_argument("--json", action="store_true")
@@ -211,11 +213,13 @@ def main(argv=None) -> int:
     import os
 
     cache = Path(os.environ.get("BOT_CACHE_DIR") or ROOT / ".cache" / "models")
-    rows = load(limit=args.limit or None)
+    rows = load(limit=args.limit or None, kinds=set(args.kinds.split(",")) if args.kinds else None)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         report = run(rows, work, cache, train=args.train, steps=args.steps)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(report, ensure_ascii=False, indent=1)) if args.json else _print(report)
     return 0 if ok(report) else 1
 
