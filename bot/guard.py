@@ -10,8 +10,9 @@ lone UTF-16 surrogates (they cannot even be written to SQLite as UTF-8),
 U+FFFD (bytes that were not UTF-8 somewhere on the way, so the text is no
 longer what was written) and Unicode noncharacters. A correction is also
 refused when it holds a control token of the model's chat format
-(`bot/control_tokens.py`), since it becomes a training target. Ids carried in button
-values and form metadata are checked against the shape the bot gives them.
+(`bot/control_tokens.py`), since it becomes a training target. Ids carried
+in button values and form metadata are checked against the shape the bot
+gives them.
 
 Admission: a person may ask `BOT_RATE_USER` questions per window, a
 channel `BOT_RATE_CHANNEL`, and at most `BOT_QUEUE_MAX` admitted questions
