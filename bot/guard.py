@@ -9,8 +9,11 @@ removed: a question of zero-width spaces alone says nothing), over its size limi
 typed: control characters (other than newline, tab and carriage return),
 lone UTF-16 surrogates (they cannot even be written to SQLite as UTF-8),
 U+FFFD (bytes that were not UTF-8 somewhere on the way, so the text is no
-longer what was written) and Unicode noncharacters. Ids carried in button
-values and form metadata are checked against the shape the bot gives them.
+longer what was written) and Unicode noncharacters. A correction is also
+refused when it holds a control token of the model's chat format
+(`bot/control_tokens.py`), since it becomes a training target. Ids carried
+in button values and form metadata are checked against the shape the bot
+gives them.
 
 Admission: a person may ask `BOT_RATE_USER` questions per window, a
 channel `BOT_RATE_CHANNEL`, and at most `BOT_QUEUE_MAX` admitted questions
@@ -80,8 +83,13 @@ def check_question(text) -> str | None:
 
 
 def check_correction(text) -> str | None:
-    return check_text(text, what="correction", limit=MAX_CORRECTION_CHARS,
-                      empty="The correction is empty; nothing was recorded.")
+    """Also refuses chat-template control tokens (`<|im_end|>`, `<tool_call>`): a correction becomes a
+    training target, and a tokenizer would read them as real turn markers."""
+    from . import control_tokens
+
+    return (check_text(text, what="correction", limit=MAX_CORRECTION_CHARS,
+                       empty="The correction is empty; nothing was recorded.")
+            or control_tokens.check(text, "correction"))
 
 
 def check_answer_id(value) -> str | None:

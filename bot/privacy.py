@@ -7,73 +7,216 @@ never what. Stored feedback keeps its original text (a reviewer needs it to
 judge a correction, and `feedback.forget` deletes it); only what a snapshot
 writes, and so what the model sees in training, is scrubbed.
 
+Where a well-kept library knows a kind, it decides: phone numbers are
+whatever libphonenumber (`phonenumbers.PhoneNumberMatcher`, leniency VALID)
+finds with an explicit + in any region or in CN or US national format,
+full-width digits included; keys are detect-secrets' own plugin patterns
+(AWS, Slack, GitHub, GitLab, OpenAI, Stripe, JWT, private keys, ...) plus
+its Shannon-entropy measure for unlabelled secrets. The rest are rules
+here: e-mail with Unicode local parts and IDN domains, chat mentions,
+`keyword = value` assignments in English and Chinese (`密钥是…`).
+
+Text here mixes Chinese and ASCII with no space between them (`令牌xoxb-…`),
+and Python's `\\b` sees no boundary between 牌 and x (both are word
+characters), so token rules are compiled with re.ASCII and boundaries are
+ASCII look-arounds.
+
 The patterns err towards scrubbing: a false positive costs a few characters
 of a training example, a false negative leaks a credential into weights.
-Ordinary numbers (years, prices, 8-digit counts) are left alone: a phone
-number needs a leading +, separators in a phone layout, or the shape of a
-Chinese mobile or landline number.
+Ordinary numbers (years, prices, dates, versions, counts) are left alone:
+libphonenumber accepts only numbers valid in a numbering plan.
 """
 from __future__ import annotations
 
+import functools
 import re
+from typing import Callable, Iterator
 
-# Order matters: credentials first (they can contain @, digits and hex),
-# then e-mail addresses (before @handles), mentions, phones, long hex.
-_RULES: list[tuple[str, re.Pattern, str]] = [
-    # Slack bot/user/app tokens: xoxb-, xoxp-, xoxa-, xoxr-, xoxs-, xapp-.
-    ("slack token", re.compile(r"\bxox[abeoprs]-[A-Za-z0-9-]{8,}|\bxapp-\d-[A-Za-z0-9-]{8,}"), "<TOKEN>"),
-    # OpenAI-style keys: sk-..., sk-proj-..., sk-ant-...
-    ("api key", re.compile(r"\bsk-(?:[a-z]+-)?[A-Za-z0-9_-]{16,}"), "<TOKEN>"),
-    # GitHub personal, OAuth, server and refresh tokens; fine-grained PATs.
-    ("github token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{20,}"), "<TOKEN>"),
-    # AWS access key ids (long-term AKIA, temporary ASIA).
-    ("aws key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "<TOKEN>"),
-    # Google API keys.
-    ("google key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), "<TOKEN>"),
-    # JSON Web Tokens (three base64url parts).
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), "<TOKEN>"),
-    # Authorization headers: keep the scheme word so the sentence still reads.
-    ("bearer", re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}"), r"\1 <TOKEN>"),
-    # key=value secrets: password: hunter2, api_key = "...", secret=...
-    ("assignment", re.compile(
-        r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?key|secret[_-]?key|token|密码|密钥)"
-        r"(\s*[:=：]\s*)[\"']?[^\s\"'，。,;]{6,}[\"']?"), r"\1\2<SECRET>"),
-    ("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "<EMAIL>"),
+Span = tuple[int, int]
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
+# Latin with accents, Greek, Cyrillic: what a local part or domain label is written in besides CJK.
+_SCRIPTS = "\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
+_LETTERS = "A-Za-z0-9" + _SCRIPTS
+_LOCAL_RUN = re.compile(f"[{_LETTERS}._%+-]+$")
+_CJK_RUN = re.compile(f"[{_CJK}]+$")
+# A CJK name before @ is at most this long; anything further left is the sentence ("请联系张三@…").
+CJK_LOCAL_MAX = 4
+# Words that end a Chinese sentence part right before a name: 发给/联系/是/到 ... (给张三@… keeps 给).
+_CJK_LEAD_WORDS = ("联系", "邮箱", "邮件", "地址", "发给", "写给", "是", "给", "为", "至", "到", "向", "找", "请", "发", "寄", "的")
+# IDN top-level domains in CJK script; an open-ended CJK TLD would swallow the rest of the sentence.
+_CJK_TLDS = ("中国", "中國", "公司", "网络", "網絡", "香港", "台湾", "台灣", "新加坡", "在线", "商城", "集团", "网址", "网店",
+             "手机", "政务", "公益", "コム", "みんな", "한국")
+_DOMAIN = re.compile(
+    f"@((?:[{_LETTERS}{_CJK}](?:[{_LETTERS}{_CJK}-]*[{_LETTERS}{_CJK}])?\\.)+)"
+    f"(xn--[a-z0-9-]{{2,59}}|{'|'.join(_CJK_TLDS)}|[A-Za-z{_SCRIPTS}]{{2,63}})(?![{_LETTERS}-])")
+
+_ASCII_EDGE = r"(?<![A-Za-z0-9_])"  # a boundary that a CJK character next to it does not hide
+# Secret words of detect-secrets' KeywordDetector, a few more, and their Chinese forms.
+_EN_KEYWORDS = (r"[A-Za-z_]*(?:api_?key|auth_?key|access_?key|secret|passw(?:or)?d|pwd|token|private_?key|"
+                r"client_?key|db_?pass|credential)[A-Za-z_]*|contraseña|contrasena")
+_ZH_KEYWORDS = "访问密钥|私钥|秘钥|密钥|密码|口令|令牌|授权码|凭证|凭据"
+_VALUE = r"(?!<[A-Z]+>)[\"'`]?((?:(?![\"'`,;])[\x21-\x7e]){6,})"
+
+_TOKEN_RULES: list[tuple[str, re.Pattern, str]] = [
+    ("private key", re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*PRIVATE "
+                               r"KEY(?: BLOCK)?-----|\Z)", re.S), "<SECRET>"),
+    ("slack token", re.compile(_ASCII_EDGE + r"(?:xox[abeoprs]-[A-Za-z0-9-]{8,}|xapp-\d-[A-Za-z0-9-]{8,})", re.A),
+     "<TOKEN>"),
+    ("api key", re.compile(_ASCII_EDGE + r"sk-(?:[a-z]+-)?[A-Za-z0-9_-]{16,}", re.A), "<TOKEN>"),
+    ("github token", re.compile(_ASCII_EDGE + r"(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})", re.A),
+     "<TOKEN>"),
+    ("aws key", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[0-9A-Z]{16}(?![A-Z0-9])"), "<TOKEN>"),
+    ("google key", re.compile(_ASCII_EDGE + r"AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", re.A), "<TOKEN>"),
+    ("jwt", re.compile(_ASCII_EDGE + r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", re.A), "<TOKEN>"),
+    ("bearer", re.compile(r"(?i)(?<![A-Za-z0-9_])(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{16,})", re.A), "<TOKEN>"),
+    ("assignment", re.compile(rf"(?i)(?<![A-Za-z0-9])(?:{_EN_KEYWORDS})[\"']?(?:\s+is)?\s*(?:[:=：]|:=|=>)\s*{_VALUE}"),
+     "<SECRET>"),
+    # Chinese: 密码是…, 密钥：…, or the value right after the word (密码hunter22): the value must be ASCII,
+    # so 密码错误 stays.
+    ("assignment", re.compile(rf"(?:{_ZH_KEYWORDS})\s*(?:[:=：]|是|为|為)?\s*{_VALUE}"), "<SECRET>"),
+]
+_MENTION_RULES: list[tuple[str, re.Pattern, str]] = [
     # Chat mentions: Slack <@U123> / <@U123|name>, Discord <@123> / <@!123>, roles <@&123>, channels.
     ("role mention", re.compile(r"<@&\d+>|<!subteam\^[A-Z0-9]+(?:\|[^>]*)?>"), "<ROLE>"),
     ("user mention", re.compile(r"<@!?[A-Za-z0-9]+(?:\|[^>]*)?>"), "<USER>"),
     ("channel mention", re.compile(r"<#[A-Za-z0-9]+(?:\|[^>]*)?>"), "<CHANNEL>"),
-    # @handles (e-mail addresses are already gone). ASCII only: \w would swallow the
-    # Chinese sentence after "@张三".
-    ("handle", re.compile(r"(?<![\w@<])@[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9_]"), "<USER>"),
-    # Phone numbers: international (+86 138 0013 8000), North American with separators,
-    # Chinese mobile (13800138000) and landline (010-12345678).
-    ("phone", re.compile(
-        r"\+\d{1,3}[\s.-]?\(?\d{1,4}\)?(?:[\s.-]?\d{2,4}){2,4}(?!\d)"
-        r"|(?<!\d)\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?!\d)"
-        r"|(?<!\d)1[3-9]\d[\s-]?\d{4}[\s-]?\d{4}(?!\d)"
-        r"|(?<!\d)0\d{2,3}-\d{7,8}(?!\d)"), "<PHONE>"),
-    # Long hex strings: API secrets, webhook signing secrets, session ids. 32+ hex
-    # digits is past any number a sentence would hold (a git sha-1 goes too: fine).
-    ("hex secret", re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])"), "<SECRET>"),
+    # @handles (e-mail addresses are already gone). ASCII names only: "@张三，请看" has no end we could trust.
+    ("handle", re.compile(r"(?<![A-Za-z0-9_@<.])@[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9_]"), "<USER>"),
 ]
+# 32+ hex digits is past any number a sentence would hold (a git sha-1 goes too: fine). Only hex digits
+# bound it: a label glued to the front (`会话IDe9e0…`) must not hide it; the label's hex-looking end goes too.
+_HEX = ("hex secret", re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32,}(?![0-9a-fA-F])"), "<SECRET>")
+_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{20,}(?![A-Za-z0-9+/=_-])")
+PHONE_REGIONS = ("CN", "US")  # national formats tried; any region's number with a leading + is found by both
 
-KINDS = [name for name, _, _ in _RULES]
+
+def _spans(pattern: re.Pattern) -> Callable[[str], Iterator[Span]]:
+    def find(text: str) -> Iterator[Span]:
+        for m in pattern.finditer(text):
+            # A pattern with a value group (`password: x`, `Bearer x`) keeps its label: only the value goes.
+            yield (m.start(1), m.end(1)) if m.lastindex and m.start(1) > m.start(0) else m.span()
+    return find
 
 
-def scrub(text: str) -> str:
-    """The text with every e-mail, phone number, token, key, secret and user mention replaced by a placeholder."""
-    if not text:
-        return text or ""
-    for _, pattern, placeholder in _RULES:
-        text = pattern.sub(placeholder, text)
-    return text
+@functools.lru_cache(maxsize=1)
+def _detect_secrets_patterns() -> list[re.Pattern]:
+    """The regexes of detect-secrets' plugins, minus the noisy ones (IP addresses, Artifactory's `AP…` words)."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+
+    skip = {"Public IP (ipv4)", "Artifactory Credentials"}
+    patterns = []
+    for kind, cls in get_mapping_from_secret_type_to_class().items():
+        if kind not in skip:
+            patterns += list(getattr(cls(), "denylist", ()) or ())
+    return patterns
+
+
+_KEY_TAIL = re.compile(r"[A-Za-z0-9._+/=-]*")
+
+
+def _detect_secrets(text: str) -> Iterator[Span]:
+    for pattern in _detect_secrets_patterns():
+        for start, end in _spans(pattern)(text):
+            # Some of its patterns stop early (JWT's last part is lazy): a key runs to the end of its characters.
+            yield start, _KEY_TAIL.match(text, end).end()
+
+
+def _entropy(text: str) -> Iterator[Span]:
+    """Unlabelled high-entropy strings (AWS secret keys, random passwords), by detect-secrets' own measure and
+    limit; letters and digits both, so long plain words and numbers stay."""
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+
+    plugin = Base64HighEntropyString()
+    for m in _B64_RUN.finditer(text):
+        s = m.group(0)
+        if (re.search(r"[A-Za-z]", s) and re.search(r"\d", s)
+                and plugin.calculate_shannon_entropy(s) >= plugin.entropy_limit):
+            yield m.span()
+
+
+def _emails(text: str) -> Iterator[Span]:
+    """E-mail addresses with Latin, Greek, Cyrillic or CJK local parts and IDN domains.
+
+    The left edge is found by walking back from @: a Latin-script run, or
+    else at most CJK_LOCAL_MAX CJK characters, cut after a word that ends
+    the sentence part before a name (`请联系张三@…` keeps `请联系`)."""
+    for m in _DOMAIN.finditer(text):
+        at = m.start()
+        head = text[:at]
+        start = at
+        if latin := _LOCAL_RUN.search(head):
+            start = latin.start()
+        elif cjk := _CJK_RUN.search(head):
+            name = cjk.group(0)[-CJK_LOCAL_MAX:]
+            for word in _CJK_LEAD_WORDS:
+                cut = name.rfind(word)
+                if cut >= 0 and cut + len(word) < len(name):
+                    name = name[cut + len(word):]
+            start -= len(name)
+        if start < at:
+            yield start, m.end()
+
+
+_CITATION = re.compile(r"\[\d{1,3}\]")
+
+
+def _phones(text: str) -> Iterator[Span]:
+    import phonenumbers
+
+    # libphonenumber reads a citation right after a number (`0199[1]`) as part of it and then rejects the
+    # whole; blanking citations (same length, so offsets hold) lets it see the number.
+    masked = _CITATION.sub(lambda m: " " * len(m.group(0)), text)
+    for region in PHONE_REGIONS:
+        for m in phonenumbers.PhoneNumberMatcher(masked, region, leniency=phonenumbers.Leniency.VALID):
+            yield m.start, m.end
+
+
+def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
+    # Order matters: keys first (they can contain @, digits and hex), then e-mail (before
+    # @handles), mentions, phones, long hex and high-entropy leftovers.
+    return ([(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[:1]]
+            + [("detect-secrets", _detect_secrets, "<TOKEN>")]
+            + [(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[1:]]
+            + [("email", _emails, "<EMAIL>")]
+            + [(name, _spans(p), ph) for name, p, ph in _MENTION_RULES]
+            + [("phone", _phones, "<PHONE>"), (_HEX[0], _spans(_HEX[1]), _HEX[2]),
+               ("high entropy", _entropy, "<SECRET>")])
+
+
+KINDS = list(dict.fromkeys(name for name, _, _ in _rules()))
+
+
+def _apply(text: str, find: Callable[[str], Iterator[Span]], placeholder: str) -> tuple[str, list[str]]:
+    """`text` with every span `find` reports replaced (overlaps merged), and the replaced strings."""
+    spans: list[list[int]] = []
+    for start, end in sorted(set(find(text))):
+        if spans and start < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        elif end > start:
+            spans.append([start, end])
+    if not spans:
+        return text, []
+    out, pos = [], 0
+    for start, end in spans:
+        out += [text[pos:start], placeholder]
+        pos = end
+    return "".join(out) + text[pos:], [text[s:e] for s, e in spans]
 
 
 def findings(text: str) -> list[tuple[str, str]]:
     """(kind, matched text) for everything `scrub` would replace, in rule order: for review screens and tests."""
+    text = text or ""
     found = []
-    for name, pattern, placeholder in _RULES:
-        found += [(name, m.group(0)) for m in pattern.finditer(text or "")]
-        text = pattern.sub(placeholder, text or "")
+    for name, find, placeholder in _rules():
+        text, hits = _apply(text, find, placeholder)
+        found += [(name, h) for h in hits]
     return found
+
+
+def scrub(text: str) -> str:
+    """The text with every e-mail, phone number, token, key, secret and user mention replaced by a placeholder."""
+    text = text or ""
+    for _, find, placeholder in _rules():
+        text, _ = _apply(text, find, placeholder)
+    return text

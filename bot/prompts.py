@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from . import control_tokens
 from .textproc import is_mostly_english
 
 SYSTEM_ZH = (
@@ -39,8 +40,6 @@ NO_PASSAGES = "(no passages found)"
 CITATION_RE = re.compile(r"\[(\d{1,2})\]")
 # `<passages>`, `</passage>`, `< /PASSAGE` ...: what could close or open a block in the prompt.
 _DELIMITER_RE = re.compile(r"<(\s*/?\s*passages?)(?![a-z])", re.IGNORECASE)
-# Chat-template special tokens (`<|im_start|>`, `<|endoftext|>`): a tokenizer turns them into real turn markers.
-_CHAT_TOKEN_RE = re.compile(r"<\|[^|<>\s]{1,40}\|>")
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,10 @@ def quoted(text: str) -> str:
     """Text from a document or a person, made unable to pose as prompt structure.
 
     Delimiter look-alikes get a guillemet for their `<` (`‹/passages>` still
-    reads the same to a person) and chat-template tokens become a space;
-    everything else is left as written."""
-    return _DELIMITER_RE.sub(lambda m: "‹" + m.group(1), _CHAT_TOKEN_RE.sub(" ", text))
+    reads the same to a person) and chat-template tokens are made inert
+    (`control_tokens.defuse`: `<|…|>` becomes a space, `<tool_call>` becomes
+    `‹tool_call>`); everything else is left as written."""
+    return _DELIMITER_RE.sub(lambda m: "‹" + m.group(1), control_tokens.defuse(text))
 
 
 def _attribute(text: str) -> str:
@@ -147,8 +147,11 @@ def build_messages(
 
 
 def training_messages(question: str, passages: Sequence[Passage], answer: str, **budgets) -> list[dict]:
-    """A supervised example: the serving prompt plus the answer as the assistant turn."""
-    return build_messages(question, passages, **budgets) + [{"role": "assistant", "content": answer}]
+    """A supervised example: the serving prompt plus the answer as the assistant turn.
+
+    The answer is quoted like everything else: a target is text to learn, and a control token in it would
+    teach the model to end its turn or open a new one."""
+    return build_messages(question, passages, **budgets) + [{"role": "assistant", "content": quoted(answer)}]
 
 
 def cited_numbers(answer: str) -> list[int]:

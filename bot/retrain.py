@@ -93,7 +93,8 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
     gen.adapters_dir = None  # evaluation picks adapters itself; the serving pointer must not switch them
     timings["load_s"] = time.perf_counter() - t0
 
-    snap = snapshot.build(db, count=gen.count_tokens, context_budget=budget)
+    # With the tokenizer, the snapshot checks at token-id level that no control token sits inside any text.
+    snap = snapshot.build(db, count=gen.count_tokens, context_budget=budget, tokenizer=gen.tokenizer)
     if not snap.train or not snap.new:
         why = ("no accepted feedback to learn from" if not snap.train else
                "no new accepted feedback since the last promoted adapter learned it all")
@@ -165,7 +166,8 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
             "version": version, "job": job_id, "created_at": time.time(), "parent": parent, "init": init,
             "preset": recipe.name, "base_model": {"id": gen.model_id, "revision": gen.revision,
                                                   "quantized_4bit": gen.quantized},
-            "data": {"hash": snap.data_hash, **snap.counts, "files": files, "negatives_note": NEGATIVES_NOTE},
+            "data": {"hash": snap.data_hash, **snap.counts, "files": files, "negatives_note": NEGATIVES_NOTE,
+                     "control_tokens": snap.token_check},
             "recipe": {"lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                                 "target_modules": sorted(lora.target_modules)},
                        **asdict(recipe.training), "steps": steps, "learning_rate": lr, "batch_size": batch,

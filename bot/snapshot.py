@@ -1,7 +1,9 @@
 """Accepted feedback frozen into a training set: examples, held-out split, negatives and a data hash.
 
 What becomes an example (people who opted out contribute nothing, and
-every question and target is scrubbed by `privacy.scrub`):
+every text field, question, target, passages and rejected answer, is
+scrubbed by `privacy.scrub` and has its control tokens defused by
+`prompts.quoted` before it is written anywhere):
 
 - an accepted correction: the question, the passages the asker saw (stored
   with the answer, since the index changes) and the correction as the
@@ -24,6 +26,12 @@ would keep an admin-approved fix from the model for a cycle
 latest correction (corrections beat upvotes). The data hash is sha256 over
 canonical JSON of the examples' content and split, independent of ids and
 of the order in which feedback arrived.
+
+Given the serving tokenizer (`build(..., tokenizer=gen.tokenizer)`, as
+`retrain` does), the builder checks every example at token-id level
+(`control_tokens.assert_clean`): no special or added token id inside any
+message's text, only the chat template's own. A snapshot that fails it
+raises ControlTokenError and nothing is trained.
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import prompts, store
+from . import control_tokens, prompts, store
 from .privacy import scrub
 
 HELDOUT_EVERY = 5  # every 5th new example of a held-out kind, in hash order, is held out ...
@@ -56,6 +64,7 @@ class Snapshot:
     negatives: list[dict] = field(default_factory=list)
     data_hash: str = ""
     new: int = 0  # examples not yet learned by a promoted adapter (train + held-out)
+    token_check: dict = field(default_factory=dict)  # control_tokens.scan's report, when a tokenizer was given
 
     @property
     def counts(self) -> dict:
@@ -85,12 +94,18 @@ class Snapshot:
         return files
 
 
+def clean(text: str) -> str:
+    """Text as a snapshot may write it: personal data scrubbed, control tokens defused."""
+    return prompts.quoted(scrub(text))
+
+
 def _passages(row: dict) -> list[prompts.Passage]:
-    return [prompts.Passage(p.get("doc", ""), p.get("heading", ""), p.get("text", "")) for p in row["passages"]]
+    return [prompts.Passage(clean(p.get("doc", "")), clean(p.get("heading", "")), clean(p.get("text", "")))
+            for p in row["passages"]]
 
 
 def _example(kind: str, row: dict, target: str, budgets: dict, **ids) -> dict:
-    question, target = scrub(row["question"]), scrub(target)
+    question, target = clean(row["question"]), clean(target)
     shown = _passages(row)
     content = {"kind": kind, "question": question, "target": target,
                "passages": [[p.doc, p.heading, p.text] for p in shown]}
@@ -101,14 +116,14 @@ def _example(kind: str, row: dict, target: str, budgets: dict, **ids) -> dict:
 
 def build(db, *, count: Callable[[str], int] = len, context_budget: int = 10**9,
           heldout_every: int = HELDOUT_EVERY, heldout_min: int = HELDOUT_MIN,
-          heldout_kinds: tuple[str, ...] = HELDOUT_KINDS) -> Snapshot:
+          heldout_kinds: tuple[str, ...] = HELDOUT_KINDS, tokenizer=None) -> Snapshot:
     """The current training set from the database.
 
     `count` and `context_budget` must be the serving ones (the tokenizer's
     count and the preset's budget) for the messages to match serving; the
     passages stored with an answer already fit that budget, so the defaults
     keep them all and give the same messages. The data hash does not depend
-    on them."""
+    on them. `tokenizer`: check every example against it (see above)."""
     budgets = {"count": count, "context_budget": context_budget}
     excluded = store.opted_out(db)
     chosen: dict[str, dict] = {}  # prompt hash -> example; later corrections replace earlier ones
@@ -124,7 +139,7 @@ def build(db, *, count: Callable[[str], int] = len, context_budget: int = 10**9,
             ex = _example("correction", row, c["text"], budgets, correction_id=c["id"], answer_id=row["id"],
                           new=c["used_in"] is None)
             if -1 in votes:  # the answer it replaces, for a preference objective later
-                ex["rejected"] = scrub(row["answer"])
+                ex["rejected"] = clean(row["answer"])
             held = chosen.get(ex["prompt_hash"])
             if held is None or held["kind"] != "correction" or when[held["hash"]] <= c["created_at"]:
                 chosen[ex["prompt_hash"]], when[ex["hash"]] = ex, c["created_at"]
@@ -150,4 +165,9 @@ def build(db, *, count: Callable[[str], int] = len, context_budget: int = 10**9,
                     heldout=[e for e in examples if e["hash"] in held_hashes],
                     negatives=sorted(negatives.values(), key=lambda e: e["hash"]), new=len(fresh))
     snap.data_hash = _sha({"train": [e["hash"] for e in snap.train], "heldout": [e["hash"] for e in snap.heldout]})
+    if tokenizer is not None:
+        parts = snap.train + snap.heldout + snap.negatives
+        rejected = [[{"role": "assistant", "content": e["rejected"]}] for e in parts if "rejected" in e]
+        report = control_tokens.assert_clean([e["messages"] for e in parts] + rejected, tokenizer)
+        snap.token_check = {k: v for k, v in report.items() if k != "details"}
     return snap

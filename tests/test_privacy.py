@@ -45,3 +45,28 @@ def test_scrub_is_idempotent_and_empty_safe():
     once = scrub(text)
     assert scrub(once) == once
     assert scrub("") == "" and scrub(None) == ""
+
+
+@pytest.mark.parametrize("text,expected", [
+    # The local part of a CJK e-mail is the name right before @, not the sentence before it.
+    ("请联系张三@example.com，谢谢", "请联系<EMAIL>，谢谢"),
+    ("发给李@例子.中国请回复", "发给<EMAIL>请回复"),
+    ("联系josé@example.com吧", "联系<EMAIL>吧"),
+    ("我的邮箱是欧阳娜娜@example.org。", "我的邮箱是<EMAIL>。"),
+    # No \b between CJK and ASCII: keys glued to Chinese words are found.
+    ("令牌xoxb-1234567890-0987654321-AbCdEfGhIjKl请保管", "令牌<TOKEN>请保管"),
+    ("访问密钥AKIAIOSFODNN7EXAMPLE", "访问密钥<TOKEN>"),
+    ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "AWS_SECRET_ACCESS_KEY=<SECRET>"),
+    ("电话１３８００１３８０００，谢谢", "电话<PHONE>，谢谢"),
+    # A citation right after a number does not hide it from libphonenumber.
+    ("Phone: +1 212 555 0199[1]", "Phone: <PHONE>[1]"),
+])
+def test_unicode_boundaries(text, expected):
+    assert scrub(text) == expected
+
+
+def test_numbers_that_are_not_phones_stay():
+    for text in ["2024-03-15 10:30", "订单号 20240315001", "共 1500000000 人", "ISBN 978-7-111-12345-6",
+                 "价格 ¥1,299.99", "v2.3.1", "12345678", "从 1999 年到 2023 年", "第 3 季度营收 12,345,678 元。",
+                 "坐标 39.9042, 116.4074", "密码错误，请重试。"]:
+        assert scrub(text) == text, text
