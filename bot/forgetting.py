@@ -23,10 +23,10 @@ deletion goes in three steps:
    note stay, so the history reads). When nothing is left to train on, the
    pointer goes back to the newest clean ancestor, or the base model.
 
-A version trained while the forget ran (its snapshot built before) is not
-seen here: the run that wrote it is already past the snapshot; its `new`
-examples are re-checked by the next forget or purge only. Each step writes
-an audit row with ids and counts.
+A job training while the forget ran built its snapshot before and writes its
+version after: the deleted ids (ids only, never text) are kept for a few days
+(store `forgotten`), and `after_job` cleans and marks that version by them.
+Each step writes an audit row with ids and counts.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 REDACTED = "<FORGOTTEN>"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 NOTE = "WEIGHTS-DELETED.txt"
-ID_KEYS = {"answer_id": "answer_ids", "correction_id": "correction_ids"}
+# How long forgotten ids are kept for a job that was training when they were deleted: past any job's run.
+KEEP_IDS_S = 3 * 86400.0
 TEXT_KEYS = ("question", "reference", "answer", "target", "rejected")
 
 
@@ -200,6 +201,25 @@ def clean_ancestor(adapters_dir: Path, version: str | None) -> str | None:
     return None
 
 
+def _redact(dirs: list[Path], trace: Trace) -> tuple[int, int, dict[str, int]]:
+    """(files rewritten, rows redacted, {version: train.jsonl rows dropped}) over these version folders."""
+    changed: set[Path] = set()
+    rows, trained = 0, {}
+    for folder in dirs:  # first the files with ids: their rows' texts find the rows of the files without
+        for f in sorted(folder.glob("*.jsonl")):
+            if n := _redact_jsonl(f, trace):
+                changed.add(f)
+                rows += n
+                if f.name == "train.jsonl":
+                    trained[folder.name] = n
+    for folder in dirs:
+        for f in sorted(folder.glob("*.json")):
+            if n := _redact_json(f, trace):
+                changed.add(f)
+                rows += n
+    return len(changed), rows, trained
+
+
 def _update_card(folder: Path, **changes) -> None:
     c = card(folder)
     for key, value in changes.items():
@@ -216,7 +236,7 @@ def _delete_weights(folder: Path, why: str) -> bool:
         f.unlink(missing_ok=True)
     # The card and adapter_config.json stay (no personal text, and the history must still read);
     # without weights, promote/rollback/load refuse the folder with "no weights".
-    (folder / NOTE).write_text(f"The weights of {folder.name} were deleted {time.strftime('%Y-%m-%d %H:%M:%S')} "
+    (folder / NOTE).write_text(f"The weights of {folder.name} were deleted {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} "
                                f"UTC: it was trained on data that was forgotten ({why}). See card.json.\n",
                                encoding="utf-8")
     _update_card(folder, weights_deleted={"at": time.time(), "why": why, "files": [f.name for f in files]})
@@ -237,27 +257,21 @@ def erase(db, adapters_dir: Path, trace: Trace, delete: Callable[[], dict], *, w
     where the other order would lose the texts that find the rows in the files. The retrain is queued
     last: its snapshot must not see the rows."""
     out = {"files": 0, "rows": 0, "marked": [], "weights_deleted": [], "retrain_job": None}
+    rows_delete = delete
+
+    def delete() -> dict:
+        counts = rows_delete()
+        # Ids only: a job already past its snapshot finds these rows in its version by them (after_job).
+        store.record_forgotten(db, trace.answer_ids, trace.correction_ids, why)
+        return counts
+
     if adapters_dir is None:  # no adapter folder here (a test's commands, a database-only purge)
         return {**delete(), "adapters": out}
     adapters_dir = Path(adapters_dir)
     dirs = version_dirs(adapters_dir)
     if not trace or not dirs:
         return {**delete(), "adapters": out}
-    changed: set[Path] = set()
-    trained: dict[str, int] = {}
-    for folder in dirs:  # first the files with ids: their rows' texts find the rows of the files without
-        for f in sorted(folder.glob("*.jsonl")):
-            if n := _redact_jsonl(f, trace):
-                changed.add(f)
-                out["rows"] += n
-                if f.name == "train.jsonl":
-                    trained[folder.name] = n
-    for folder in dirs:
-        for f in sorted(folder.glob("*.json")):
-            if n := _redact_json(f, trace):
-                changed.add(f)
-                out["rows"] += n
-    out["files"] = len(changed)
+    out["files"], out["rows"], trained = _redact(dirs, trace)
     counts = delete()
     now = time.time()
     for folder in dirs:  # oldest first: a parent is marked before the versions trained from it
@@ -314,12 +328,17 @@ def after_job(db, adapters_dir: Path, result: dict, by: str = "forget") -> dict:
     A marked version in service with nothing left to train on is replaced by its newest clean ancestor
     (or the base model): serving what a forgotten person taught is worse than serving less."""
     adapters_dir = Path(adapters_dir)
+    who = ("system", by)
+    out = {"fallback": None, "weights_deleted": [], "late": None}
+    version = result.get("version")
+    if version and (adapters_dir / version).is_dir():
+        answer_ids, correction_ids = store.forgotten_ids(db, KEEP_IDS_S)
+        if answer_ids or correction_ids:
+            out["late"] = _late(db, adapters_dir / version, Trace(answer_ids, correction_ids), who)
     every = marked(adapters_dir)
-    out = {"fallback": None, "weights_deleted": []}
     if not every:
         return out
     current = hotswap.read_pointer(adapters_dir)
-    who = ("system", by)
     if current in every and result.get("verdict") == "skipped" and not (result.get("counts") or {}).get("train"):
         fallback = clean_ancestor(adapters_dir, current)
         store.record_promotion(db, fallback, current, "forget", by)
@@ -337,6 +356,21 @@ def after_job(db, adapters_dir: Path, result: dict, by: str = "forget") -> dict:
         store.audit(db, *who, "forget weights", current or "base",
                     detail=f"job #{result.get('job')} versions=" + ",".join(out["weights_deleted"]))
     return out
+
+
+def _late(db, folder: Path, trace: Trace, who: tuple[str, str]) -> dict | None:
+    """A version whose job built its snapshot before a forget or purge ran: cleaned by the ids kept."""
+    files, rows, trained = _redact([folder], trace)
+    if not files:
+        return None
+    store.audit(db, *who, "forget redact", folder.name, detail=f"files={files} rows={rows} (snapshot built before)")
+    if trained:
+        _update_card(folder, forgotten={"at": time.time(), "why": "forgotten while it trained",
+                                        "rows": trained[folder.name]})
+        store.audit(db, *who, "forget mark", folder.name, detail=f"versions={folder.name}")
+        if hotswap.read_pointer(folder.parent) == folder.name:
+            queue_retrain(db, who, folder.name)
+    return {"files": files, "rows": rows, "marked": sorted(trained)}
 
 
 def restarting(adapters_dir: Path) -> bool:
