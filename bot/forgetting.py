@@ -236,9 +236,9 @@ def _delete_weights(folder: Path, why: str) -> bool:
         f.unlink(missing_ok=True)
     # The card and adapter_config.json stay (no personal text, and the history must still read);
     # without weights, promote/rollback/load refuse the folder with "no weights".
-    (folder / NOTE).write_text(f"The weights of {folder.name} were deleted {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} "
-                               f"UTC: it was trained on data that was forgotten ({why}). See card.json.\n",
-                               encoding="utf-8")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    (folder / NOTE).write_text(f"The weights of {folder.name} were deleted {when} UTC: it was trained on data "
+                               f"that was forgotten ({why}). See card.json.\n", encoding="utf-8")
     _update_card(folder, weights_deleted={"at": time.time(), "why": why, "files": [f.name for f in files]})
     return bool(files)
 
@@ -257,22 +257,21 @@ def erase(db, adapters_dir: Path, trace: Trace, delete: Callable[[], dict], *, w
     where the other order would lose the texts that find the rows in the files. The retrain is queued
     last: its snapshot must not see the rows."""
     out = {"files": 0, "rows": 0, "marked": [], "weights_deleted": [], "retrain_job": None}
-    rows_delete = delete
 
-    def delete() -> dict:
-        counts = rows_delete()
+    def delete_rows() -> dict:
+        counts = delete()
         # Ids only: a job already past its snapshot finds these rows in its version by them (after_job).
         store.record_forgotten(db, trace.answer_ids, trace.correction_ids, why)
         return counts
 
     if adapters_dir is None:  # no adapter folder here (a test's commands, a database-only purge)
-        return {**delete(), "adapters": out}
+        return {**delete_rows(), "adapters": out}
     adapters_dir = Path(adapters_dir)
     dirs = version_dirs(adapters_dir)
     if not trace or not dirs:
-        return {**delete(), "adapters": out}
+        return {**delete_rows(), "adapters": out}
     out["files"], out["rows"], trained = _redact(dirs, trace)
-    counts = delete()
+    counts = delete_rows()
     now = time.time()
     for folder in dirs:  # oldest first: a parent is marked before the versions trained from it
         parent = card(folder).get("parent")
@@ -318,7 +317,8 @@ def queue_retrain(db, by: tuple[str, str], target: str, *, enqueue: bool = True)
 
     waiting = store.list_jobs(db, limit=1, states=("queued",))
     job_id = waiting[0]["id"] if waiting else jobs.submit(db, f"{by[0]}:{by[1]}", kind="forget", enqueue=enqueue)
-    store.audit(db, *by, "forget retrain", f"#{job_id}", detail=f"for {target}" + (" (already queued)" if waiting else ""))
+    store.audit(db, *by, "forget retrain", f"#{job_id}",
+                detail=f"for {target}" + (" (already queued)" if waiting else ""))
     return job_id
 
 
