@@ -74,7 +74,9 @@ def cmd_ask(args) -> int:
         return 2
     answerer = _answerer(_db(), args.model)
     stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
-    result = answerer.ask(args.question, answering.Context(platform="cli", user=args.user or ""), on_token=stream)
+    # `--user slack:U1` asks as that person (so `forget slack:U1` finds it); a plain name is the operator's.
+    platform, user = _who(args.user) if args.user else ("cli", "")
+    result = answerer.ask(args.question, answering.Context(platform=platform, user=user), on_token=stream)
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
         return 0
@@ -358,11 +360,15 @@ def cmd_forget(args) -> int:
         return 2
     db = _db()
     platform, user = _who(args.user.strip())
-    counts = feedback.forget(db, platform, user)
-    feedback.opt_out(db, platform, user)
-    _audit(db, "forget", f"{platform}:{user}", "ok", " ".join(f"{k}={v}" for k, v in counts.items()))
+    counts = feedback.forget(db, platform, user, adapters_dir=config.get("BOT_ADAPTERS_DIR"), by=("cli", "operator"))
+    _audit(db, "forget", f"{platform}:{user}", "ok", feedback.forget_detail(counts))
+    files = counts["adapters"]
+    retrain = (f"; retrain job #{files['retrain_job']} queued (their weights are deleted once it replaces them)"
+               if files["retrain_job"] else "")
     _out(args, {"user": f"{platform}:{user}", **counts, "opted_out": True},
-         f"{platform}:{user}: deleted {counts['answers']} question(s), {counts['votes']} vote(s), "
+         f"{platform}:{user}: {files['rows']} copy(ies) removed from {files['files']} adapter file(s), "
+         f"{len(files['marked'])} version(s) marked as trained on them{retrain}; "
+         f"deleted {counts['answers']} question(s), {counts['votes']} vote(s), "
          f"{counts['corrections']} correction(s); opted out of training")
     return 0
 
@@ -459,7 +465,7 @@ def cmd_adapters(args) -> int:
         info = registry.listing(adapters_dir)
         lines = [f"{'*' if v['version'] == info['in_service'] else ' '} {v['version']}"
                  f"{' (' + v['verdict'] + ')' if v.get('verdict') else ''}{commands.metric_text(v['metrics'] or {})}"
-                 for v in info["versions"]]
+                 f"{commands.forgotten_text(v)}" for v in info["versions"]]
         _out(args, info, "\n".join(lines) + f"\nin service: {info['in_service'] or 'the base model'}")
         return 0
     if args.action == "chart":
@@ -508,7 +514,7 @@ def cmd_purge(args) -> int:
         _out(args, {"days": 0, "answers": 0, "votes": 0, "corrections": 0},
              "BOT_RETENTION_DAYS=0 keeps everything; nothing purged (give --days N to purge anyway)")
         return 0
-    done = retention.purge(_db(), days, by=("cli", "operator"))
+    done = retention.purge(_db(), days, by=("cli", "operator"), adapters_dir=config.get("BOT_ADAPTERS_DIR"))
     _out(args, done, f"deleted {done['answers']} question(s), {done['votes']} vote(s) and "
                      f"{done['corrections']} correction(s) older than {days} days")
     return 0
@@ -561,7 +567,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ask", help="answer a question with the model and numbered sources")
     s.add_argument("question")
     s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
-    s.add_argument("--user", default=None, help="who is asking (recorded with the answer)")
+    s.add_argument("--user", default=None,
+                   help="who is asking (recorded with the answer): `platform:user` for that person, else an operator name")
     s.add_argument("--json", action="store_true", help='print {"id", "answer", "citations", "mode", "model", "adapter", "ms"}')
     s.set_defaults(fn=cmd_ask)
 

@@ -274,16 +274,21 @@ class Commands:
                          "It only ever applies to you.", ok=False, private=True)
         me = feedback.person(caller.platform, caller.user)
         try:
-            counts = feedback.forget(self.db, caller.platform, caller.user)
-            feedback.opt_out(self.db, caller.platform, caller.user)
+            counts = feedback.forget(self.db, caller.platform, caller.user, adapters_dir=self.adapters_dir,
+                                     enqueue=self.enqueue)
         except Exception as e:
             return self._failed(caller, "forget", me, e)
-        self._audit(caller, "forget", me, "ok", " ".join(f"{k}={v}" for k, v in counts.items()))
+        self._audit(caller, "forget", me, "ok", feedback.forget_detail(counts))
+        files = counts["adapters"]
+        model = (f" {len(files['marked'])} adapter version(s) had learned from it: a retrain without it is queued "
+                 f"(job #{files['retrain_job']}), and their weights are deleted once it replaces them."
+                 if files["retrain_job"] else
+                 f" {len(files['marked'])} adapter version(s) out of service had learned from it: their weights "
+                 "are deleted." if files["marked"] else "")
         return Reply(f"Deleted {counts['answers']} question(s), {counts['votes']} vote(s) and "
-                     f"{counts['corrections']} correction(s); you are opted out of training from now on "
-                     "(`/feedback optin` undoes that). An adapter already trained keeps what it learned "
-                     "until the next training run, which no longer sees your data.",
-                     private=True, data=counts)
+                     f"{counts['corrections']} correction(s), and {files['rows']} copy(ies) of them in "
+                     f"{files['files']} training file(s); you are opted out of training from now on "
+                     f"(`/feedback optin` undoes that).{model}", private=True, data=counts)
 
     # -- training and adapters -----------------------------------------------
 
@@ -344,7 +349,7 @@ class Commands:
                 return Reply("No adapter versions yet: the base model serves.", private=True, data=info)
             lines = [f"{'▶' if v['version'] == info['in_service'] else '•'} {v['version']}"
                      f"{' (' + v['verdict'] + ')' if v.get('verdict') else ''}{metric_text(v.get('metrics') or {})}"
-                     for v in info["versions"]]
+                     f"{forgotten_text(v)}" for v in info["versions"]]
             return Reply("Adapter versions (▶ in service):\n" + "\n".join(lines), private=True, data=info)
         if action == "chart":
             from . import charts
@@ -397,6 +402,14 @@ def _short(text: str, n: int) -> str:
 def _sentence(message) -> str:
     text = str(message)
     return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+def forgotten_text(version: dict) -> str:
+    """` ⚠ trained on forgotten data (retrain queued)` for a marked version of `registry.listing`."""
+    if not version.get("forgotten"):
+        return ""
+    return " ⚠ trained on forgotten data" + (", weights deleted" if not version.get("weights") else
+                                              ": replaced at the next training job")
 
 
 def metric_text(metrics: dict) -> str:

@@ -95,10 +95,18 @@ def is_opted_out(db, platform: str, user: str) -> bool:
     return (platform, user) in store.opted_out(db)
 
 
-def forget(db, platform: str, user: str) -> dict:
+def forget(db, platform: str, user: str, *, adapters_dir=None, by: tuple[str, str] | None = None,
+           enqueue: bool = True) -> dict:
     """Delete what this person asked (answers rows, with everyone's feedback on them), their votes and
-    corrections: `{"answers": n, "votes": n, "corrections": n}`.
+    corrections, opt them out, and take the same rows out of every adapter version folder (bot.forgetting):
+    `{"answers": n, "votes": n, "corrections": n, "adapters": {"files", "rows", "marked", "weights_deleted",
+    "retrain_job"}}`. `adapters_dir` None: no adapter folder to clean (the database only).
+    `by`: who asked, for the audit rows (default: the person)."""
+    from . import forgetting
 
-    An adapter already trained on their data keeps what it learned until the
-    next retrain, whose snapshot no longer holds it."""
-    return store.forget_user(db, platform, user)
+    return forgetting.forget_person(db, adapters_dir, platform, user, by=by or (platform, user), enqueue=enqueue)
+
+
+def forget_detail(counts: dict) -> str:
+    """The audit detail of a forget: counts only (what reached the adapter folders has audit rows of its own)."""
+    return " ".join(f"{k}={counts[k]}" for k in ("answers", "votes", "corrections"))

@@ -25,7 +25,7 @@ from huey import RedisHuey, SqliteHuey, crontab
 from huey.exceptions import TaskLockedException
 from huey.storage import SqliteStorage
 
-from . import config, evaluation, registry, retrain, snapshot, store
+from . import config, evaluation, forgetting, registry, retrain, snapshot, store
 
 log = logging.getLogger(__name__)
 LOCK = "gpu"
@@ -155,6 +155,10 @@ def execute(db, job_id: int, **overrides) -> dict:
     verdict = result["verdict"]
     store.update_job(db, job_id, state=verdict, verdict=verdict, version=result.get("version"),
                      data_hash=result.get("data_hash"), result=json.dumps(result, ensure_ascii=False))
+    try:  # versions trained on forgotten data: their weights go once a clean version serves
+        forgetting.after_job(db, settings["adapters_dir"], result, by=f"job:{job_id}")
+    except Exception:
+        log.exception("job %s: cleaning up after forgotten data failed; the next job tries again", job_id)
     line = "; ".join(evaluation.metric_parts(result.get("metrics", {})))
     if verdict == "promoted":
         _say(db, job, f"Job #{job_id}: {result['version']} promoted; it answers from the next question. {line}")

@@ -36,11 +36,16 @@ def card(adapters_dir: Path, version: str) -> dict:
 
 
 def listing(adapters_dir: Path) -> dict:
-    """`{"in_service": V or None, "versions": [{"version", "verdict", "metrics"}]}` (the `adapters list --json` shape)."""
+    """`{"in_service": V or None, "versions": [{"version", "verdict", "metrics", "forgotten", "weights"}]}`
+    (the `adapters list --json` shape). `forgotten`: the card's marks, [] for a clean version;
+    `weights`: False once they were deleted for it."""
+    from .forgetting import weights
+
     out = []
     for v in versions(adapters_dir):
         c = card(adapters_dir, v)
-        out.append({"version": v, "verdict": c.get("verdict"), "metrics": c.get("metrics", {})})
+        out.append({"version": v, "verdict": c.get("verdict"), "metrics": c.get("metrics", {}),
+                    "forgotten": c.get("forgotten", []), "weights": bool(weights(Path(adapters_dir) / v))})
     return {"in_service": read_pointer(Path(adapters_dir)) if Path(adapters_dir).is_dir() else None, "versions": out}
 
 

@@ -5,8 +5,10 @@ bot.jobs is imported); `python -m bot purge` does the same now. Each purge
 deletes in one transaction (store.purge_before), keeps the answer counters of
 /metrics whole (metrics.record_purged), and writes an audit row with the
 counts only: what was deleted was chat text, and the audit trail must not
-become a second copy of it. Jobs, adapters and the audit trail hold no chat
-text and stay.
+become a second copy of it. The same rows leave the adapter version folders
+(bot.forgetting: snapshots and evaluation reports rewritten, versions trained
+on them marked, a retrain queued, their weights deleted once a clean version
+serves). Jobs and the audit trail hold no chat text and stay.
 """
 from __future__ import annotations
 
@@ -25,20 +27,29 @@ DAY_S = 86400.0
 PURGE_AT = {"minute": "30", "hour": "4"}
 
 
-def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now: float | None = None) -> dict:
-    """Delete answers older than `days` days with their votes and corrections; the counts, audited.
+def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now: float | None = None,
+          adapters_dir=None, enqueue: bool = True) -> dict:
+    """Delete answers older than `days` days with their votes and corrections, from the database and
+    from every adapter version folder (bot.forgetting); the counts, audited.
 
     `by` is the (platform, user) recorded in the audit row: the schedule, or the CLI operator."""
     if days <= 0:
         raise ValueError(f"a purge needs a positive number of days, not {days}")
-    from . import metrics  # prometheus_client: only where a purge actually runs
+    from . import forgetting, metrics  # prometheus_client: only where a purge actually runs
 
     cutoff = (time.time() if now is None else now) - days * DAY_S
     gone = metrics.purge_stats(db, cutoff)
-    counts = store.purge_before(db, cutoff)
-    metrics.record_purged(db, gone)
-    store.audit(db, by[0], by[1], "purge", target=f"older than {days:g} days", detail=json.dumps(counts))
-    return {"days": days, "cutoff": cutoff, **counts}
+    target = f"older than {days:g} days"
+
+    def delete() -> dict:
+        counts = store.purge_before(db, cutoff)
+        metrics.record_purged(db, gone)
+        store.audit(db, by[0], by[1], "purge", target=target, detail=json.dumps(counts))
+        return counts
+
+    done = forgetting.erase(db, adapters_dir, forgetting.collect_before(db, cutoff),
+                            delete, why="retention", by=by, target=target, enqueue=enqueue)
+    return {"days": days, "cutoff": cutoff, **done}
 
 
 @huey.periodic_task(crontab(**PURGE_AT))
@@ -48,7 +59,7 @@ def purge_old() -> dict | None:
     if days <= 0:
         log.info("retention purge skipped: BOT_RETENTION_DAYS=0 keeps everything")
         return None
-    result = purge(store.connect(config.get("BOT_DB")), days)
+    result = purge(store.connect(config.get("BOT_DB")), days, adapters_dir=config.get("BOT_ADAPTERS_DIR"))
     log.info("retention purge: %d answers, %d votes, %d corrections older than %s days deleted",
              result["answers"], result["votes"], result["corrections"], days,
              extra={k: result[k] for k in ("days", "answers", "votes", "corrections")})

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import evaluation, hotswap, registry, snapshot, store
+from . import evaluation, forgetting, hotswap, registry, snapshot, store
 
 VERSION_RE = re.compile(r"^(?:\.tmp-)?v(\d{4,})$")
 NEGATIVES_NOTE = ("downvoted answers without a correction, kept for a preference objective (KTO/DPO); "
@@ -51,6 +51,12 @@ def _parent(adapters_dir: Path, gen) -> tuple[str | None, str]:
     current = hotswap.read_pointer(adapters_dir)
     if current is None:
         return None, "base model (no adapter in service)"
+    if registry.card(adapters_dir, current).get("forgotten"):
+        # Its weights hold forgotten data: start again from before it learned any.
+        marked, current = current, forgetting.clean_ancestor(adapters_dir, current)
+        if current is None:
+            return None, f"base model ({marked} was trained on forgotten data, with no clean ancestor)"
+        return current, f"{current} (the newest clean ancestor of {marked}, which was trained on forgotten data)"
     try:
         hotswap.check_name(current)
         hotswap.check_folder(adapters_dir / current)
@@ -95,6 +101,11 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
 
     # With the tokenizer, the snapshot checks at token-id level that no control token sits inside any text.
     snap = snapshot.build(db, count=gen.count_tokens, context_budget=budget, tokenizer=gen.tokenizer)
+    if forgetting.restarting(adapters_dir):
+        # The adapter in service is being replaced from a clean ancestor: everything is to learn again.
+        for e in snap.train + snap.heldout:
+            e["new"] = True
+        snap.new = len(snap.train) + len(snap.heldout)
     if not snap.train or not snap.new:
         why = ("no accepted feedback to learn from" if not snap.train else
                "no new accepted feedback since the last promoted adapter learned it all")

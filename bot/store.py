@@ -131,6 +131,15 @@ def m006_outbox_errors(db: sqlite_utils.Database) -> None:
     db["outbox"].add_column("dropped", str)
 
 
+@migration
+def m008_forget(db: sqlite_utils.Database) -> None:
+    # Ids (never text) of answers and corrections deleted by forget or the retention purge, for a
+    # few days: a training job that built its snapshot before the deletion writes its version after
+    # it, and bot.forgetting.after_job finds their rows there by these ids.
+    db["forgotten"].create({"kind": str, "id": str, "at": float, "why": str}, pk=("kind", "id"))
+    db["forgotten"].create_index(["at"])
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -609,6 +618,22 @@ def audit_log(db, limit: int = 50, action: str | None = None) -> list[dict]:
     if action:
         return list(db.query("select * from audit where action = ? order by id desc limit ?", [action, limit]))
     return list(db.query("select * from audit order by id desc limit ?", [limit]))
+
+
+def record_forgotten(db, answer_ids: Iterable[str], correction_ids: Iterable[int], why: str) -> None:
+    now = time.time()
+    with db.conn:
+        db.conn.executemany("insert or replace into forgotten (kind, id, at, why) values (?, ?, ?, ?)",
+                            [("answer", a, now, why) for a in answer_ids]
+                            + [("correction", str(c), now, why) for c in correction_ids])
+
+
+def forgotten_ids(db, keep_s: float) -> tuple[set[str], set[int]]:
+    """Answer and correction ids forgotten within `keep_s` seconds; older ones are dropped here."""
+    with db.conn:
+        db.execute("delete from forgotten where at < ?", [time.time() - keep_s])
+    rows = db.execute("select kind, id from forgotten").fetchall()
+    return {i for k, i in rows if k == "answer"}, {int(i) for k, i in rows if k == "correction"}
 
 
 def purge_before(db, cutoff: float) -> dict:

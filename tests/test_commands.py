@@ -112,7 +112,7 @@ def test_forget_me_deletes_your_data_and_opts_you_out(cmds):
     cmds.correct(USER, theirs.id, "FairScale 是一个训练库。")
     assert not cmds.forget(USER, "everyone").ok
     reply = cmds.forget(USER, "me")
-    assert reply.data == {"answers": 1, "votes": 1, "corrections": 1}
+    assert {k: reply.data[k] for k in ("answers", "votes", "corrections")} == {"answers": 1, "votes": 1, "corrections": 1}
     assert store.answer(cmds.db, mine.id) is None and store.answer(cmds.db, theirs.id) is not None
     assert ("slack", "U1") in store.opted_out(cmds.db)
     assert cmds.feedback_command(USER, "optin").ok and ("slack", "U1") not in store.opted_out(cmds.db)

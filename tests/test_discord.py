@@ -511,6 +511,23 @@ async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(rec, bot)
 
 
 @pytest.mark.asyncio
+async def test_a_question_asked_through_discord_is_found_by_the_cli_forget(rec, bot, db_path, monkeypatch, capsys):
+    """One identity whichever door: the Discord door records discord:USER, and `forget discord:USER` finds it."""
+    import json
+
+    from bot import cli
+
+    client = await bot(Scripted(EDGE))
+    mine = await ask_and_wait(rec, client)
+    assert (store.answer(client.kb.db, mine)["platform"], store.answer(client.kb.db, mine)["user"]) == ("discord", USER)
+    monkeypatch.setenv("BOT_DB", str(db_path))
+    monkeypatch.setenv("BOT_ADAPTERS_DIR", str(db_path.parent / "adapters"))
+    assert cli.main(["forget", f"discord:{USER}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"] == 1
+    assert store.answer(client.kb.db, mine) is None
+
+
+@pytest.mark.asyncio
 async def test_feedback_review_is_refused_to_others_and_accepts_for_admins(rec, bot):
     client = await bot(Scripted(EDGE))
     answer_id = await ask_and_wait(rec, client)

@@ -224,7 +224,9 @@ def test_every_privileged_action_is_audited_refused_failed_and_done_with_ids_onl
         ("feedback review", "pending", "ok"), ("feedback accept", f"#{fix}", "ok"),
         ("feedback reject", f"#{fix}", "error"), ("adapter promote", "v0001", "ok"),
         ("adapter promote", "(not an id)", "error"), ("jobs cancel", f"#{job}", "ok"),
-        ("jobs cancel", "#4242", "error"), ("kb reindex", "", "ok"), ("forget", "slack:U1", "ok")]
+        ("jobs cancel", "#4242", "error"), ("kb reindex", "", "ok"),
+        # v0001 holds none of U1's data: checked (files=0), nothing marked, no retrain.
+        ("forget redact", "slack:U1", "ok"), ("forget", "slack:U1", "ok")]
     assert {(p, u) for p, u, *_ in rows} == {("slack", SLACK_ADMIN), ("slack", "U1")}
     (forgot,) = store.audit_log(kb_db, 1, "forget")
     assert forgot["detail"] == "answers=1 votes=0 corrections=1"
@@ -279,6 +281,7 @@ def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
         ("cli", "operator", "jobs cancel", f"#{job}", "ok"),
         ("cli", "operator", "jobs cancel", "#99999999999999999999999", "error"),
         ("cli", "operator", "train", f"#{train_job}", "ok"),
+        ("cli", "operator", "forget redact", "slack:U7", "ok"),
         ("cli", "operator", "forget", "slack:U7", "ok")]
     assert "边缘计算" not in str(store.audit_log(db, 100))
 

@@ -108,7 +108,9 @@ def test_review_forget_and_bad_input_from_the_cli(loopenv, capsys):
     store.record_answer(db, {**store.answer(db, monkeypatch_free["id"]), "id": "x2", "platform": "slack",
                              "user": "U7"})
     code, out, _ = run(capsys, "forget", "slack:U7", "--json")
-    assert json.loads(out) == {"user": "slack:U7", "answers": 1, "votes": 0, "corrections": 1, "opted_out": True}
+    nothing = {"files": 0, "rows": 0, "marked": [], "weights_deleted": [], "retrain_job": None}
+    assert json.loads(out) == {"user": "slack:U7", "answers": 1, "votes": 0, "corrections": 1, "opted_out": True,
+                               "adapters": nothing}
     assert store.answer(db, "x2") is None and ("slack", "U7") in store.opted_out(db)
 
     code, _, err = run(capsys, "jobs", "cancel", "42")

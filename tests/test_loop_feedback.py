@@ -114,11 +114,13 @@ def test_opt_out_keeps_a_person_out_of_the_snapshot_and_forget_deletes_them(db):
     feedback.opt_in(db, "slack", "U1")
     assert snapshot.build(db).counts["train"] == 2
 
-    counts = feedback.forget(db, "slack", "U1")
-    assert counts == {"answers": 1, "votes": 2, "corrections": 1}
+    counts = feedback.forget(db, "slack", "U1")  # no adapters folder: the database only
+    nothing = {"files": 0, "rows": 0, "marked": [], "weights_deleted": [], "retrain_job": None}
+    assert counts == {"answers": 1, "votes": 2, "corrections": 1, "adapters": nothing}
+    assert feedback.is_opted_out(db, "slack", "U1")
     assert store.answer(db, mine) is None and store.answer(db, theirs) is not None
     assert store.votes(db, theirs) == [v for v in store.votes(db, theirs) if v["user"] == "U3"]
-    assert feedback.forget(db, "slack", "U1") == {"answers": 0, "votes": 0, "corrections": 0}
+    assert feedback.forget(db, "slack", "U1") == {"answers": 0, "votes": 0, "corrections": 0, "adapters": nothing}
 
 
 def test_snapshot_uses_the_passages_the_user_saw_and_scrubs(db):

@@ -445,6 +445,22 @@ async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(slack):
 
 
 @pytest.mark.asyncio
+async def test_a_question_asked_through_slack_is_found_by_the_cli_forget(slack, tmp_path, monkeypatch, capsys):
+    """One identity whichever door: the Slack door records slack:U0CAROL, and `forget slack:U0CAROL` finds it."""
+    from bot import cli
+
+    slack.gen.delay = 0
+    await slack.command("/ask", "什么是边缘计算？", user="U0CAROL")
+    await slack.wait_finals(1)
+    assert [(r["platform"], r["user"]) for r in slack.answers()] == [("slack", "U0CAROL")]
+    monkeypatch.setenv("BOT_DB", str(tmp_path / "bot.db"))
+    monkeypatch.setenv("BOT_ADAPTERS_DIR", str(tmp_path / "adapters"))
+    assert cli.main(["forget", "slack:U0CAROL", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"] == 1
+    assert slack.answers() == []
+
+
+@pytest.mark.asyncio
 async def test_feedback_optout_and_review_is_for_admins_who_accept_a_pending_correction(slack):
     from bot import feedback
 
