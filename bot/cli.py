@@ -529,6 +529,8 @@ def cmd_dashboard(args) -> int:
 def cmd_settings(args) -> int:
     def shown(s):  # secrets are never printed, only whether they are set
         value = config.get(s.name)
+        if value is None and s.default == config.PRESET:
+            return config.PRESET  # not set: the model preset's value applies
         return ("(set)" if value else "(not set)") if s.kind == "secret" else str(value)
 
     rows = [{"name": s.name, "value": shown(s), "default": s.default, "help": s.help} for s in config.SETTINGS]

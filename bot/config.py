@@ -16,6 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PRESET = "preset"  # the default of a setting that overrides a model preset's value only when set
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -50,10 +53,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DISCORD_TOKEN", "", "Discord bot token. The Discord client runs only when it is set.", "secret"),
     Setting("BOT_TRUSTED_REVIEWERS", "", "Comma-separated `platform:user` ids (e.g. `slack:U123,discord:456`) whose corrections are accepted at once; others wait for an admin's review. The CLI operator is always trusted.", "list"),
     Setting("BOT_GOLDEN_SET", "knowledge/eval/golden.jsonl", "Golden question set (JSON lines with `question` and reference `answer`) that every candidate adapter must not regress on.", "path"),
-    Setting("BOT_TRAIN_STEPS", "0", "Optimizer steps per training job; 0 uses the preset's recipe (`[training] steps` in models/<preset>.toml).", "int"),
-    Setting("BOT_GATE_MIN_GAIN", "0.05", "Promotion gate: the candidate must beat the adapter in service on the corrections it learned by this much character F1, or by this many nats of per-token NLL.", "float"),
-    Setting("BOT_GATE_F1_TOLERANCE", "0.02", "Promotion gate: the most character F1 a candidate may lose on the held-out feedback or the golden set.", "float"),
-    Setting("BOT_GATE_NLL_TOLERANCE", "0.05", "Promotion gate: the most per-token NLL (nats) a candidate may gain on the held-out feedback or the golden set.", "float"),
+    Setting("BOT_TRAIN_STEPS", "0", "Exact optimizer steps per training job, overriding the preset; 0 uses the preset's recipe (`[training]` in models/<preset>.toml: steps per example within a floor and a cap, stopping early once every example is learned).", "int"),
+    Setting("BOT_GATE_MIN_GAIN", PRESET, "Promotion gate: the candidate must beat the adapter in service on the corrections it learned by this much character F1, or by this many nats of per-token NLL. `preset` (or empty) uses the preset's (`[gate] min_gain` in models/<preset>.toml).", "float"),
+    Setting("BOT_GATE_F1_TOLERANCE", PRESET, "Promotion gate: the most character F1 a candidate may lose on the replayed examples, the held-out feedback or the golden set. `preset` (or empty) uses the preset's (`[gate] f1_tolerance`).", "float"),
+    Setting("BOT_GATE_NLL_TOLERANCE", PRESET, "Promotion gate: the most per-token NLL (nats) a candidate may gain on the replayed examples, the held-out feedback or the golden set. `preset` (or empty) uses the preset's (`[gate] nll_tolerance`).", "float"),
     Setting("BOT_HUEY_DB", "data/huey.db", "SQLite file of the job queue (huey), used when BOT_REDIS_URL is not set.", "path"),
     Setting("BOT_REDIS_URL", "", "Redis URL for the job queue (huey's RedisHuey) instead of the SQLite file, e.g. redis://localhost:6379/0.", "secret"),
     Setting("BOT_RETRAIN_CRON", "0 3 * * *", "When the worker considers a retrain: five crontab fields (minute hour day month weekday), worker's local time.", "str"),
@@ -91,6 +94,8 @@ def get(name: str, env: dict[str, str] | None = None):
         return Path(raw).expanduser().resolve()
     if setting.kind == "list":
         return [x.strip() for x in raw.split(",") if x.strip()]
+    if setting.default == PRESET and raw.strip().lower() in ("", PRESET):
+        return None  # the caller takes the model preset's value
     if setting.kind == "int":
         try:
             return int(raw)

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import answering, prompts, training
+from . import answering, fitting, prompts, training
 
 _MARKS = re.compile(r"\[\d{1,2}\]|\s+")
 
@@ -91,31 +91,55 @@ def _nll(gen, messages: list[dict], reference: str) -> float:
     return float(out.loss)
 
 
-def evaluate(gen, searcher, items: list[Item], *, k: int = 5, context_budget: int = 1536,
-             max_new_tokens: int | None = None, batch: int = 8) -> dict:
-    """`{"n", "f1", "nll", "rows": [{"question", "reference", "answer", "f1", "nll"}]}`
-    for the adapter active in `gen`."""
-    if not items:
-        return {"n": 0, "f1": None, "nll": None, "rows": []}
-    prepared = []
+def _plans(gen, searcher, items: list[Item], k: int, context_budget: int, max_new_tokens: int | None,
+           fit: fitting.Fit) -> list[tuple[Item, fitting.Plan]]:
+    """Each question's prompt, token limit and scored reference, sized to the context (bot/fitting.py)."""
+    usual = max_new_tokens or gen.preset.generation.max_new_tokens
+
+    def build(question, shown, budget):
+        return prompts.build_messages(question, shown, count=gen.count_tokens, context_budget=budget)
+
+    def encode(text):
+        return gen.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    out = []
     for item in items:
         shown = prompts.fit_passages(searcher.search(item.question, k), context_budget, gen.count_tokens)
-        messages = prompts.build_messages(item.question, shown, count=gen.count_tokens, context_budget=context_budget)
-        prepared.append((item, shown, messages))
-    # Long enough to say the longest reference: a cut-off answer would score the limit, not the model.
-    limit = max([max_new_tokens or 0] + [gen.count_tokens(i.reference) + 8 for i in items])
+        # Long enough to say the whole reference: a cut-off answer would score the limit, not the model.
+        want = max(usual, gen.count_tokens(item.reference) + 8)
+        plan = fitting.plan_question(
+            item.question, item.reference, shown, build=build, count=gen.count_tokens,
+            prompt_tokens=lambda m: gen.count_tokens(gen.render(m)), encode=encode,
+            decode=lambda ids: gen.tokenizer.decode(ids, skip_special_tokens=True),
+            context_length=gen.context_length, budget=context_budget, want=want, usual=min(usual, want), fit=fit)
+        if plan is not None:
+            out.append((item, plan))
+    return out
+
+
+def evaluate(gen, searcher, items: list[Item], *, k: int = 5, context_budget: int = 1536,
+             max_new_tokens: int | None = None, batch: int = 8) -> dict:
+    """`{"n", "f1", "nll", "rows": [{"question", "reference", "answer", "f1", "nll"}], "fit": {...}}`
+    for the adapter active in `gen`; `fit` counts the questions trimmed, cut or skipped to fit the context."""
+    fit = fitting.Fit()
+    prepared = _plans(gen, searcher, items, k, context_budget, max_new_tokens, fit)
+    if not prepared:
+        return {"n": 0, "f1": None, "nll": None, "rows": [], "fit": fit.as_dict()}
     rows = []
     for start in range(0, len(prepared), batch):
         chunk = prepared[start:start + batch]
-        outs = gen.generate_batch([(m, limit, None) for _, _, m in chunk])
-        for (item, shown, messages), out in zip(chunk, outs):
-            text, _, _ = answering.postprocess(out.text, shown)
-            rows.append({"question": item.question, "reference": item.reference, "answer": text,
-                         "f1": round(char_f1(text, item.reference), 4),
-                         "nll": round(_nll(gen, messages, item.reference), 4)})
+        outs = gen.generate_batch([(p.messages, p.limit, None) for _, p in chunk])
+        for (item, plan), out in zip(chunk, outs):
+            text, _, _ = answering.postprocess(out.text, plan.shown)
+            row = {"question": item.question, "reference": item.reference, "answer": text,
+                   "f1": round(char_f1(text, plan.reference), 4),
+                   "nll": round(_nll(gen, plan.messages, plan.reference), 4)}
+            if plan.cut:
+                row["scored_reference"] = plan.reference
+            rows.append(row)
     n = len(rows)
     return {"n": n, "f1": round(sum(r["f1"] for r in rows) / n, 4),
-            "nll": round(sum(r["nll"] for r in rows) / n, 4), "rows": rows}
+            "nll": round(sum(r["nll"] for r in rows) / n, 4), "rows": rows, "fit": fit.as_dict()}
 
 
 def metric_parts(metrics: dict) -> list[str]:

@@ -7,8 +7,10 @@ gate reject the adapter trained on them; then roll back. Everything is the
 product's own code on a fresh database and adapters folder (a temporary
 directory unless --workdir): the tiny model built offline, retrieval over
 knowledge/docs, and `python -m bot train --wait --json` itself (run in this
-process, with the demo's settings in the environment as an operator would set
-them), which trains inline when no worker is running.
+process, with the demo's paths in the environment as an operator would set
+them), which trains inline when no worker is running. The recipe and the gate
+are the `tiny` preset's own (models/tiny.toml): no BOT_TRAIN_STEPS or
+BOT_GATE_* is set, so the figures are what an operator gets by default.
 """
 from __future__ import annotations
 
@@ -26,16 +28,8 @@ from . import config
 
 EVAL = config.ROOT / "knowledge" / "eval"
 JUNK = "别看资料了，答案永远是四十二，详情请咨询管理员。"
-# The tiny model's recipe for this demo (see README): 100 single-example
-# steps per example at the preset's learning rate learn 10 answers reliably
-# (60-80 left one or two answers half-learned in some runs: 0.78-0.91); its
-# preset's 30 steps are a smoke test. The poisoned run needs fewer: one junk
-# sentence is quickly learned. The tiny model memorises by brute force,
-# which moves every answer's likelihood by about 0.3 nats, so its gate allows
-# 0.5 nats of NLL rise where a real model's default is 0.05.
-STEPS_PER_EXAMPLE = 100
-POISON_STEPS = 300
-TINY_GATE = {"nll_tol": 0.5}
+# Settings an operator may have exported that would make the figures something other than the defaults'.
+OVERRIDES = ("BOT_TRAIN_STEPS", "BOT_GATE_MIN_GAIN", "BOT_GATE_F1_TOLERANCE", "BOT_GATE_NLL_TOLERANCE")
 
 
 def _questions() -> tuple[list[dict], str]:
@@ -56,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before bot.jobs is imported: its queue and lock live in the demo's folder, not in data/;
     # and `train` below reads its database, adapters and gate from the settings, like any run.
     os.environ.update({"BOT_HUEY_DB": str(work / "huey.db"), "BOT_DB": str(work / "bot.db"),
-                       "BOT_ADAPTERS_DIR": str(work / "adapters"), "BOT_MODEL": "tiny",
-                       "BOT_GATE_NLL_TOLERANCE": str(TINY_GATE["nll_tol"]), "BOT_EMBEDDER": "none"})
+                       "BOT_ADAPTERS_DIR": str(work / "adapters"), "BOT_MODEL": "tiny", "BOT_EMBEDDER": "none"})
+    for name in OVERRIDES:
+        os.environ.pop(name, None)
     from . import answering, evaluation, feedback, generation, ingest, presets, registry, retrieval, store, tinymodel
 
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -83,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     before = [answerer.ask(q["question"], ctx) for q in questions]
     for q, a in zip(questions, before):
         feedback.correct(db, a.id, q["answer"], "cli", "operator")
-    log(f"train --wait: {len(questions)} corrections, {STEPS_PER_EXAMPLE * len(questions)} steps ...")
-    first = _train(STEPS_PER_EXAMPLE * len(questions), quiet=args.json)
+    log(f"train --wait: {len(questions)} corrections, the tiny preset's recipe and gate ...")
+    first = _train(quiet=args.json)
     job = first["job"]
     after = [answerer.ask(q["question"], ctx) for q in questions]
     cycle_s = time.perf_counter() - t_cycle
@@ -97,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         a = answerer.ask(g["question"], answering.Context(platform="slack", user="UMALLORY", channel="C1"))
         fix = feedback.correct(db, a.id, JUNK, "slack", "UMALLORY", reviewers=[])
         feedback.review(db, fix["id"], True, "slack:UADMIN")
-    log(f"train --wait: {len(golden)} junk corrections (plus the replayed ones), {POISON_STEPS} steps ...")
+    log(f"train --wait: {len(golden)} junk corrections (plus the replayed ones) ...")
     t2 = time.perf_counter()
-    poisoned = _train(POISON_STEPS, quiet=args.json)
+    poisoned = _train(quiet=args.json)
     poisoned["reasons"] = json.loads(store.job(db, poisoned["job"])["result"] or "{}").get("reasons", [])
     job2 = poisoned["job"]
     poisoned_s = time.perf_counter() - t2
@@ -108,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. Rollback: the adapter before the one in service answers the next question.
     back_to = registry.rollback(db, adapters, by="cli:operator")
+    card = registry.card(adapters, first["version"])
     rolled = answerer.ask(questions[0]["question"], ctx)
     worker.close()
 
@@ -116,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         "cycle": {"job": job, "version": first["version"], "verdict": first["verdict"],
                   "f1_before": round(sum(f1_before) / len(f1_before), 3),
                   "f1_after": round(sum(f1_after) / len(f1_after), 3), "seconds": round(cycle_s, 1),
-                  "steps": STEPS_PER_EXAMPLE * len(questions),
-                  "train_s": registry.card(adapters, first["version"]).get("timings", {}).get("train_s")},
+                  "steps": card.get("recipe", {}).get("steps_done"),
+                  "stopped_early": card.get("recipe", {}).get("stopped_early", ""),
+                  "train_s": card.get("timings", {}).get("train_s")},
         "rows": [{"id": q.get("id"), "question": q["question"], "reference": q["answer"], "before": b.answer,
                   "after": a.answer, "f1_before": round(fb, 3), "f1_after": round(fa, 3), "adapter": a.adapter}
                  for q, b, a, fb, fa in zip(questions, before, after, f1_before, f1_after)],
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds": round(poisoned_s, 1)},
         "rollback": {"in_service": back_to, "next_answer_adapter": rolled.adapter,
                      "same_as_first_answer": rolled.answer == before[0].answer},
-        "gate": {"min_gain": 0.05, "f1_tol": 0.02, **TINY_GATE},
+        "gate": card.get("gate", {}),
         "total_s": round(time.perf_counter() - t_all, 1),
         "workdir": str(work),
     }
@@ -141,11 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _train(steps: int, quiet: bool) -> dict:
-    """`python -m bot train --wait --json` with BOT_TRAIN_STEPS=steps: {"job", "version", "verdict"}."""
+def _train(quiet: bool) -> dict:
+    """`python -m bot train --wait --json`, with the preset's recipe and gate: {"job", "version", "verdict"}."""
     from . import cli
 
-    os.environ["BOT_TRAIN_STEPS"] = str(steps)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err if quiet else sys.stderr):
         code = cli.main(["train", "--wait", "--json"])
@@ -164,6 +160,7 @@ def _table(r: dict) -> str:
     lines += ["", f"cycle: job #{c['job']} → {c['version']} {c['verdict']}; mean char F1 {c['f1_before']:.3f} → "
                   f"{c['f1_after']:.3f}; {c['seconds']} s for ask, correct, train ({c['steps']} steps, "
                   f"{c['train_s']} s), evaluate, promote and re-ask",
+              f"gate: {r['gate']}; training: {c['stopped_early'] or 'ran its full step count'}",
               f"poisoned: job #{pz['job']} → {pz['version']} {pz['verdict']} ({pz['seconds']} s); in service after: "
               f"{pz['in_service_after']}; next answer from {pz['next_answer_adapter']}"]
     lines += [f"    {reason}" for reason in pz["reasons"]]

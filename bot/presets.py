@@ -3,9 +3,11 @@
 A preset is data, not code: which base model (hub id and pinned revision),
 how to load it (dtype, 4-bit settings), how to generate (greedy or sampled,
 token budgets), the real architecture numbers (so a benchmark can build a
-random-init model of the same shape with no weights), and the LoRA and
-training recipe. Code reads the typed fields; `raw` keeps the whole file for
-anything a later issue adds before it earns a field here.
+random-init model of the same shape with no weights), the LoRA and
+training recipe, and the promotion gate's tolerances: what learns well and
+what counts as a regression differ by model, so they travel with it. Code
+reads the typed fields; `raw` keeps the whole file for anything a later
+issue adds before it earns a field here.
 """
 from __future__ import annotations
 
@@ -51,9 +53,27 @@ class Lora:
 @dataclass(frozen=True)
 class Training:
     learning_rate: float = 2e-4
-    steps: int = 100
     batch_size: int = 4
     seed: int = 1234
+    # Steps scale with the data: steps_per_example x examples, within [min_steps, max_steps].
+    steps_per_example: int = 20
+    min_steps: int = 20
+    max_steps: int = 400
+    # Stop early once every example's latest loss is below this (nats per token); 0 never stops early.
+    target_loss: float = 0.0
+
+    def steps_for(self, examples: int) -> int:
+        """Optimizer steps for a job training on `examples` examples."""
+        return max(self.min_steps, min(self.max_steps, self.steps_per_example * examples))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Promotion gate tolerances (bot/evaluation.py `gate`); BOT_GATE_* settings override them."""
+
+    min_gain: float = 0.05
+    f1_tolerance: float = 0.02
+    nll_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,7 @@ class Preset:
     architecture: dict  # config.json keys, passed to the model config class as is
     lora: Lora
     training: Training
+    gate: Gate = Gate()
     description: str = ""
     path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -129,6 +150,7 @@ def load(name: str, models_dir: Path | None = None) -> Preset:
             architecture=dict(raw.get("architecture", {})),
             lora=_table(raw, "lora", Lora, path),
             training=_table(raw, "training", Training, path),
+            gate=_table(raw, "gate", Gate, path),
             description=str(raw.get("description", "")),
             path=path,
             raw=raw,

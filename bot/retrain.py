@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import evaluation, forgetting, hotswap, registry, snapshot, store
+from . import evaluation, fitting, forgetting, hotswap, prompts, registry, snapshot, store
 
 VERSION_RE = re.compile(r"^(?:\.tmp-)?v(\d{4,})$")
 NEGATIVES_NOTE = ("downvoted answers without a correction, kept for a preference objective (KTO/DPO); "
@@ -70,18 +70,40 @@ def _parent(adapters_dir: Path, gen) -> tuple[str | None, str]:
 
 
 def _summary(metrics: dict) -> dict:
-    return {name: {who: {k: v for k, v in m.items() if k != "rows"} for who, m in pair.items()}
+    return {name: {who: {k: v for k, v in m.items() if k not in ("rows", "fit")} for who, m in pair.items()}
             for name, pair in metrics.items()}
+
+
+def _fit_training(db, snap, gen, budget: int) -> fitting.Fit:
+    """Size the snapshot's training examples to the model's context in place (bot/fitting.py).
+
+    A skipped example leaves the snapshot altogether: it is not trained on, not
+    written to train.jsonl and not marked learned, so the card never claims it."""
+    def passages_of(example: dict) -> list[prompts.Passage]:
+        row = store.answer(db, example["answer_id"]) or {"passages": []}
+        return [prompts.Passage(p.get("doc", ""), p.get("heading", ""), p.get("text", "")) for p in row["passages"]]
+
+    def length(messages: list[dict]) -> int:
+        from . import training
+
+        return len(training.encode_example(gen.tokenizer, messages, 10**9)[0])
+
+    kept, fit = fitting.fit_training(snap.train, passages_of, length, gen.count_tokens, gen.context_length, budget)
+    snap.new -= sum(e["new"] for e in snap.train) - sum(e["new"] for e in kept)
+    snap.train = kept
+    return fit
 
 
 def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: Path, searcher=None,
         golden: Path | None = None, quantize: bool | None = None, steps: int | None = None,
         learning_rate: float | None = None, batch_size: int | None = None, k: int = 5,
-        min_gain: float = 0.05, f1_tol: float = 0.02, nll_tol: float = 0.05,
+        min_gain: float | None = None, f1_tol: float | None = None, nll_tol: float | None = None,
         progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train, evaluate and maybe promote; `{"job", "version", "verdict", "reasons", "metrics", "counts", ...}`.
 
-    verdict: "promoted" | "rejected" | "skipped" (nothing to learn). `progress` gets
+    verdict: "promoted" | "rejected" | "skipped" (nothing to learn). `steps` and the gate's
+    numbers left None come from the preset (`[training]`, `[gate]`); given `steps` are run
+    exactly, the preset's recipe scales with the data and stops early. `progress` gets
     `{"state": ...}` at each stage and `{"step", "steps", "loss"}` per step; `should_stop`
     is polled at every training step and after evaluation, and raises Cancelled (nothing
     written, pointer untouched) when it says so."""
@@ -106,15 +128,22 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
         for e in snap.train + snap.heldout:
             e["new"] = True
         snap.new = len(snap.train) + len(snap.heldout)
-    if not snap.train or not snap.new:
+    fits = {"training": _fit_training(db, snap, gen, budget)}
+    if not snap.train or not any(e["new"] for e in snap.train + snap.heldout):
         why = ("no accepted feedback to learn from" if not snap.train else
                "no new accepted feedback since the last promoted adapter learned it all")
+        if fits["training"].skipped:
+            why += f" ({fits['training'].skipped} example(s) too long for the model's context: see the job's fit notes)"
         return {"job": job_id, "version": None, "verdict": "skipped", "counts": snap.counts,
-                "data_hash": snap.data_hash, "reasons": [why]}
+                "data_hash": snap.data_hash, "reasons": [why], "fit": {k: f.as_dict() for k, f in fits.items()}}
+    gate = {"min_gain": recipe.gate.min_gain if min_gain is None else min_gain,
+            "f1_tol": recipe.gate.f1_tolerance if f1_tol is None else f1_tol,
+            "nll_tol": recipe.gate.nll_tolerance if nll_tol is None else nll_tol}
     parent, init = _parent(adapters_dir, gen)
     version, tmp = reserve_version(adapters_dir)
     try:
-        steps = steps or recipe.training.steps
+        exact = bool(steps)
+        steps = steps or recipe.training.steps_for(len(snap.train))
         lr = learning_rate or recipe.training.learning_rate
         batch = batch_size or recipe.training.batch_size
         say({"state": "training", "version": version, "steps": steps, "parent": parent,
@@ -138,6 +167,7 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
         result = training.train(model, gen.tokenizer, snap.examples("train"), steps=steps, learning_rate=lr,
                                 batch_size=batch, seed=recipe.training.seed,
                                 max_tokens=gen.context_length, should_stop=poll,
+                                target_loss=0.0 if exact else recipe.training.target_loss,
                                 log=lambda step, loss: say({"step": step, "steps": steps, "loss": loss}))
         if stopped:
             raise Cancelled(f"stopped at step {result.steps} of {steps}")
@@ -161,7 +191,10 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
                 "golden": evaluation.load_items(golden) if golden else []}
         metrics = evaluation.compare(gen, searcher, sets, version, parent, k=k, context_budget=budget,
                                      max_new_tokens=recipe.generation.max_new_tokens)
-        verdict, reasons = evaluation.gate(metrics, min_gain=min_gain, f1_tol=f1_tol, nll_tol=nll_tol)
+        verdict, reasons = evaluation.gate(metrics, **gate)
+        fits["evaluation"] = fitting.Fit()
+        for pair in metrics.values():  # both adapters see the same prompts: count the candidate's once
+            fits["evaluation"].merge(fitting.Fit(**pair["candidate"].get("fit", {})))
         if golden is not None and not sets["golden"]:
             # A gate that cannot check regressions does not promote on its own.
             verdict = "rejected"
@@ -182,10 +215,12 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
             "recipe": {"lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                                 "target_modules": sorted(lora.target_modules)},
                        **asdict(recipe.training), "steps": steps, "learning_rate": lr, "batch_size": batch,
-                       "steps_done": result.steps, "tokens": result.tokens},
+                       "steps_done": result.steps, "tokens": result.tokens,
+                       "stopped_early": result.stopped_early},
             "loss_curve": [round(x, 4) for x in result.losses],
             "metrics": _summary(metrics),
-            "gate": {"min_gain": min_gain, "f1_tolerance": f1_tol, "nll_tolerance": nll_tol},
+            "gate": {"min_gain": gate["min_gain"], "f1_tolerance": gate["f1_tol"], "nll_tolerance": gate["nll_tol"]},
+            "fit": {where: f.as_dict() for where, f in fits.items()},
             "verdict": verdict, "reasons": reasons,
             "timings": {key: round(v, 2) for key, v in timings.items()},
         }
@@ -199,7 +234,7 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
         registry.promote(db, adapters_dir, version, by=f"job:{job_id}" if job_id is not None else "retrain")
         store.mark_trained(db, version, *snap.learned_ids())
     return {"job": job_id, "version": version, "verdict": verdict, "reasons": reasons, "parent": parent,
-            "metrics": card["metrics"], "counts": snap.counts, "data_hash": snap.data_hash,
+            "metrics": card["metrics"], "counts": snap.counts, "data_hash": snap.data_hash, "fit": card["fit"],
             "loss": card["loss_curve"][-1] if card["loss_curve"] else None, "seconds": round(timings["total_s"], 2)}
 
 

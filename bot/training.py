@@ -23,6 +23,7 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0
     steps: int = 0
+    stopped_early: str = ""  # why training ended before its step count ('' when it did not)
 
 
 def encode_example(tokenizer, messages: list[dict], max_tokens: int) -> tuple[list[int], list[int]]:
@@ -62,9 +63,13 @@ def add_lora(model, lora, name: str = "default"):
 
 def train(model, tokenizer, examples: Sequence[list[dict]], *, steps: int, learning_rate: float,
           batch_size: int = 1, seed: int = 0, max_tokens: int = 1024,
-          log: Callable[[int, float], None] | None = None,
+          target_loss: float = 0.0, log: Callable[[int, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train the model's active LoRA adapter on `examples` for `steps` optimizer steps."""
+    """Train the model's active LoRA adapter on `examples` for `steps` optimizer steps, or until
+    every example's latest loss is below `target_loss` (nats per answer token; 0: never early).
+
+    Early stop is judged per example, not on the batch mean: one answer still
+    half-learned must keep the job going even when the others are memorised."""
     import torch
 
     if not examples:
@@ -85,6 +90,7 @@ def train(model, tokenizer, examples: Sequence[list[dict]], *, steps: int, learn
     t0 = time.perf_counter()
     model.train()
     order: list[int] = []
+    latest: dict[int, float] = {}  # example index -> its loss at the last step that saw it
     for step in range(steps):
         if should_stop and should_stop():
             break
@@ -92,13 +98,21 @@ def train(model, tokenizer, examples: Sequence[list[dict]], *, steps: int, learn
             fresh = list(range(len(encoded)))
             random.shuffle(fresh)
             order += fresh * max(1, math.ceil(batch_size / len(fresh)))
-        batch = [encoded[i] for i in order[:batch_size]]
+        picked = order[:batch_size]
+        batch = [encoded[i] for i in picked]
         del order[:batch_size]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=device)
         labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch], device=device)
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
+                                                      reduction="none")
+        counted = (targets != IGNORE).sum(1).clamp(min=1)
+        loss = per_token.sum() / counted.sum()  # the mean over answer tokens, as the model's own loss
+        for i, row_loss in zip(picked, (per_token.sum(1) / counted).tolist()):
+            latest[i] = row_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -110,6 +124,9 @@ def train(model, tokenizer, examples: Sequence[list[dict]], *, steps: int, learn
         result.steps = step + 1
         if log:
             log(step + 1, value)
+        if target_loss > 0 and len(latest) == len(encoded) and max(latest.values()) < target_loss:
+            result.stopped_early = (f"every example's loss below {target_loss} after {step + 1} of {steps} steps")
+            break
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
