@@ -131,6 +131,24 @@ def m006_outbox_errors(db: sqlite_utils.Database) -> None:
     db["outbox"].add_column("dropped", str)
 
 
+@migration
+def m007_inflight(db: sqlite_utils.Database) -> None:
+    # Answers being written: the placeholder each one posted ("Thinking…" on
+    # Slack, a deferred interaction or nothing yet on Discord) and the process
+    # that owns it, so a restart can finish what a dead process left behind.
+    # The question is kept for the retrieval-only answer the restart posts.
+    db["inflight"].create(
+        {"id": int, "platform": str, "channel": str, "thread": str, "message": str, "interaction": str,
+         "user": str, "question": str, "owner": str, "created_at": float},
+        pk="id")
+    db["inflight"].create_index(["owner"])
+    # An outbox row that replaces a message (`update_message`: a Slack ts, a
+    # Discord message id) or edits an interaction's reply (`interaction`:
+    # "application_id/token") instead of posting a new one.
+    db["outbox"].add_column("update_message", str)
+    db["outbox"].add_column("interaction", str)
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -353,17 +371,45 @@ def recent_answers(db, platform: str, user: str, limit: int = 5) -> list[dict]:
 # --- feedback -------------------------------------------------------------
 
 
-def record_vote(db, answer_id: str, user: str, platform: str, value: int) -> None:
+class Duplicate(Exception):
+    """Raised inside a write whose delivery key is already stored: the work was done by an earlier delivery."""
+
+
+def _claim(db, delivery: str | None) -> None:
+    """Store `delivery` in the current transaction; a key already there means this delivery is a resend.
+
+    Called inside the write's own `with db.conn:`: the key and the work commit
+    together or not at all, so a delivery that died before its commit leaves
+    no key behind and the resend is processed, and one that committed is never
+    processed twice."""
+    if delivery is not None and db.execute("insert or ignore into deliveries (key, created_at) values (?, ?)",
+                                           [delivery, time.time()]).rowcount != 1:
+        raise Duplicate(delivery)
+
+
+def delivered(db, key: str) -> bool:
+    """Whether the work of delivery `key` is stored (its key commits with it)."""
+    return db.execute("select 1 from deliveries where key = ?", [key]).fetchone() is not None
+
+
+def record_vote(db, answer_id: str, user: str, platform: str, value: int, delivery: str | None = None) -> None:
     with db.conn:
+        _claim(db, delivery)
         db.execute("insert or replace into votes (answer_id, user, platform, value, created_at)"
                    " values (?, ?, ?, ?, ?)", [answer_id, user, platform, value, time.time()])
 
 
-def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending") -> int:
+def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending",
+                      delivery: str | None = None, accepted_by: str | None = None) -> int:
+    """Insert a correction; with `accepted_by`, it is stored pending and reviewed by them in the same commit."""
     with db.conn:
-        return db.execute(
+        _claim(db, delivery)
+        cid = db.execute(
             "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
             [answer_id, user, platform, text, status, time.time()]).lastrowid
+        if accepted_by:
+            _review(db, cid, "accepted", accepted_by)
+        return cid
 
 
 def votes(db, answer_id: str) -> list[dict]:
@@ -404,12 +450,26 @@ def correction(db, correction_id: int) -> dict | None:
     return rows[0] if rows else None
 
 
-def review_correction(db, correction_id: int, status: str, by: str) -> bool:
+def _review(db, correction_id: int, status: str, by: str) -> bool:
+    return db.execute(
+        "update corrections set status = ?, reviewed_by = ?, reviewed_at = ? where id = ? and status = 'pending'",
+        [status, by, time.time(), correction_id]).rowcount == 1
+
+
+class _NotDone(Exception):
+    pass
+
+
+def review_correction(db, correction_id: int, status: str, by: str, delivery: str | None = None) -> bool:
     """Accept or reject a pending correction; False when it is not pending (already reviewed, or gone)."""
-    with db.conn:
-        return db.execute(
-            "update corrections set status = ?, reviewed_by = ?, reviewed_at = ? where id = ? and status = 'pending'",
-            [status, by, time.time(), correction_id]).rowcount == 1
+    try:
+        with db.conn:
+            _claim(db, delivery)
+            if not _review(db, correction_id, status, by):
+                raise _NotDone  # rolls the delivery key back too: a refused review did no work
+            return True
+    except _NotDone:
+        return False
 
 
 def pending_corrections(db, limit: int = 50) -> list[dict]:
@@ -420,8 +480,9 @@ def pending_corrections(db, limit: int = 50) -> list[dict]:
         " order by c.created_at, c.id limit ?", [limit]))
 
 
-def set_opt_out(db, platform: str, user: str, out: bool = True) -> None:
+def set_opt_out(db, platform: str, user: str, out: bool = True, delivery: str | None = None) -> None:
     with db.conn:
+        _claim(db, delivery)
         if out:
             db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
                        [platform, user, time.time()])
@@ -433,13 +494,18 @@ def opted_out(db) -> set[tuple[str, str]]:
     return {(p, u) for p, u in db.execute("select platform, user from opt_outs")}
 
 
-def forget_user(db, platform: str, user: str) -> dict:
-    """Delete a person's questions (answers rows, with all feedback on them), votes and corrections.
+def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_out: bool = False) -> dict:
+    """Delete a person's questions (answers rows, with all feedback on them), votes and corrections,
+    and with `opt_out` opt them out of training.
 
     One transaction: a crash half-way leaves everything, never half. The
     opt-out row stays, so their future questions stay out of training too."""
     mine = "select id from answers where platform = ? and user = ?"
     with db.conn:
+        _claim(db, delivery)
+        if opt_out:
+            db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
+                       [platform, user, time.time()])
         votes_n = db.execute(f"delete from votes where (platform = ? and user = ?) or answer_id in ({mine})",
                              [platform, user, platform, user]).rowcount
         corrections_n = db.execute(
@@ -542,11 +608,54 @@ def job_cancel_requested(db, job_id: int) -> str | None:
     return row[0] if row else None
 
 
-def post_outbox(db, job_id: int | None, platform: str, channel: str, thread: str, text: str) -> int:
+def post_outbox(db, job_id: int | None, platform: str, channel: str, thread: str, text: str, *,
+                update_message: str | None = None, interaction: str | None = None) -> int:
+    with db.conn:
+        return _outbox_row(db, job_id, platform, channel, thread, text, update_message, interaction)
+
+
+def _outbox_row(db, job_id, platform, channel, thread, text, update_message=None, interaction=None) -> int:
+    return db.execute(
+        "insert into outbox (job_id, platform, channel, thread, text, created_at, update_message, interaction)"
+        " values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [job_id, platform, channel, thread, text, time.time(), update_message, interaction]).lastrowid
+
+
+# --- answers in flight: placeholders a restart must finish -------------------
+
+def add_inflight(db, platform: str, channel: str, thread: str, user: str, question: str, owner: str, *,
+                 message: str | None = None, interaction: str | None = None) -> int:
+    """Record a placeholder as it is posted (`message`: its Slack ts or Discord id; `interaction`:
+    "application_id/token" of a deferred Discord reply); `clear_inflight` when the answer lands."""
     with db.conn:
         return db.execute(
-            "insert into outbox (job_id, platform, channel, thread, text, created_at) values (?, ?, ?, ?, ?, ?)",
-            [job_id, platform, channel, thread, text, time.time()]).lastrowid
+            "insert into inflight (platform, channel, thread, message, interaction, user, question, owner, created_at)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [platform, channel, thread, message, interaction, user, question, owner, time.time()]).lastrowid
+
+
+def clear_inflight(db, inflight_id: int) -> None:
+    with db.conn:
+        db.execute("delete from inflight where id = ?", [inflight_id])
+
+
+def inflight(db, platform: str | None = None) -> list[dict]:
+    if platform is None:
+        return list(db.query("select * from inflight order by id"))
+    return list(db.query("select * from inflight where platform = ? order by id", [platform]))
+
+
+def hand_inflight_to_outbox(db, inflight_id: int, text: str) -> int | None:
+    """Replace a dead process's placeholder through the outbox: the outbox row and the removal of the
+    placeholder's record commit together (a crash between them neither loses nor doubles the answer).
+    None when the row is gone (another process recovered it first)."""
+    with db.conn:
+        row = db.execute("select platform, channel, thread, message, interaction from inflight where id = ?",
+                         [inflight_id]).fetchone()
+        if row is None or db.execute("delete from inflight where id = ?", [inflight_id]).rowcount != 1:
+            return None
+        platform, channel, thread, message, interaction = row
+        return _outbox_row(db, None, platform, channel, thread, text, message, interaction)
 
 
 def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: float = 60.0) -> list[dict]:
