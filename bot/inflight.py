@@ -77,8 +77,7 @@ def begin(db, caller, question: str, *, interaction: str | None = None) -> int:
 
 def placed(db, inflight_id: int, message: str) -> None:
     """The placeholder now exists as `message` (a Slack ts): recovery updates it rather than posting anew."""
-    with db.conn:
-        db.execute("update inflight set message = ? where id = ?", [message, inflight_id])
+    store.set_inflight_message(db, inflight_id, message)
 
 
 def end(db, inflight_id: int) -> None:

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -199,6 +200,26 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     return db
 
 
+@contextmanager
+def transaction(db):
+    """One transaction on this thread's connection: every statement in the block commits together, or none.
+
+    `with db.conn:` alone is not one: sqlite-utils 4 commits each `db.execute`
+    that opens an implicit transaction as soon as it returns, so a block of
+    them was a series of commits (a delivery key could outlive the vote it
+    keyed). An explicit BEGIN turns that off for the block; IMMEDIATE takes
+    the write lock at once, so a transaction that reads before it writes
+    never fails to upgrade its lock (SQLITE_BUSY, which busy_timeout does not retry)."""
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     db["_migrations"].create({"name": str, "applied_at": float}, pk="name", if_not_exists=True)
     done = {r["name"] for r in db["_migrations"].rows}
@@ -223,7 +244,7 @@ def documents(db) -> list[dict]:
 
 def remove_document(db, doc: str) -> None:
     """Forget a document; passages no other document shares go with it."""
-    with db.conn:
+    with transaction(db):
         db.execute("delete from occurrences where doc = ?", [doc])
         db.execute("delete from documents where doc = ?", [doc])
         _drop_orphans(db)
@@ -243,7 +264,7 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
     Returns the ids of passages that were new to the database.
     """
     new: list[int] = []
-    with db.conn:
+    with transaction(db):
         db.execute("delete from occurrences where doc = ?", [record["doc"]])
         db.execute(
             "insert or replace into documents (doc, source, sha256, size, mtime, indexed_at, chunks)"
@@ -269,7 +290,7 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
 
 def replace_document_meta(db, record: dict) -> None:
     """A file touched but not changed: remember its new mtime so the next run skips it cheaply."""
-    with db.conn:
+    with transaction(db):
         db.execute("update documents set mtime = ?, size = ?, indexed_at = ? where doc = ?",
                    [record["mtime"], record["size"], record["indexed_at"], record["doc"]])
 
@@ -295,7 +316,7 @@ def embeddings(db, model: str) -> dict[int, bytes]:
 
 
 def save_embeddings(db, model: str, vectors: dict[int, bytes]) -> None:
-    with db.conn:
+    with transaction(db):
         db.conn.executemany(
             "insert or replace into embeddings (passage_id, model, vector) values (?, ?, ?)",
             [(pid, model, v) for pid, v in vectors.items()],
@@ -310,7 +331,7 @@ def lexicon(db) -> dict[str, list[tuple[str, float]]]:
 
 
 def save_lexicon(db, rows: Iterable[tuple[str, str, float]]) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("delete from lexicon")
         db.conn.executemany("insert or replace into lexicon (term, zh, weight) values (?, ?, ?)", list(rows))
 
@@ -321,7 +342,7 @@ def get_meta(db, key: str) -> str | None:
 
 
 def set_meta(db, key: str, value: str) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("insert or replace into meta (key, value) values (?, ?)", [key, value])
 
 
@@ -332,7 +353,7 @@ def record_answer(db, row: dict) -> None:
     row = {**row, "passages": json.dumps(row["passages"], ensure_ascii=False),
            "citations": json.dumps(row["citations"], ensure_ascii=False)}
     cols = ", ".join(row)
-    with db.conn:
+    with transaction(db):
         db.execute(f"insert into answers ({cols}) values ({', '.join(':' + c for c in row)})", row)
 
 
@@ -378,7 +399,7 @@ class Duplicate(Exception):
 def _claim(db, delivery: str | None) -> None:
     """Store `delivery` in the current transaction; a key already there means this delivery is a resend.
 
-    Called inside the write's own `with db.conn:`: the key and the work commit
+    Called inside the write's own `with transaction(db):`: the key and the work commit
     together or not at all, so a delivery that died before its commit leaves
     no key behind and the resend is processed, and one that committed is never
     processed twice."""
@@ -393,7 +414,7 @@ def delivered(db, key: str) -> bool:
 
 
 def record_vote(db, answer_id: str, user: str, platform: str, value: int, delivery: str | None = None) -> None:
-    with db.conn:
+    with transaction(db):
         _claim(db, delivery)
         db.execute("insert or replace into votes (answer_id, user, platform, value, created_at)"
                    " values (?, ?, ?, ?, ?)", [answer_id, user, platform, value, time.time()])
@@ -402,7 +423,7 @@ def record_vote(db, answer_id: str, user: str, platform: str, value: int, delive
 def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending",
                       delivery: str | None = None, accepted_by: str | None = None) -> int:
     """Insert a correction; with `accepted_by`, it is stored pending and reviewed by them in the same commit."""
-    with db.conn:
+    with transaction(db):
         _claim(db, delivery)
         cid = db.execute(
             "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
@@ -427,13 +448,13 @@ def corrections(db, answer_id: str | None = None, status: str | None = None) -> 
 
 def first_delivery(db, key: str) -> bool:
     """True the first time `key` is seen: a retried delivery must not be answered twice."""
-    with db.conn:
+    with transaction(db):
         return db.execute("insert or ignore into deliveries (key, created_at) values (?, ?)",
                           [key, time.time()]).rowcount == 1
 
 
 def record_promotion(db, version: str | None, previous: str | None, action: str, by: str) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("insert into promotions (version, previous, action, by, at) values (?, ?, ?, ?, ?)",
                    [version, previous, action, by, time.time()])
 
@@ -463,7 +484,7 @@ class _NotDone(Exception):
 def review_correction(db, correction_id: int, status: str, by: str, delivery: str | None = None) -> bool:
     """Accept or reject a pending correction; False when it is not pending (already reviewed, or gone)."""
     try:
-        with db.conn:
+        with transaction(db):
             _claim(db, delivery)
             if not _review(db, correction_id, status, by):
                 raise _NotDone  # rolls the delivery key back too: a refused review did no work
@@ -481,7 +502,7 @@ def pending_corrections(db, limit: int = 50) -> list[dict]:
 
 
 def set_opt_out(db, platform: str, user: str, out: bool = True, delivery: str | None = None) -> None:
-    with db.conn:
+    with transaction(db):
         _claim(db, delivery)
         if out:
             db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
@@ -501,7 +522,7 @@ def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_o
     One transaction: a crash half-way leaves everything, never half. The
     opt-out row stays, so their future questions stay out of training too."""
     mine = "select id from answers where platform = ? and user = ?"
-    with db.conn:
+    with transaction(db):
         _claim(db, delivery)
         if opt_out:
             db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
@@ -536,7 +557,7 @@ def feedback_answers(db) -> list[dict]:
 
 def mark_trained(db, version: str, correction_ids: Iterable[int], answer_ids: Iterable[str]) -> None:
     """Record that promoted adapter `version` learned these corrections and upvoted answers."""
-    with db.conn:
+    with transaction(db):
         db.conn.executemany("update corrections set used_in = ? where id = ? and used_in is null",
                             [(version, i) for i in correction_ids])
         db.conn.executemany("update answers set trained_in = ? where id = ? and trained_in is null",
@@ -550,7 +571,7 @@ FINAL_STATES = ("promoted", "rejected", "skipped", "failed", "cancelled")
 
 
 def create_job(db, kind: str, requested_by: str, platform: str = "", channel: str = "", thread: str = "") -> int:
-    with db.conn:
+    with transaction(db):
         return db.execute(
             "insert into jobs (kind, state, requested_by, platform, channel, thread, created_at)"
             " values (?, 'queued', ?, ?, ?, ?, ?)",
@@ -573,7 +594,7 @@ def list_jobs(db, limit: int = 20, states: Iterable[str] | None = None) -> list[
 
 def claim_job(db, job_id: int) -> bool:
     """queued -> running, once: True for the one caller that got the job (a job id runs at most once)."""
-    with db.conn:
+    with transaction(db):
         return db.execute("update jobs set state = 'running', started_at = ? where id = ? and state = 'queued'",
                           [time.time(), job_id]).rowcount == 1
 
@@ -584,12 +605,12 @@ def update_job(db, job_id: int, **fields) -> None:
     if fields.get("state") in FINAL_STATES:
         fields.setdefault("finished_at", time.time())
     cols = ", ".join(f"{k} = :{k}" for k in fields)
-    with db.conn:
+    with transaction(db):
         db.execute(f"update jobs set {cols} where id = :_id", {**fields, "_id": job_id})
 
 
 def cancel_queued_job(db, job_id: int, by: str) -> bool:
-    with db.conn:
+    with transaction(db):
         return db.execute(
             "update jobs set state = 'cancelled', cancel_requested = ?, finished_at = ?, error = ?"
             " where id = ? and state = 'queued'", [by, time.time(), f"cancelled by {by}", job_id]).rowcount == 1
@@ -598,7 +619,7 @@ def cancel_queued_job(db, job_id: int, by: str) -> bool:
 def request_job_cancel(db, job_id: int, by: str) -> bool:
     """Ask a running job to stop at its next training step."""
     states = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
-    with db.conn:
+    with transaction(db):
         return db.execute(f"update jobs set cancel_requested = ? where id = ? and state in ({states})",
                           [by, job_id]).rowcount == 1
 
@@ -610,7 +631,7 @@ def job_cancel_requested(db, job_id: int) -> str | None:
 
 def post_outbox(db, job_id: int | None, platform: str, channel: str, thread: str, text: str, *,
                 update_message: str | None = None, interaction: str | None = None) -> int:
-    with db.conn:
+    with transaction(db):
         return _outbox_row(db, job_id, platform, channel, thread, text, update_message, interaction)
 
 
@@ -627,15 +648,20 @@ def add_inflight(db, platform: str, channel: str, thread: str, user: str, questi
                  message: str | None = None, interaction: str | None = None) -> int:
     """Record a placeholder as it is posted (`message`: its Slack ts or Discord id; `interaction`:
     "application_id/token" of a deferred Discord reply); `clear_inflight` when the answer lands."""
-    with db.conn:
+    with transaction(db):
         return db.execute(
             "insert into inflight (platform, channel, thread, message, interaction, user, question, owner, created_at)"
             " values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [platform, channel, thread, message, interaction, user, question, owner, time.time()]).lastrowid
 
 
+def set_inflight_message(db, inflight_id: int, message: str) -> None:
+    with transaction(db):
+        db.execute("update inflight set message = ? where id = ?", [message, inflight_id])
+
+
 def clear_inflight(db, inflight_id: int) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("delete from inflight where id = ?", [inflight_id])
 
 
@@ -649,7 +675,7 @@ def hand_inflight_to_outbox(db, inflight_id: int, text: str) -> int | None:
     """Replace a dead process's placeholder through the outbox: the outbox row and the removal of the
     placeholder's record commit together (a crash between them neither loses nor doubles the answer).
     None when the row is gone (another process recovered it first)."""
-    with db.conn:
+    with transaction(db):
         row = db.execute("select platform, channel, thread, message, interaction from inflight where id = ?",
                          [inflight_id]).fetchone()
         if row is None or db.execute("delete from inflight where id = ?", [inflight_id]).rowcount != 1:
@@ -665,7 +691,7 @@ def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: floa
     offered again, so a message is posted at least once; two bot processes
     never claim the same row at the same time."""
     now = time.time()
-    with db.conn:
+    with transaction(db):
         cur = db.execute(
             "update outbox set claimed_by = ?, claimed_at = ? where id in ("
             " select id from outbox where platform = ? and sent_at is null"
@@ -677,13 +703,13 @@ def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: floa
 
 
 def mark_outbox_sent(db, ids: Iterable[int]) -> None:
-    with db.conn:
+    with transaction(db):
         db.conn.executemany("update outbox set sent_at = ? where id = ?", [(time.time(), i) for i in ids])
 
 
 def mark_outbox_dropped(db, outbox_id: int, why: str) -> None:
     """Give up on a message that can never be posted: done (not offered again), and says why."""
-    with db.conn:
+    with transaction(db):
         db.execute("update outbox set sent_at = ?, dropped = ? where id = ?", [time.time(), why[:300], outbox_id])
 
 
@@ -697,7 +723,7 @@ def outbox(db, job_id: int | None = None) -> list[dict]:
 
 def audit(db, platform: str, user: str, action: str, target: str = "", result: str = "ok", detail: str = "") -> None:
     """Record a privileged action: who, what, on what, when, and how it ended (`ok`, `refused`, `error: ...`)."""
-    with db.conn:
+    with transaction(db):
         db.execute("insert into audit (at, platform, user, action, target, result, detail)"
                    " values (?, ?, ?, ?, ?, ?, ?)", [time.time(), platform, user, action, target, result, detail])
 
@@ -712,7 +738,7 @@ def purge_before(db, cutoff: float) -> dict:
     """Delete questions (answers rows) older than `cutoff`, with the votes and corrections on them,
     and older delivery keys; one transaction. Audit rows and jobs stay: they hold no chat text."""
     old = "select id from answers where created_at < ?"
-    with db.conn:
+    with transaction(db):
         votes_n = db.execute(f"delete from votes where answer_id in ({old})", [cutoff]).rowcount
         corrections_n = db.execute(f"delete from corrections where answer_id in ({old})", [cutoff]).rowcount
         answers_n = db.execute("delete from answers where created_at < ?", [cutoff]).rowcount
