@@ -2,14 +2,14 @@
 
 `Listeners.register(app)` wires them with bolt's own decorators. Questions
 and commands ack first (Slack allows 3 s), then work; feedback (👍/👎,
-corrections, `/feedback optout|optin|review`, `/forget me`) is stored first and
-acked after, with its delivery id committed in the same transaction, so an
-acknowledged click is a stored one and a resend after a crash is processed. The command layer is blocking
-(retrieval, SQL, generation), so it runs on the listeners' thread pools,
-never on the loop. An answer streams into a placeholder reply: the model
-writes tokens on a worker thread, `TokenStream` hands them to the loop
-without blocking either side, and `pump` shows them at most once per
-interval (Slack allows about one `chat.update` per message per second,
+corrections, `/feedback optout|optin|review`, `/forget me`) is stored first
+and acked after, its delivery id committed in the same transaction, so an
+acknowledged click is a stored one and a resend after a crash is processed.
+The command layer is blocking (retrieval, SQL, generation), so it runs on
+the listeners' thread pools, never on the loop. An answer streams into a
+placeholder reply: the model writes tokens on a worker thread, `TokenStream`
+hands them to the loop without blocking either side, and `pump` shows them
+at most once per interval (Slack allows about one `chat.update` per message per second,
 more gets HTTP 429), stopping as soon as the answer is complete so the
 final update (sources, buttons) is never overtaken by a stale frame.
 Slack retries deliveries it believes lost; `store.first_delivery` makes each
@@ -108,10 +108,11 @@ class Listeners:
         self.commands, self.update_every_s = commands, update_every_s
         # Own pools rather than asyncio.to_thread's default one: that has cpu+4
         # threads, is shared with Discord, and a question holds its thread for
-        # the whole generation; delivery checks get their own small pool so a
-        # retried event is recognised even while every answer thread is busy.
+        # the whole generation; delivery checks and feedback writes (milliseconds
+        # of SQL, owed before an ack) get their own small pool, so a retried event
+        # is recognised and a click stored in time even while every answer thread is busy.
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slack-work")
-        self.quick = ThreadPoolExecutor(2, thread_name_prefix="slack-dedupe")
+        self.quick = ThreadPoolExecutor(4, thread_name_prefix="slack-quick")
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -250,8 +251,12 @@ class Listeners:
         (bot/inflight.py): a process killed in between leaves the record for the restart."""
         db = self.commands.db
         held = await self._submit(self.quick, inflight.begin, db, caller, question)
-        placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
-                                                    text=render.THINKING)
+        try:
+            placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
+                                                        text=render.THINKING)
+        except Exception:  # nothing was posted: nothing to finish
+            await self._submit(self.quick, inflight.end, db, held)
+            raise
         ts = placeholder["ts"]
         await self._submit(self.quick, inflight.placed, db, held, ts)
         stream = TokenStream(asyncio.get_running_loop())
@@ -338,7 +343,7 @@ class Listeners:
         """Commit the vote with its delivery id, before the ack: SQL takes milliseconds of Slack's 3 s."""
         caller = self._action_caller(body)
         try:
-            return await self._submit(self.pool, self.commands.vote, caller, action.get("value", ""), value,
+            return await self._submit(self.quick, self.commands.vote, caller, action.get("value", ""), value,
                                       delivery=self._action_key(body, action))
         except Exception:  # the database: not stored, and the clicker is told so
             log.exception("storing a vote by %s failed", caller.user)
@@ -374,7 +379,7 @@ class Listeners:
         caller = Caller(PLATFORM, (body.get("user") or {}).get("id", ""))
         # The command layer decides what a valid correction is and commits it with the delivery id;
         # its answer (ms of SQL) is what the ack carries, as field errors or a thank-you in place of the form.
-        work = self._submit(self.pool, self.commands.correct, caller, view.get("private_metadata", ""),
+        work = self._submit(self.quick, self.commands.correct, caller, view.get("private_metadata", ""),
                             render.correction_text(view),
                             delivery=f"slack:action:{body.get('trigger_id') or view.get('id')}")
         try:

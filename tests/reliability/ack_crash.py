@@ -173,9 +173,11 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
         import aiohttp
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400))
+        procs: list[subprocess.Popen] = []
         try:
             port = _port()
             proc = _serve(tmp, db_path, recorder.api_url, port, model, 1)
+            procs.append(proc)
             await _ready(session, port, proc)
             url = f"http://127.0.0.1:{port}/slack/events"
             reqs = [click(run, i, recorder) for i in range(clicks)]
@@ -205,6 +207,7 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
 
             port2 = _port()
             proc2 = _serve(tmp, db_path, recorder.api_url, port2, model, 2)
+            procs.append(proc2)
             try:
                 await _ready(session, port2, proc2)
                 url2 = f"http://127.0.0.1:{port2}/slack/events"
@@ -246,6 +249,10 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
                 "burst_s": round(burst_s, 2),
             }
         finally:
+            for p in procs:  # a run that failed half-way leaves no serve behind
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(30)
             await session.close()
             await recorder.close()
 
