@@ -40,7 +40,8 @@ from . import slack_render as render
 from . import store
 from .commands import SORRY, Caller, Commands, Reply
 
-FEEDBACK_ACK_S = 2.0  # how long a form or feedback command waits for its commit before acking anyway
+STORED_COMMANDS = ("/feedback", "/forget")  # acked only once their work is stored
+FEEDBACK_ACK_S = 2.5  # how long a form or feedback command waits for its commit within Slack's 3 s
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
 
@@ -159,8 +160,11 @@ class Listeners:
                                 delivery=f"slack:cmd:{command.get('trigger_id')}")
             try:
                 reply = await asyncio.wait_for(asyncio.shield(work), FEEDBACK_ACK_S)
-            except asyncio.TimeoutError:  # a slow database: ack in Slack's time, saying it is not done yet
-                await ack("Working on it: the answer follows here in a moment.")
+            except asyncio.TimeoutError:
+                # Not stored in Slack's time: no ack (Slack tells the person it failed, and a
+                # later listener must not ack it either: unknown_command); the reply follows.
+                log.warning("%s was not stored within %.1f s: left unacknowledged", command.get("command"),
+                            FEEDBACK_ACK_S)
                 reply = await self._settle(work, caller, command.get("command"))
                 await respond(**render.reply_message(reply))
                 return
@@ -381,13 +385,16 @@ class Listeners:
         # its answer (ms of SQL) is what the ack carries, as field errors or a thank-you in place of the form.
         work = self._submit(self.quick, self.commands.correct, caller, view.get("private_metadata", ""),
                             render.correction_text(view),
-                            delivery=f"slack:action:{body.get('trigger_id') or view.get('id')}")
+                            # The form's view id: the same for Slack's resend and for the person submitting
+                            # the same form again after an error, so neither stores it twice.
+                            delivery=f"slack:view:{view.get('id') or body.get('trigger_id')}")
         try:
             reply = await asyncio.wait_for(asyncio.shield(work), FEEDBACK_ACK_S)
-        except asyncio.TimeoutError:  # a slow database: answer in Slack's time without claiming it is saved
-            await ack(response_action="update", view=render.notice_modal(
-                "Saving", "Your correction is still being saved. If it is not in /feedback in a minute, "
-                          "please send it again."))
+        except asyncio.TimeoutError:
+            # Not stored in Slack's time: no ack, so the form stays open with the text in it and
+            # Slack says it could not be sent; the commit goes on, and a second submission of the
+            # same form is recognised by its delivery id.
+            log.warning("a correction was not stored within %.1f s: left unacknowledged", FEEDBACK_ACK_S)
             await self._settle(work, caller, "a correction")
             return
         except Exception:
@@ -403,15 +410,28 @@ class Listeners:
     # -- what the bot does not know: a message, not bolt's 404 ------------------
 
     async def unknown_command(self, ack, command):
+        if command.get("command") in STORED_COMMANDS:  # see unknown_action: still being stored
+            return
         await ack(render.escape(f"Sorry, I don't know {command.get('command') or 'that command'}. "
                                 "`/help` lists what I can do.")[:3000])
 
     async def unknown_action(self, ack, body, respond, client):
+        ids = {a.get("action_id") for a in body.get("actions") or []}
+        if ids & {render.VOTE_UP, render.VOTE_DOWN}:
+            # Bolt hands a request on to the next matching listener when the first has not acked
+            # within its 3 s: a vote still waiting for its commit. Acking it here would acknowledge
+            # a vote that is not stored (and tell the person the button is unknown); unacked,
+            # Slack shows an error, and the vote lands when its commit does.
+            log.warning("a vote was not stored within Slack's 3 s: left unacknowledged")
+            return
         await ack()
         log.info("unknown action %s", [a.get("action_id") for a in body.get("actions") or []][:3])
         await self._say(body, respond, client, Reply(render.UNKNOWN_ACTION, ok=False, private=True))
 
     async def unknown_view(self, ack, view):
+        if view.get("callback_id") == render.CORRECTION:  # see unknown_action: the real listener is still at work
+            log.warning("a correction form was not answered within Slack's 3 s: left unacknowledged")
+            return
         log.info("unknown form %s", view.get("callback_id"))
         await ack(response_action="update", view=render.notice_modal("Not saved", render.UNKNOWN_FORM))
 

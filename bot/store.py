@@ -209,15 +209,34 @@ def transaction(db):
     them was a series of commits (a delivery key could outlive the vote it
     keyed). An explicit BEGIN turns that off for the block; IMMEDIATE takes
     the write lock at once, so a transaction that reads before it writes
-    never fails to upgrade its lock (SQLITE_BUSY, which busy_timeout does not retry)."""
+    never fails to upgrade its lock (SQLITE_BUSY, which busy_timeout does not retry).
+
+    Writers of one process queue on a lock first: SQLite's busy handler sleeps
+    in growing steps (up to 100 ms) between tries, so threads contending inside
+    SQLite leave the file idle between commits; a queue hands the lock on at
+    once (300 concurrent votes: the slowest waited over 3 s without it)."""
     conn = db.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
+    with _writer_lock(db):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(db) -> threading.Lock:
+    """One lock per database file in this process (a :memory: database has one connection: no lock needed)."""
+    path = getattr(db, "_path", None)
+    if path is None:
+        return threading.Lock()
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(path, threading.Lock())
 
 
 def migrate(db: sqlite_utils.Database) -> None:

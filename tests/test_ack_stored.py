@@ -214,3 +214,50 @@ async def test_discord_recovery_edits_the_deferred_reply_or_posts_when_its_token
                                        f"/webhooks/{APP_ID}/gone-token/messages/@original"]
     assert len(posts) == 1 and said(posts[0]).startswith(inflight.RESTARTED_ZH)
     assert said(edits[0]).startswith(inflight.RESTARTED_ZH)
+
+
+class WriteLock:
+    """Another connection holding the database's write lock: a real slow database."""
+
+    def __init__(self, path):
+        import sqlite3
+
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, *exc):
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+@pytest.mark.asyncio
+async def test_feedback_not_stored_within_slacks_3_s_is_not_acknowledged_then_lands_once(cmds):
+    answer_id = await asyncio.to_thread(_answer, cmds)
+    form = slack_fixture("view_submission_correction")
+    form["view"].update(id="V0SLOW", private_metadata=answer_id)
+    form["view"]["state"]["values"]["correction"]["text"]["value"] = "应为：在数据源附近处理[1]。"
+    async with slack_served(cmds) as slack:
+        with WriteLock(cmds.db._path):
+            vote = asyncio.create_task(slack.interaction(_vote(answer_id, "Tr0SLOW", slack.recorder)))
+            fix = asyncio.create_task(slack.interaction(form))
+            await asyncio.sleep(3.5)  # past Slack's 3 s: bolt hands both to the catch-all listeners
+        status, _, seconds = await vote
+        # Held past 3 s; an ack that comes at all comes after the commit (bolt shares one `ack` between
+        # the vote's listener and the catch-all it was handed to, so the vote's own late ack answers).
+        assert seconds > 3.0 and (status != 200 or store.votes(cmds.db, answer_id))
+        fix_status, _, _ = await fix
+        assert fix_status != 200  # not acknowledged (no catch-all acks it): Slack shows the person an error
+        for _ in range(100):  # the commits went on once the lock was free
+            if store.votes(cmds.db, answer_id) and store.corrections(cmds.db, answer_id):
+                break
+            await asyncio.sleep(0.05)
+        assert [v["user"] for v in store.votes(cmds.db, answer_id)] == ["U0ALICE"]
+        assert not any("not one I know" in str(c.data.get("text", "")) for c in slack.recorder.calls)
+        # The person submits the same form again (a new trigger id): stored once, thanked.
+        form["trigger_id"] = uuid.uuid4().hex
+        status, body, _ = await slack.interaction(form)
+        assert status == 200 and "Already saved" in body
+    assert len(store.corrections(cmds.db, answer_id)) == 1

@@ -116,11 +116,12 @@ async def _ready(session, port: int, proc: subprocess.Popen, timeout: float = 12
 
 
 async def _send(session, url: str, req: dict, retry: int | None = None) -> int | None:
-    """The HTTP status, or None when the connection died (serve killed)."""
+    """The HTTP status, or None when the connection died (serve killed); notes the ack's time and body."""
     extra = {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"} if retry else None
     try:
-        status, _, _ = await post_signed(session, url, SECRET, req["body"], json_body=req["kind"] == "question",
-                                         extra_headers=extra)
+        status, text, seconds = await post_signed(session, url, SECRET, req["body"],
+                                                  json_body=req["kind"] == "question", extra_headers=extra)
+        req.setdefault("acks", []).append((status, round(seconds * 1000), text[:120]))
         return status
     except Exception:  # noqa: BLE001 (connection reset or refused: the kill)
         return None
@@ -227,6 +228,8 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
                 os.killpg(proc2.pid, signal.SIGTERM)
                 proc2.wait(30)
             votes, fixes = _stored(db_path)
+            logs = "".join((tmp / f"serve-{n}.log").read_text(errors="replace") for n in (1, 2))
+            errors = [line for line in logs.splitlines() if line.startswith(("ERROR", "Traceback")) or "Error:" in line]
             replies = Counter(c.path for c in recorder.calls if c.method == "response_url")
             return {
                 "run": run, "clicks": clicks, "questions": questions, "model": model,
@@ -247,6 +250,10 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
                                             and str(c.data.get("text", "")).startswith(("Sorry, I was restarted",
                                                                                        "抱歉，回答时我被重新启动了"))),
                 "burst_s": round(burst_s, 2),
+                "ack_ms_max": max((a[1] for r in reqs for a in r.get("acks", [])), default=None),
+                "lost_sample": [r.get("acks") for r in acknowledged if not _is_stored(r, votes, fixes)][:3],
+                "unknown_replies": sum("not one I know" in str(c.data.get("text", "")) for c in recorder.calls),
+                "serve_errors": len(errors), "first_errors": sorted(set(errors))[:5],
             }
         finally:
             for p in procs:  # a run that failed half-way leaves no serve behind
