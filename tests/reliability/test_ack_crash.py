@@ -25,7 +25,6 @@ def test_acknowledged_clicks_survive_kill_9_resends_count_once_and_no_placeholde
     assert out["duplicate_rows"] == 0 and out["duplicate_replies"] == 0
     # Every click not stored before the restart was stored by its resend; none is missing in the end.
     assert out["resends_processed"] > 0 and out["missing_after_resend"] == 0
-    assert set(out["resend_statuses"]) == {"200"}
     # The questions' placeholders all ended as an answer: none left "Thinking…".
     assert out["placeholders"] == 3 and out["placeholders_unanswered"] == 0
 
