@@ -552,6 +552,8 @@ def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_o
             f"delete from corrections where (platform = ? and user = ?) or answer_id in ({mine})",
             [platform, user, platform, user]).rowcount
         answers_n = db.execute("delete from answers where platform = ? and user = ?", [platform, user]).rowcount
+        # A question still being answered (or left by a killed process) is theirs too: no apology follows.
+        db.execute("delete from inflight where platform = ? and user = ?", [platform, user])
     return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
 
 
@@ -762,6 +764,7 @@ def purge_before(db, cutoff: float) -> dict:
         corrections_n = db.execute(f"delete from corrections where answer_id in ({old})", [cutoff]).rowcount
         answers_n = db.execute("delete from answers where created_at < ?", [cutoff]).rowcount
         db.execute("delete from deliveries where created_at < ?", [cutoff])
+        db.execute("delete from inflight where created_at < ?", [cutoff])
     return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
 
 

@@ -166,6 +166,9 @@ def test_only_placeholders_of_dead_processes_on_this_host_are_recovered(cmds):
     assert {r["id"] for r in store.inflight(cmds.db)} >= {live, other} and dead not in {
         r["id"] for r in store.inflight(cmds.db)}
     assert inflight.recover(cmds.db, cmds.answerer.searcher) == []  # done once
+    # /forget me takes a person's questions in flight with the rest.
+    cmds.forget(Caller("slack", "U1"), "me")
+    assert store.inflight(cmds.db) == []
 
 
 @pytest.mark.asyncio
