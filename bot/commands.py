@@ -12,6 +12,13 @@ admitted here (`admission`): every transport refuses alike. Every
 privileged action (admin commands, reviews, cancels, forgets) writes an
 audit row, refused and failed attempts included; audit rows carry ids and
 counts, never what people wrote.
+
+Feedback actions (votes, corrections, opt-out/in, reviews, forget) take the
+platform's `delivery` id: it is stored in the same transaction as the work,
+so a transport can acknowledge once the method returns (stored means
+acknowledged), and a resend of a stored delivery gets a Reply with
+`data["duplicate"]` and changes nothing, while one whose first delivery died
+before its commit is processed.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ HELP = [
     ("/help", "this list"),
 ]
 SORRY = "Sorry, that failed on my side; it is logged for the operator. Please try again later."
+ALREADY = "Already saved: this was sent twice, and it counts once."
 _IDENT = re.compile(r"[\w.:#-]{1,64}", re.ASCII)
 _MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot name a row, and would not even bind
 
@@ -181,23 +189,34 @@ class Commands:
                          ok=False, private=True)
         return None
 
-    def vote(self, caller: Caller, answer_id: str, value: int) -> Reply:
+    def _duplicate(self, delivery: str | None) -> Reply | None:
+        """The reply to a resend whose work is already stored (checked first, so a resend of an accepted
+        review is not told "already accepted"; the write's own claim catches a resend racing the first)."""
+        if delivery is not None and store.delivered(self.db, delivery):
+            return _already()
+        return None
+
+    def vote(self, caller: Caller, answer_id: str, value: int, delivery: str | None = None) -> Reply:
         bad = _nobody(caller) or guard.check_answer_id(answer_id)
         if bad:
             return Reply(bad, ok=False, private=True)
         try:
-            feedback.vote(self.db, answer_id, caller.platform, caller.user, value)
+            feedback.vote(self.db, answer_id, caller.platform, caller.user, value, delivery=delivery)
+        except feedback.Duplicate:
+            return _already()
         except feedback.FeedbackError as e:
             return Reply(_sentence(e), ok=False, private=True)
         return Reply("Thanks for the 👍!" if value > 0 else "Thanks: noted 👎. A correction helps most.",
                      private=True)
 
-    def correct(self, caller: Caller, answer_id: str, text: str) -> Reply:
+    def correct(self, caller: Caller, answer_id: str, text: str, delivery: str | None = None) -> Reply:
         bad = _nobody(caller) or guard.check_answer_id(answer_id) or guard.check_correction(text)
         if bad:
             return Reply(bad, ok=False, private=True)
         try:
-            done = feedback.correct(self.db, answer_id, text, caller.platform, caller.user)
+            done = feedback.correct(self.db, answer_id, text, caller.platform, caller.user, delivery=delivery)
+        except feedback.Duplicate:
+            return _already()
         except feedback.FeedbackError as e:
             return Reply(_sentence(e), ok=False, private=True)
         if done["status"] == "accepted":
@@ -214,28 +233,34 @@ class Commands:
         text = "\n".join(f"• {r['question'][:80]} ({marks[r['vote']]})" for r in rows)
         return Reply("Your recent answers:\n" + text, private=True, data={"answers": rows})
 
-    def feedback_command(self, caller: Caller, text: str = "") -> Reply:
+    def feedback_command(self, caller: Caller, text: str = "", delivery: str | None = None) -> Reply:
         """`/feedback [optout|optin|review [accept|reject <id>]]`: one chat command, several verbs."""
         words = (text or "").split()
         if not words:
             return self.feedback_list(caller)
         verb = words[0].lower()
+        try:
+            if verb == "optout":
+                feedback.opt_out(self.db, caller.platform, caller.user, delivery=delivery)
+            elif verb == "optin":
+                feedback.opt_in(self.db, caller.platform, caller.user, delivery=delivery)
+        except feedback.Duplicate:
+            return _already()
         if verb == "optout":
-            feedback.opt_out(self.db, caller.platform, caller.user)
             return Reply("Done: your questions and feedback stay out of training from now on. "
                          "You are still answered. `/feedback optin` undoes it; `/forget me` also deletes them.",
                          private=True)
         if verb == "optin":
-            feedback.opt_in(self.db, caller.platform, caller.user)
             return Reply("Done: your feedback can help train the assistant again.", private=True)
         if verb == "review":
             action = words[1].lower() if len(words) > 1 else None
             ident = words[2] if len(words) > 2 else None
-            return self.review(caller, action, ident)
+            return self.review(caller, action, ident, delivery=delivery)
         return Reply("Use `/feedback`, `/feedback optout`, `/feedback optin` or "
                      "`/feedback review [accept|reject <id>]`.", ok=False, private=True)
 
-    def review(self, caller: Caller, action: str | None = None, correction_id=None) -> Reply:
+    def review(self, caller: Caller, action: str | None = None, correction_id=None,
+               delivery: str | None = None) -> Reply:
         if not self.is_admin(caller):
             verb = action if action in ("accept", "reject") else "review"
             target = f"#{parse_id(correction_id)}" if parse_id(correction_id) else ""
@@ -258,8 +283,14 @@ class Commands:
             return Reply(f"Which correction? `/feedback review {action} <id>` (the number after #).",
                          ok=False, private=True)
         what = f"feedback {action}"
+        already = self._duplicate(delivery)
+        if already:
+            return already
         try:
-            done = feedback.review(self.db, cid, action == "accept", by=feedback.person(caller.platform, caller.user))
+            done = feedback.review(self.db, cid, action == "accept", by=feedback.person(caller.platform, caller.user),
+                                   delivery=delivery)
+        except feedback.Duplicate:
+            return _already()
         except feedback.FeedbackError as e:
             self._audit(caller, what, f"#{cid}", f"error: {e}")
             return Reply(_sentence(e), ok=False, private=True)
@@ -268,14 +299,16 @@ class Commands:
         self._audit(caller, what, f"#{cid}")
         return Reply(f"Correction #{cid} {done['status']}.", private=True, data=done)
 
-    def forget(self, caller: Caller, who: str = "me") -> Reply:
+    def forget(self, caller: Caller, who: str = "me", delivery: str | None = None) -> Reply:
         if (who or "").strip().lower() != "me":
             return Reply("`/forget me` deletes what you asked, rated and corrected. "
                          "It only ever applies to you.", ok=False, private=True)
         me = feedback.person(caller.platform, caller.user)
         try:
             counts = feedback.forget(self.db, caller.platform, caller.user, adapters_dir=self.adapters_dir,
-                                     enqueue=self.enqueue)
+                                     enqueue=self.enqueue, delivery=delivery)
+        except feedback.Duplicate:
+            return _already()
         except Exception as e:
             return self._failed(caller, "forget", me, e)
         self._audit(caller, "forget", me, "ok", feedback.forget_detail(counts))
@@ -387,6 +420,10 @@ class Commands:
 
     def help(self, caller: Caller) -> Reply:
         return Reply("\n".join(f"`{c}` — {d}" for c, d in HELP), private=True)
+
+
+def _already() -> Reply:
+    return Reply(ALREADY, private=True, data={"duplicate": True})
 
 
 def _nobody(caller: Caller) -> str | None:

@@ -10,6 +10,12 @@ the event loop (shared with Slack) never waits. Questions are admitted first
 (rate limits, the queue bound: "busy, try again in N s"); buttons and forms
 the bot does not know get a message saying so instead of Discord's
 "This interaction failed".
+
+Feedback (votes, corrections, /feedback, /forget) is committed with the
+interaction id as its delivery key before the person is told it is saved,
+so a redelivered interaction is answered once and one whose first delivery
+died before its commit is processed. A question being answered is on record
+(bot/inflight.py) until its answer is posted, so a restart finishes it.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from typing import Literal, Optional
 import discord
 from discord import app_commands
 
-from . import store
+from . import inflight, store
 from .commands import Caller, Commands, Reply
 from .discord_render import answer_text, split_message
 
@@ -68,6 +74,10 @@ async def _first(cmds: Commands, key: str) -> bool:
     return await asyncio.to_thread(store.first_delivery, cmds.db, key)
 
 
+def _delivery(interaction: discord.Interaction) -> str:
+    return f"discord:interaction:{interaction.id}"
+
+
 # -- buttons and the correction modal ------------------------------------------
 
 class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=VOTE_ID.pattern):
@@ -87,9 +97,11 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=VOTE_ID.pat
 
     async def callback(self, interaction: discord.Interaction) -> None:
         cmds: Commands = interaction.client.kb
-        # The vote counts even if the person then closes the correction form.
+        # Stored before the response, so the vote counts even if the person then closes the correction form.
         reply = await asyncio.to_thread(cmds.vote, caller_for(interaction), self.answer_id,
-                                        1 if self.value == "up" else -1)
+                                        1 if self.value == "up" else -1, delivery=_delivery(interaction))
+        if reply.data.get("duplicate"):
+            return  # a redelivery of a stored click: the first one was answered
         if self.value == "down" and reply.ok:
             await interaction.response.send_modal(CorrectionModal(self.answer_id))
         else:
@@ -133,10 +145,17 @@ def _submitted(components: list, custom_id: str) -> str:
 
 async def submit_correction(interaction: discord.Interaction, answer_id: str, text: str) -> None:
     cmds: Commands = interaction.client.kb
-    # The live modal and the restart fallback both see a submission: answer it once.
-    if not await _first(cmds, f"discord:interaction:{interaction.id}"):
+    # The live modal and the restart fallback both see a submission, and Discord may redeliver it:
+    # the delivery key commits with the correction, so it is stored and answered once, and a
+    # delivery that died before its commit is stored by the next one.
+    try:
+        reply = await asyncio.to_thread(cmds.correct, caller_for(interaction), answer_id, text,
+                                        delivery=_delivery(interaction))
+    except Exception:  # the database: nothing was stored (nor its key), and the person is told so
+        log.exception("storing a correction by %s failed", interaction.user.id)
+        reply = Reply(SORRY, ok=False, private=True)
+    if reply.data.get("duplicate"):
         return
-    reply = await asyncio.to_thread(cmds.correct, caller_for(interaction), answer_id, text)
     await interaction.response.send_message(reply.text, ephemeral=True)
 
 
@@ -160,15 +179,19 @@ async def _post(send, text: str, view: discord.ui.View | None = None, first=None
         await (first if i == 0 and first else send)(chunk, **kw, **extra)
 
 
-async def _run(interaction: discord.Interaction, method, *args, public: bool = False) -> None:
+async def _run(interaction: discord.Interaction, method, *args, public: bool = False, stored: bool = False) -> None:
     """Defer within Discord's 3 s, run the command off the loop, then follow up (15 min allowed).
 
     `public`: the reply may be for the channel (a completed /train, promote,
     reindex); a refusal is still private, so the public "thinking" placeholder is
-    deleted and the refusal goes to the caller alone.
+    deleted and the refusal goes to the caller alone. `stored`: a feedback command, committed with the
+    interaction id as its delivery key; the deferral says "thinking", only the follow-up says it is done.
     """
     await interaction.response.defer(ephemeral=not public, thinking=True)
-    reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args)
+    kwargs = {"delivery": _delivery(interaction)} if stored else {}
+    reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args, **kwargs)
+    if reply.data.get("duplicate"):
+        return
     if public and reply.private:
         await interaction.delete_original_response()
     png = reply.data.get("chart_png")  # /adapter chart: the PNG rides on the follow-up
@@ -249,9 +272,12 @@ class KBClient(discord.Client):
                 return
             if not await _first(self.kb, f"discord:message:{message.id}"):
                 return
+            # Nothing is posted until the answer is: a restart posts it in the conversation instead.
+            held = await asyncio.to_thread(inflight.begin, self.kb.db, caller, question)
             async with message.channel.typing():
                 answer = await asyncio.to_thread(self.kb.ask, caller, question)
         await _post(message.channel.send, answer_text(answer), vote_view(answer.id), first=message.reply)
+        await asyncio.to_thread(inflight.end, self.kb.db, held)
 
 
 def _register(tree: app_commands.CommandTree) -> None:
@@ -272,9 +298,13 @@ def _register(tree: app_commands.CommandTree) -> None:
                 return
             if not await _first(cmds, f"discord:interaction:{interaction.id}"):
                 return  # a redelivery: the first one is being answered
+            # On record before the deferral: a restart edits the "thinking…" reply through the token.
+            held = await asyncio.to_thread(inflight.begin, cmds.db, caller, question,
+                                           interaction=f"{interaction.application_id}/{interaction.token}")
             await interaction.response.defer(thinking=True)
             answer = await asyncio.to_thread(cmds.ask, caller, question)
         await _post(interaction.followup.send, answer_text(answer), vote_view(answer.id))
+        await asyncio.to_thread(inflight.end, cmds.db, held)
 
     kb = app_commands.Group(name="kb", description="The knowledge base")
 
@@ -297,12 +327,13 @@ def _register(tree: app_commands.CommandTree) -> None:
     async def feedback(interaction: discord.Interaction,
                        action: Optional[Literal["list", "optout", "optin", "review", "accept", "reject"]] = None,
                        correction_id: Optional[app_commands.Range[int, 1]] = None) -> None:
-        await _run(interaction, interaction.client.kb.feedback_command, feedback_text(action, correction_id))
+        await _run(interaction, interaction.client.kb.feedback_command, feedback_text(action, correction_id),
+                   stored=True)
 
     @tree.command(name="forget", description="Delete your questions, votes and corrections, and opt out of training")
     @app_commands.describe(what="me: everything you asked, rated and corrected")
     async def forget(interaction: discord.Interaction, what: Literal["me"]) -> None:
-        await _run(interaction, interaction.client.kb.forget, what)
+        await _run(interaction, interaction.client.kb.forget, what, stored=True)
 
     @tree.command(name="train", description="Queue a fine-tuning job on accepted feedback (admin)")
     async def train(interaction: discord.Interaction) -> None:

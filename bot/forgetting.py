@@ -299,15 +299,14 @@ def erase(db, adapters_dir: Path, trace: Trace, delete: Callable[[], dict], *, w
 
 
 def forget_person(db, adapters_dir: Path, platform: str, user: str, *, by: tuple[str, str],
-                  enqueue: bool = True) -> dict:
+                  enqueue: bool = True, delivery: str | None = None) -> dict:
     """`forget`: a person's rows out of the database and of every version folder, opted out of training:
     `{"answers", "votes", "corrections", "adapters": {"files", "rows", "marked", "weights_deleted", "retrain_job"}}`."""
     trace = collect_person(db, platform, user)
 
     def delete() -> dict:
-        counts = store.forget_user(db, platform, user)
-        store.set_opt_out(db, platform, user, True)
-        return counts
+        # One commit: the rows, the opt-out and the chat delivery's key (acknowledged means stored).
+        return store.forget_user(db, platform, user, delivery=delivery, opt_out=True)
 
     return erase(db, adapters_dir, trace, delete, why="forget", by=by, target=f"{platform}:{user}", enqueue=enqueue)
 

@@ -6,7 +6,10 @@ DISCORD_TOKEN is set) share the loop, and both reach the model through the
 single model worker. `/healthz` (liveness), `/readyz` (readiness) and
 `/metrics` (Prometheus) answer on $PORT in every case, so the process
 starts, and tells the operator what it serves, with nothing set.
-Each running platform also posts the training jobs' outbox (`post_outbox`).
+Each running platform also posts the training jobs' outbox (`post_outbox`),
+which also carries the answers a killed process left unfinished: at start,
+`inflight.recover` gives each an apology with the retrieval-only answer, and
+the sender puts it in place of the placeholder.
 """
 from __future__ import annotations
 
@@ -118,16 +121,28 @@ SLACK_UNDELIVERABLE = {"channel_not_found", "not_in_channel", "is_archived", "re
                        "msg_too_long", "no_text", "invalid_thread_ts", "thread_reply_not_allowed"}
 
 
+SLACK_GONE = {"message_not_found", "cant_update_message", "edit_window_closed"}
+
+
 def slack_sender(client):
-    """`send(row)` for Slack: chat.postMessage to the row's channel, in its thread when it has one."""
+    """`send(row)` for Slack: chat.postMessage to the row's channel, in its thread when it has one; a row
+    that names a message (a placeholder left by a killed process) replaces it with chat.update instead."""
     from slack_sdk.errors import SlackApiError
 
     from .slack_render import escape
 
     async def send(row: dict) -> None:
+        text = escape(row["text"])[:SLACK_TEXT_CHARS]
         try:
-            await client.chat_postMessage(channel=row["channel"], thread_ts=row["thread"] or None,
-                                          text=escape(row["text"])[:SLACK_TEXT_CHARS])
+            if row.get("update_message"):
+                try:
+                    await client.chat_update(channel=row["channel"], ts=row["update_message"], text=text)
+                    return
+                except SlackApiError as e:
+                    if e.response.get("error") not in SLACK_GONE:
+                        raise
+                    # The placeholder was deleted: the answer goes to its thread as a new message.
+            await client.chat_postMessage(channel=row["channel"], thread_ts=row["thread"] or None, text=text)
         except SlackApiError as e:
             error = e.response.get("error")
             if error in SLACK_UNDELIVERABLE:
@@ -146,6 +161,8 @@ def discord_sender(client):
     from .discord_app import _post
 
     async def send(row: dict) -> None:
+        if row.get("interaction") and await _edit_interaction(client, row):
+            return
         try:
             target = int(row["thread"] or row["channel"])
         except (TypeError, ValueError):
@@ -156,6 +173,28 @@ def discord_sender(client):
         except (discord.NotFound, discord.Forbidden) as e:
             raise Undeliverable(f"Discord answered {e.status} {e.text or ''}".strip()) from e
     return send
+
+
+async def _edit_interaction(client, row: dict) -> bool:
+    """Put the row's text in place of a deferred interaction's "thinking…" reply; False when the
+    interaction can no longer be edited (its token lasts 15 minutes), so the text is posted instead."""
+    import discord
+
+    from .discord_app import LIMIT
+    from .discord_render import split_message
+
+    app_id, _, token = row["interaction"].partition("/")
+    first, *rest = split_message(row["text"], LIMIT) or ["…"]
+    try:
+        hook = discord.Webhook.partial(int(app_id), token, client=client)
+        await hook.edit_message("@original", content=first)  # type: ignore[arg-type]
+        for chunk in rest:
+            await hook.send(chunk, allowed_mentions=discord.AllowedMentions.none())
+    except (ValueError, discord.NotFound, discord.Forbidden) as e:
+        log.info("outbox #%s: interaction reply not editable (%s): posting in the channel", row["id"],
+                 type(e).__name__)
+        return False
+    return True
 
 
 def _watch(task: asyncio.Task, name: str, state: dict) -> asyncio.Task:
@@ -268,8 +307,13 @@ class Ops:
 async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = OUTBOX_EVERY_S) -> None:
     from aiohttp import web
 
+    from . import inflight
+
     cmds = build_commands()
     stop = stop or asyncio.Event()
+    # Before any platform starts: what a killed process of this host left "Thinking…" goes to the
+    # outbox now, answered from retrieval (no model needed), and the posters put it in place.
+    await asyncio.to_thread(inflight.recover, cmds.db, cmds.answerer.searcher)
     state = {"slack": "off", "discord": "off"}  # the platforms, as they start and stop
     ops = Ops(cmds, state, config.get("BOT_DB"), config.get("BOT_ADAPTERS_DIR"))
     tasks = []

@@ -1,16 +1,21 @@
 """What the bot does with each Slack request: slash commands, mentions, DMs, 👍/👎, corrections.
 
-`Listeners.register(app)` wires them with bolt's own decorators. Each acks
-first (Slack allows 3 s), then works. The command layer is blocking
-(retrieval, SQL, generation), so it runs on the listeners' thread pools,
-never on the loop. An answer streams into a placeholder reply: the model
-writes tokens on a worker thread, `TokenStream` hands them to the loop
-without blocking either side, and `pump` shows them at most once per
-interval (Slack allows about one `chat.update` per message per second,
+`Listeners.register(app)` wires them with bolt's own decorators. Questions
+and commands ack first (Slack allows 3 s), then work; feedback (👍/👎,
+corrections, `/feedback optout|optin|review`, `/forget me`) is stored first
+and acked after, its delivery id committed in the same transaction, so an
+acknowledged click is a stored one and a resend after a crash is processed.
+The command layer is blocking (retrieval, SQL, generation), so it runs on
+the listeners' thread pools, never on the loop. An answer streams into a
+placeholder reply: the model writes tokens on a worker thread, `TokenStream`
+hands them to the loop without blocking either side, and `pump` shows them
+at most once per interval (Slack allows about one `chat.update` per message per second,
 more gets HTTP 429), stopping as soon as the answer is complete so the
 final update (sources, buttons) is never overtaken by a stale frame.
 Slack retries deliveries it believes lost; `store.first_delivery` makes each
-event, command and click count once.
+event and command count once, the feedback writes' own delivery key each click.
+Every placeholder is on record (bot/inflight.py) until its answer lands, so a
+restart finishes answers a killed process left "Thinking…".
 
 Questions are admitted (rate limits, the queue bound) before any work: past
 a limit the asker is told "busy, try again in N s" at once. Input is checked
@@ -30,11 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from slack_sdk.errors import SlackApiError
 
-from . import guard
+from . import guard, inflight
 from . import slack_render as render
 from . import store
 from .commands import SORRY, Caller, Commands, Reply
 
+STORED_COMMANDS = ("/feedback", "/forget")  # acked only once their work is stored
+FEEDBACK_ACK_S = 2.5  # how long a form or feedback command waits for its commit within Slack's 3 s
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
 
@@ -102,10 +109,11 @@ class Listeners:
         self.commands, self.update_every_s = commands, update_every_s
         # Own pools rather than asyncio.to_thread's default one: that has cpu+4
         # threads, is shared with Discord, and a question holds its thread for
-        # the whole generation; delivery checks get their own small pool so a
-        # retried event is recognised even while every answer thread is busy.
+        # the whole generation; delivery checks and feedback writes (milliseconds
+        # of SQL, owed before an ack) get their own small pool, so a retried event
+        # is recognised and a click stored in time even while every answer thread is busy.
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slack-work")
-        self.quick = ThreadPoolExecutor(2, thread_name_prefix="slack-dedupe")
+        self.quick = ThreadPoolExecutor(4, thread_name_prefix="slack-quick")
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -139,6 +147,43 @@ class Listeners:
             if reply.data.get("chart_png") and caller.channel:
                 await self.upload_chart(client, caller.channel, reply)
         return listener
+
+    def stored_command(self, run):
+        """A feedback command (`/feedback`, `/forget`): `run(caller, text, delivery=...)` commits its work with
+        the delivery id, and the ack carries the reply, so what is acknowledged is stored."""
+        async def listener(ack, command, respond):
+            if not command.get("user_id"):
+                await ack("Sorry, that command arrived without a user, so I can't run it.")
+                return
+            caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
+            work = self._submit(self.pool, run, caller, render.unescape(command.get("text") or "").strip(),
+                                delivery=f"slack:cmd:{command.get('trigger_id')}")
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(work), FEEDBACK_ACK_S)
+            except asyncio.TimeoutError:
+                # Not stored in Slack's time: no ack (Slack tells the person it failed, and a
+                # later listener must not ack it either: unknown_command); the reply follows.
+                log.warning("%s was not stored within %.1f s: left unacknowledged", command.get("command"),
+                            FEEDBACK_ACK_S)
+                reply = await self._settle(work, caller, command.get("command"))
+                await respond(**render.reply_message(reply))
+                return
+            except Exception:
+                reply = await self._settle(work, caller, command.get("command"))
+            if reply.data.get("duplicate"):
+                await ack()  # a resend of a command already done: its reply was given
+                return
+            message = render.reply_message(reply)
+            await ack(text=message["text"], response_type=message["response_type"])
+        return listener
+
+    @staticmethod
+    async def _settle(work, caller: Caller, what) -> Reply:
+        try:
+            return await work
+        except Exception:  # a bug or the database: the caller hears so, the log gets no chat text
+            log.exception("%s by %s failed", what, caller.user)
+            return Reply(SORRY, ok=False, private=True)
 
     @staticmethod
     async def upload_chart(client, channel: str, reply: Reply) -> None:
@@ -204,10 +249,20 @@ class Listeners:
     # -- answering in a thread -------------------------------------------------
 
     async def answer(self, client, caller: Caller, question: str) -> None:
-        """Post a placeholder in the thread, stream into it, then replace it with the final answer."""
-        placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
-                                                    text=render.THINKING)
+        """Post a placeholder in the thread, stream into it, then replace it with the final answer.
+
+        The placeholder is on record from before it is posted until the final answer lands
+        (bot/inflight.py): a process killed in between leaves the record for the restart."""
+        db = self.commands.db
+        held = await self._submit(self.quick, inflight.begin, db, caller, question)
+        try:
+            placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
+                                                        text=render.THINKING)
+        except Exception:  # nothing was posted: nothing to finish
+            await self._submit(self.quick, inflight.end, db, held)
+            raise
         ts = placeholder["ts"]
+        await self._submit(self.quick, inflight.placed, db, held, ts)
         stream = TokenStream(asyncio.get_running_loop())
         pump = asyncio.create_task(stream.pump(client, caller.channel, ts, self.update_every_s))
         answer = None
@@ -220,11 +275,16 @@ class Listeners:
             stream.close()
             await pump  # no streaming frame may land after the final text
         if answer is None:
-            await client.chat_update(channel=caller.channel, ts=ts,
-                                     text="Sorry, something went wrong while answering. Please try again.")
+            final = {"text": "Sorry, something went wrong while answering. Please try again."}
+        else:
+            final = {"text": render.answer_fallback(answer), "blocks": render.answer_blocks(answer)}
+        try:
+            await client.chat_update(channel=caller.channel, ts=ts, **final)
+        except Exception as e:  # noqa: BLE001 (rate-limited, a network error): the outbox retries it, as text
+            log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel, type(e).__name__)
+            await self._submit(self.quick, inflight.hand_off, db, held, final["text"])
             return
-        await client.chat_update(channel=caller.channel, ts=ts, text=render.answer_fallback(answer),
-                                 blocks=render.answer_blocks(answer))
+        await self._submit(self.quick, inflight.end, db, held)
 
     # -- mentions and direct messages -----------------------------------------
 
@@ -264,9 +324,6 @@ class Listeners:
 
     # -- 👍 / 👎 and corrections ------------------------------------------------
 
-    async def _first_action(self, body, action) -> bool:
-        return await self.first(f"slack:action:{body.get('trigger_id') or action.get('action_ts')}")
-
     @staticmethod
     def _action_caller(body) -> Caller:
         return Caller(PLATFORM, (body.get("user") or {}).get("id", ""), (body.get("channel") or {}).get("id", ""))
@@ -283,46 +340,65 @@ class Listeners:
         except SlackApiError as e:
             log.warning("could not reply to a click: %s", e.response.get("error"))
 
+    def _action_key(self, body, action) -> str:
+        return f"slack:action:{body.get('trigger_id') or action.get('action_ts')}"
+
+    async def _store_vote(self, body, action, value: int) -> Reply:
+        """Commit the vote with its delivery id, before the ack: SQL takes milliseconds of Slack's 3 s."""
+        caller = self._action_caller(body)
+        try:
+            return await self._submit(self.quick, self.commands.vote, caller, action.get("value", ""), value,
+                                      delivery=self._action_key(body, action))
+        except Exception:  # the database: not stored, and the clicker is told so
+            log.exception("storing a vote by %s failed", caller.user)
+            return Reply(SORRY, ok=False, private=True)
+
     async def vote_up(self, ack, body, action, respond, client):
+        reply = await self._store_vote(body, action, 1)
         await ack()
-        if await self._first_action(body, action):
-            reply = await self._submit(self.pool, self.commands.vote, self._action_caller(body),
-                                       action.get("value", ""), 1)
+        if not reply.data.get("duplicate"):  # a resend of a stored click was answered the first time
             await self._say(body, respond, client, reply)
 
     async def vote_down(self, ack, body, action, respond, client):
-        await ack()
-        if not await self._first_action(body, action):
-            return
         answer_id = action.get("value", "")
         bad = guard.check_answer_id(answer_id)
         if bad:  # a forged or garbled button: no form to open for it
+            await ack()
             await self._say(body, respond, client, Reply(bad, ok=False, private=True))
             return
-        # Record the vote at once, but don't let it delay the modal: a trigger_id expires 3 s after the click.
-        vote = self._submit(self.pool, self.commands.vote, self._action_caller(body), answer_id, -1)
+        # Stored, then acked, then the form: the trigger_id allows 3 s for all three, the SQL takes milliseconds.
+        reply = await self._store_vote(body, action, -1)
+        await ack()
+        if reply.data.get("duplicate"):
+            return
+        if not reply.ok:
+            await self._say(body, respond, client, reply)
+            return
         try:
             await client.views_open(trigger_id=body["trigger_id"], view=render.correction_modal(answer_id))
         except SlackApiError as e:
             log.warning("could not open the correction modal: %s", e.response.get("error"))
-        reply = await vote
-        if not reply.ok:
-            await self._say(body, respond, client, reply)
 
     async def submit_correction(self, ack, body, view):
         caller = Caller(PLATFORM, (body.get("user") or {}).get("id", ""))
-        if not await self.first(f"slack:action:{body.get('trigger_id') or view.get('id')}"):
-            await ack()
-            return
-        # The command layer decides what a valid correction is; its answer (ms of SQL)
-        # is what the ack carries, as field errors or a thank-you in place of the form.
-        work = self._submit(self.pool, self.commands.correct, caller, view.get("private_metadata", ""),
-                            render.correction_text(view))
+        # The command layer decides what a valid correction is and commits it with the delivery id;
+        # its answer (ms of SQL) is what the ack carries, as field errors or a thank-you in place of the form.
+        work = self._submit(self.quick, self.commands.correct, caller, view.get("private_metadata", ""),
+                            render.correction_text(view),
+                            # The form's view id: the same for Slack's resend and for the person submitting
+                            # the same form again after an error, so neither stores it twice.
+                            delivery=f"slack:view:{view.get('id') or body.get('trigger_id')}")
         try:
-            reply = await asyncio.wait_for(asyncio.shield(work), 2.0)
-        except asyncio.TimeoutError:  # a slow database: close the modal in time; the save goes on
-            await ack()
+            reply = await asyncio.wait_for(asyncio.shield(work), FEEDBACK_ACK_S)
+        except asyncio.TimeoutError:
+            # Not stored in Slack's time: no ack, so the form stays open with the text in it and
+            # Slack says it could not be sent; the commit goes on, and a second submission of the
+            # same form is recognised by its delivery id.
+            log.warning("a correction was not stored within %.1f s: left unacknowledged", FEEDBACK_ACK_S)
+            await self._settle(work, caller, "a correction")
             return
+        except Exception:
+            reply = await self._settle(work, caller, "a correction")
         if reply.ok:
             await ack(response_action="update", view=render.thanks_modal(reply))
         elif not view.get("state", {}).get("values", {}).get(render.CORRECTION):
@@ -334,15 +410,28 @@ class Listeners:
     # -- what the bot does not know: a message, not bolt's 404 ------------------
 
     async def unknown_command(self, ack, command):
+        if command.get("command") in STORED_COMMANDS:  # see unknown_action: still being stored
+            return
         await ack(render.escape(f"Sorry, I don't know {command.get('command') or 'that command'}. "
                                 "`/help` lists what I can do.")[:3000])
 
     async def unknown_action(self, ack, body, respond, client):
+        ids = {a.get("action_id") for a in body.get("actions") or []}
+        if ids & {render.VOTE_UP, render.VOTE_DOWN}:
+            # Bolt hands a request on to the next matching listener when the first has not acked
+            # within its 3 s: a vote still waiting for its commit. Acking it here would acknowledge
+            # a vote that is not stored (and tell the person the button is unknown); unacked,
+            # Slack shows an error, and the vote lands when its commit does.
+            log.warning("a vote was not stored within Slack's 3 s: left unacknowledged")
+            return
         await ack()
         log.info("unknown action %s", [a.get("action_id") for a in body.get("actions") or []][:3])
         await self._say(body, respond, client, Reply(render.UNKNOWN_ACTION, ok=False, private=True))
 
     async def unknown_view(self, ack, view):
+        if view.get("callback_id") == render.CORRECTION:  # see unknown_action: the real listener is still at work
+            log.warning("a correction form was not answered within Slack's 3 s: left unacknowledged")
+            return
         log.info("unknown form %s", view.get("callback_id"))
         await ack(response_action="update", view=render.notice_modal("Not saved", render.UNKNOWN_FORM))
 
@@ -352,8 +441,9 @@ class Listeners:
     def register(self, app) -> None:
         app.command("/ask")(self.ask)
         app.command("/kb")(self.command(self.kb))
-        app.command("/feedback")(self.command(self.commands.feedback_command))
-        app.command("/forget")(self.command(self.commands.forget))
+        app.command("/feedback")(self.stored_command(self.commands.feedback_command))
+        app.command("/forget")(self.stored_command(lambda caller, text, delivery: self.commands.forget(
+            caller, text or "", delivery=delivery)))
         # The job's progress and verdict go to the channel /train was run in (the outbox, posted by serve).
         app.command("/train")(self.command(lambda caller, text: self.commands.train(caller)))
         app.command("/jobs")(self.command(self.jobs))

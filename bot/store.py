@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -132,6 +133,24 @@ def m006_outbox_errors(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m007_inflight(db: sqlite_utils.Database) -> None:
+    # Answers being written: the placeholder each one posted ("Thinking…" on
+    # Slack, a deferred interaction or nothing yet on Discord) and the process
+    # that owns it, so a restart can finish what a dead process left behind.
+    # The question is kept for the retrieval-only answer the restart posts.
+    db["inflight"].create(
+        {"id": int, "platform": str, "channel": str, "thread": str, "message": str, "interaction": str,
+         "user": str, "question": str, "owner": str, "created_at": float},
+        pk="id")
+    db["inflight"].create_index(["owner"])
+    # An outbox row that replaces a message (`update_message`: a Slack ts, a
+    # Discord message id) or edits an interaction's reply (`interaction`:
+    # "application_id/token") instead of posting a new one.
+    db["outbox"].add_column("update_message", str)
+    db["outbox"].add_column("interaction", str)
+
+
+@migration
 def m008_forget(db: sqlite_utils.Database) -> None:
     # Ids (never text) of answers and corrections deleted by forget or the retention purge, for a
     # few days: a training job that built its snapshot before the deletion writes its version after
@@ -190,6 +209,45 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     return db
 
 
+@contextmanager
+def transaction(db):
+    """One transaction on this thread's connection: every statement in the block commits together, or none.
+
+    `with db.conn:` alone is not one: sqlite-utils 4 commits each `db.execute`
+    that opens an implicit transaction as soon as it returns, so a block of
+    them was a series of commits (a delivery key could outlive the vote it
+    keyed). An explicit BEGIN turns that off for the block; IMMEDIATE takes
+    the write lock at once, so a transaction that reads before it writes
+    never fails to upgrade its lock (SQLITE_BUSY, which busy_timeout does not retry).
+
+    Writers of one process queue on a lock first: SQLite's busy handler sleeps
+    in growing steps (up to 100 ms) between tries, so threads contending inside
+    SQLite leave the file idle between commits; a queue hands the lock on at
+    once (300 concurrent votes: the slowest waited over 3 s without it)."""
+    conn = db.conn
+    with _writer_lock(db):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(db) -> threading.Lock:
+    """One lock per database file in this process (a :memory: database has one connection: no lock needed)."""
+    path = getattr(db, "_path", None)
+    if path is None:
+        return threading.Lock()
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(path, threading.Lock())
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     db["_migrations"].create({"name": str, "applied_at": float}, pk="name", if_not_exists=True)
     done = {r["name"] for r in db["_migrations"].rows}
@@ -214,7 +272,7 @@ def documents(db) -> list[dict]:
 
 def remove_document(db, doc: str) -> None:
     """Forget a document; passages no other document shares go with it."""
-    with db.conn:
+    with transaction(db):
         db.execute("delete from occurrences where doc = ?", [doc])
         db.execute("delete from documents where doc = ?", [doc])
         _drop_orphans(db)
@@ -234,7 +292,7 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
     Returns the ids of passages that were new to the database.
     """
     new: list[int] = []
-    with db.conn:
+    with transaction(db):
         db.execute("delete from occurrences where doc = ?", [record["doc"]])
         db.execute(
             "insert or replace into documents (doc, source, sha256, size, mtime, indexed_at, chunks)"
@@ -260,7 +318,7 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
 
 def replace_document_meta(db, record: dict) -> None:
     """A file touched but not changed: remember its new mtime so the next run skips it cheaply."""
-    with db.conn:
+    with transaction(db):
         db.execute("update documents set mtime = ?, size = ?, indexed_at = ? where doc = ?",
                    [record["mtime"], record["size"], record["indexed_at"], record["doc"]])
 
@@ -286,7 +344,7 @@ def embeddings(db, model: str) -> dict[int, bytes]:
 
 
 def save_embeddings(db, model: str, vectors: dict[int, bytes]) -> None:
-    with db.conn:
+    with transaction(db):
         db.conn.executemany(
             "insert or replace into embeddings (passage_id, model, vector) values (?, ?, ?)",
             [(pid, model, v) for pid, v in vectors.items()],
@@ -301,7 +359,7 @@ def lexicon(db) -> dict[str, list[tuple[str, float]]]:
 
 
 def save_lexicon(db, rows: Iterable[tuple[str, str, float]]) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("delete from lexicon")
         db.conn.executemany("insert or replace into lexicon (term, zh, weight) values (?, ?, ?)", list(rows))
 
@@ -312,7 +370,7 @@ def get_meta(db, key: str) -> str | None:
 
 
 def set_meta(db, key: str, value: str) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("insert or replace into meta (key, value) values (?, ?)", [key, value])
 
 
@@ -323,7 +381,7 @@ def record_answer(db, row: dict) -> None:
     row = {**row, "passages": json.dumps(row["passages"], ensure_ascii=False),
            "citations": json.dumps(row["citations"], ensure_ascii=False)}
     cols = ", ".join(row)
-    with db.conn:
+    with transaction(db):
         db.execute(f"insert into answers ({cols}) values ({', '.join(':' + c for c in row)})", row)
 
 
@@ -362,29 +420,53 @@ def recent_answers(db, platform: str, user: str, limit: int = 5) -> list[dict]:
 # --- feedback -------------------------------------------------------------
 
 
-def record_vote(db, answer_id: str, user: str, platform: str, value: int) -> None:
-    with db.conn:
+class Duplicate(Exception):
+    """Raised inside a write whose delivery key is already stored: the work was done by an earlier delivery."""
+
+
+def _claim(db, delivery: str | None) -> None:
+    """Store `delivery` in the current transaction; a key already there means this delivery is a resend.
+
+    Called inside the write's own `with transaction(db):`: the key and the work commit
+    together or not at all, so a delivery that died before its commit leaves
+    no key behind and the resend is processed, and one that committed is never
+    processed twice."""
+    if delivery is not None and db.execute("insert or ignore into deliveries (key, created_at) values (?, ?)",
+                                           [delivery, time.time()]).rowcount != 1:
+        raise Duplicate(delivery)
+
+
+def delivered(db, key: str) -> bool:
+    """Whether the work of delivery `key` is stored (its key commits with it)."""
+    return db.execute("select 1 from deliveries where key = ?", [key]).fetchone() is not None
+
+
+def record_vote(db, answer_id: str, user: str, platform: str, value: int, delivery: str | None = None) -> None:
+    with transaction(db):
+        _claim(db, delivery)
         db.execute("insert or replace into votes (answer_id, user, platform, value, created_at)"
                    " values (?, ?, ?, ?, ?)", [answer_id, user, platform, value, time.time()])
 
 
-def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending") -> int:
+def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending",
+                      delivery: str | None = None, accepted_by: str | None = None) -> int:
     """Store a correction; its id. One per person per answer while it waits: a new one from the same
     person replaces the text of their pending one (same id, one review item), so repeating it cannot
-    flood the review queue. Once reviewed, a new correction is a new item."""
+    flood the review queue. Once reviewed, a new correction is a new item. With `accepted_by`, it is
+    reviewed by them in the same commit; `delivery` is the chat delivery's key, stored with it."""
     now = time.time()
-    with db.conn:
-        # The UPDATE comes first so the transaction takes SQLite's write lock at once: two
-        # concurrent corrections from one person then cannot both miss and both insert.
-        updated = status == "pending" and db.execute(
+    with transaction(db):  # BEGIN IMMEDIATE: two corrections from one person cannot both miss and both insert
+        _claim(db, delivery)
+        row = status == "pending" and db.execute(
             "update corrections set text = ?, created_at = ? where id = (select id from corrections"
             " where answer_id = ? and user = ? and platform = ? and status = 'pending' order by id limit 1)"
             " returning id", [text, now, answer_id, user, platform]).fetchone()
-        if updated:
-            return updated[0]
-        return db.execute(
+        cid = row[0] if row else db.execute(
             "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
             [answer_id, user, platform, text, status, now]).lastrowid
+        if accepted_by:
+            _review(db, cid, "accepted", accepted_by)
+        return cid
 
 
 def votes(db, answer_id: str) -> list[dict]:
@@ -402,13 +484,13 @@ def corrections(db, answer_id: str | None = None, status: str | None = None) -> 
 
 def first_delivery(db, key: str) -> bool:
     """True the first time `key` is seen: a retried delivery must not be answered twice."""
-    with db.conn:
+    with transaction(db):
         return db.execute("insert or ignore into deliveries (key, created_at) values (?, ?)",
                           [key, time.time()]).rowcount == 1
 
 
 def record_promotion(db, version: str | None, previous: str | None, action: str, by: str) -> None:
-    with db.conn:
+    with transaction(db):
         db.execute("insert into promotions (version, previous, action, by, at) values (?, ?, ?, ?, ?)",
                    [version, previous, action, by, time.time()])
 
@@ -425,12 +507,26 @@ def correction(db, correction_id: int) -> dict | None:
     return rows[0] if rows else None
 
 
-def review_correction(db, correction_id: int, status: str, by: str) -> bool:
+def _review(db, correction_id: int, status: str, by: str) -> bool:
+    return db.execute(
+        "update corrections set status = ?, reviewed_by = ?, reviewed_at = ? where id = ? and status = 'pending'",
+        [status, by, time.time(), correction_id]).rowcount == 1
+
+
+class _NotDone(Exception):
+    pass
+
+
+def review_correction(db, correction_id: int, status: str, by: str, delivery: str | None = None) -> bool:
     """Accept or reject a pending correction; False when it is not pending (already reviewed, or gone)."""
-    with db.conn:
-        return db.execute(
-            "update corrections set status = ?, reviewed_by = ?, reviewed_at = ? where id = ? and status = 'pending'",
-            [status, by, time.time(), correction_id]).rowcount == 1
+    try:
+        with transaction(db):
+            _claim(db, delivery)
+            if not _review(db, correction_id, status, by):
+                raise _NotDone  # rolls the delivery key back too: a refused review did no work
+            return True
+    except _NotDone:
+        return False
 
 
 def pending_corrections(db, limit: int = 50) -> list[dict]:
@@ -441,8 +537,9 @@ def pending_corrections(db, limit: int = 50) -> list[dict]:
         " order by c.created_at, c.id limit ?", [limit]))
 
 
-def set_opt_out(db, platform: str, user: str, out: bool = True) -> None:
-    with db.conn:
+def set_opt_out(db, platform: str, user: str, out: bool = True, delivery: str | None = None) -> None:
+    with transaction(db):
+        _claim(db, delivery)
         if out:
             db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
                        [platform, user, time.time()])
@@ -454,19 +551,26 @@ def opted_out(db) -> set[tuple[str, str]]:
     return {(p, u) for p, u in db.execute("select platform, user from opt_outs")}
 
 
-def forget_user(db, platform: str, user: str) -> dict:
-    """Delete a person's questions (answers rows, with all feedback on them), votes and corrections.
+def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_out: bool = False) -> dict:
+    """Delete a person's questions (answers rows, with all feedback on them), votes and corrections,
+    and with `opt_out` opt them out of training.
 
     One transaction: a crash half-way leaves everything, never half. The
     opt-out row stays, so their future questions stay out of training too."""
     mine = "select id from answers where platform = ? and user = ?"
-    with db.conn:
+    with transaction(db):
+        _claim(db, delivery)
+        if opt_out:
+            db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
+                       [platform, user, time.time()])
         votes_n = db.execute(f"delete from votes where (platform = ? and user = ?) or answer_id in ({mine})",
                              [platform, user, platform, user]).rowcount
         corrections_n = db.execute(
             f"delete from corrections where (platform = ? and user = ?) or answer_id in ({mine})",
             [platform, user, platform, user]).rowcount
         answers_n = db.execute("delete from answers where platform = ? and user = ?", [platform, user]).rowcount
+        # A question still being answered (or left by a killed process) is theirs too: no apology follows.
+        db.execute("delete from inflight where platform = ? and user = ?", [platform, user])
     return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
 
 
@@ -491,7 +595,7 @@ def feedback_answers(db) -> list[dict]:
 
 def mark_trained(db, version: str, correction_ids: Iterable[int], answer_ids: Iterable[str]) -> None:
     """Record that promoted adapter `version` learned these corrections and upvoted answers."""
-    with db.conn:
+    with transaction(db):
         db.conn.executemany("update corrections set used_in = ? where id = ? and used_in is null",
                             [(version, i) for i in correction_ids])
         db.conn.executemany("update answers set trained_in = ? where id = ? and trained_in is null",
@@ -505,7 +609,7 @@ FINAL_STATES = ("promoted", "rejected", "skipped", "failed", "cancelled")
 
 
 def create_job(db, kind: str, requested_by: str, platform: str = "", channel: str = "", thread: str = "") -> int:
-    with db.conn:
+    with transaction(db):
         return db.execute(
             "insert into jobs (kind, state, requested_by, platform, channel, thread, created_at)"
             " values (?, 'queued', ?, ?, ?, ?, ?)",
@@ -528,7 +632,7 @@ def list_jobs(db, limit: int = 20, states: Iterable[str] | None = None) -> list[
 
 def claim_job(db, job_id: int) -> bool:
     """queued -> running, once: True for the one caller that got the job (a job id runs at most once)."""
-    with db.conn:
+    with transaction(db):
         return db.execute("update jobs set state = 'running', started_at = ? where id = ? and state = 'queued'",
                           [time.time(), job_id]).rowcount == 1
 
@@ -539,12 +643,12 @@ def update_job(db, job_id: int, **fields) -> None:
     if fields.get("state") in FINAL_STATES:
         fields.setdefault("finished_at", time.time())
     cols = ", ".join(f"{k} = :{k}" for k in fields)
-    with db.conn:
+    with transaction(db):
         db.execute(f"update jobs set {cols} where id = :_id", {**fields, "_id": job_id})
 
 
 def cancel_queued_job(db, job_id: int, by: str) -> bool:
-    with db.conn:
+    with transaction(db):
         return db.execute(
             "update jobs set state = 'cancelled', cancel_requested = ?, finished_at = ?, error = ?"
             " where id = ? and state = 'queued'", [by, time.time(), f"cancelled by {by}", job_id]).rowcount == 1
@@ -553,7 +657,7 @@ def cancel_queued_job(db, job_id: int, by: str) -> bool:
 def request_job_cancel(db, job_id: int, by: str) -> bool:
     """Ask a running job to stop at its next training step."""
     states = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
-    with db.conn:
+    with transaction(db):
         return db.execute(f"update jobs set cancel_requested = ? where id = ? and state in ({states})",
                           [by, job_id]).rowcount == 1
 
@@ -563,11 +667,59 @@ def job_cancel_requested(db, job_id: int) -> str | None:
     return row[0] if row else None
 
 
-def post_outbox(db, job_id: int | None, platform: str, channel: str, thread: str, text: str) -> int:
-    with db.conn:
+def post_outbox(db, job_id: int | None, platform: str, channel: str, thread: str, text: str, *,
+                update_message: str | None = None, interaction: str | None = None) -> int:
+    with transaction(db):
+        return _outbox_row(db, job_id, platform, channel, thread, text, update_message, interaction)
+
+
+def _outbox_row(db, job_id, platform, channel, thread, text, update_message=None, interaction=None) -> int:
+    return db.execute(
+        "insert into outbox (job_id, platform, channel, thread, text, created_at, update_message, interaction)"
+        " values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [job_id, platform, channel, thread, text, time.time(), update_message, interaction]).lastrowid
+
+
+# --- answers in flight: placeholders a restart must finish -------------------
+
+def add_inflight(db, platform: str, channel: str, thread: str, user: str, question: str, owner: str, *,
+                 message: str | None = None, interaction: str | None = None) -> int:
+    """Record a placeholder as it is posted (`message`: its Slack ts or Discord id; `interaction`:
+    "application_id/token" of a deferred Discord reply); `clear_inflight` when the answer lands."""
+    with transaction(db):
         return db.execute(
-            "insert into outbox (job_id, platform, channel, thread, text, created_at) values (?, ?, ?, ?, ?, ?)",
-            [job_id, platform, channel, thread, text, time.time()]).lastrowid
+            "insert into inflight (platform, channel, thread, message, interaction, user, question, owner, created_at)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [platform, channel, thread, message, interaction, user, question, owner, time.time()]).lastrowid
+
+
+def set_inflight_message(db, inflight_id: int, message: str) -> None:
+    with transaction(db):
+        db.execute("update inflight set message = ? where id = ?", [message, inflight_id])
+
+
+def clear_inflight(db, inflight_id: int) -> None:
+    with transaction(db):
+        db.execute("delete from inflight where id = ?", [inflight_id])
+
+
+def inflight(db, platform: str | None = None) -> list[dict]:
+    if platform is None:
+        return list(db.query("select * from inflight order by id"))
+    return list(db.query("select * from inflight where platform = ? order by id", [platform]))
+
+
+def hand_inflight_to_outbox(db, inflight_id: int, text: str) -> int | None:
+    """Replace a dead process's placeholder through the outbox: the outbox row and the removal of the
+    placeholder's record commit together (a crash between them neither loses nor doubles the answer).
+    None when the row is gone (another process recovered it first)."""
+    with transaction(db):
+        row = db.execute("select platform, channel, thread, message, interaction from inflight where id = ?",
+                         [inflight_id]).fetchone()
+        if row is None or db.execute("delete from inflight where id = ?", [inflight_id]).rowcount != 1:
+            return None
+        platform, channel, thread, message, interaction = row
+        return _outbox_row(db, None, platform, channel, thread, text, message, interaction)
 
 
 def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: float = 60.0) -> list[dict]:
@@ -577,7 +729,7 @@ def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: floa
     offered again, so a message is posted at least once; two bot processes
     never claim the same row at the same time."""
     now = time.time()
-    with db.conn:
+    with transaction(db):
         cur = db.execute(
             "update outbox set claimed_by = ?, claimed_at = ? where id in ("
             " select id from outbox where platform = ? and sent_at is null"
@@ -589,13 +741,13 @@ def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: floa
 
 
 def mark_outbox_sent(db, ids: Iterable[int]) -> None:
-    with db.conn:
+    with transaction(db):
         db.conn.executemany("update outbox set sent_at = ? where id = ?", [(time.time(), i) for i in ids])
 
 
 def mark_outbox_dropped(db, outbox_id: int, why: str) -> None:
     """Give up on a message that can never be posted: done (not offered again), and says why."""
-    with db.conn:
+    with transaction(db):
         db.execute("update outbox set sent_at = ?, dropped = ? where id = ?", [time.time(), why[:300], outbox_id])
 
 
@@ -609,7 +761,7 @@ def outbox(db, job_id: int | None = None) -> list[dict]:
 
 def audit(db, platform: str, user: str, action: str, target: str = "", result: str = "ok", detail: str = "") -> None:
     """Record a privileged action: who, what, on what, when, and how it ended (`ok`, `refused`, `error: ...`)."""
-    with db.conn:
+    with transaction(db):
         db.execute("insert into audit (at, platform, user, action, target, result, detail)"
                    " values (?, ?, ?, ?, ?, ?, ?)", [time.time(), platform, user, action, target, result, detail])
 
@@ -622,7 +774,7 @@ def audit_log(db, limit: int = 50, action: str | None = None) -> list[dict]:
 
 def record_forgotten(db, answer_ids: Iterable[str], correction_ids: Iterable[int], why: str) -> None:
     now = time.time()
-    with db.conn:
+    with transaction(db):
         db.conn.executemany("insert or replace into forgotten (kind, id, at, why) values (?, ?, ?, ?)",
                             [("answer", a, now, why) for a in answer_ids]
                             + [("correction", str(c), now, why) for c in correction_ids])
@@ -630,7 +782,7 @@ def record_forgotten(db, answer_ids: Iterable[str], correction_ids: Iterable[int
 
 def forgotten_ids(db, keep_s: float) -> tuple[set[str], set[int]]:
     """Answer and correction ids forgotten within `keep_s` seconds; older ones are dropped here."""
-    with db.conn:
+    with transaction(db):
         db.execute("delete from forgotten where at < ?", [time.time() - keep_s])
     rows = db.execute("select kind, id from forgotten").fetchall()
     return {i for k, i in rows if k == "answer"}, {int(i) for k, i in rows if k == "correction"}
@@ -640,11 +792,12 @@ def purge_before(db, cutoff: float) -> dict:
     """Delete questions (answers rows) older than `cutoff`, with the votes and corrections on them,
     and older delivery keys; one transaction. Audit rows and jobs stay: they hold no chat text."""
     old = "select id from answers where created_at < ?"
-    with db.conn:
+    with transaction(db):
         votes_n = db.execute(f"delete from votes where answer_id in ({old})", [cutoff]).rowcount
         corrections_n = db.execute(f"delete from corrections where answer_id in ({old})", [cutoff]).rowcount
         answers_n = db.execute("delete from answers where created_at < ?", [cutoff]).rowcount
         db.execute("delete from deliveries where created_at < ?", [cutoff])
+        db.execute("delete from inflight where created_at < ?", [cutoff])
     return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
 
 

@@ -44,6 +44,7 @@ class Recorder:
     requests: list[Request] = field(default_factory=list)
     identify: dict | None = None  # the gateway IDENTIFY payload, once a client has connected
     unhandled: list[Request] = field(default_factory=list)  # requests Discord would not have understood
+    expired: set = field(default_factory=set)  # interaction tokens past their 15 minutes: 404 Unknown Webhook
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1340000000000000001))
 
     async def start(self) -> str:
@@ -145,6 +146,8 @@ class Recorder:
             if request.query.get("wait") in ("1", "true"):  # application webhooks always wait
                 return self._json(self.message("0", body))
             return web.Response(status=204)
+        if (m := re.fullmatch(rf"/webhooks/{APP_ID}/([^/]+)/.*", path)) and m[1] in self.expired:
+            return self._json({"message": "Unknown Webhook", "code": 10015}, status=404)
         if re.fullmatch(rf"/webhooks/{APP_ID}/[^/]+/messages/@original", path):
             return web.Response(status=204) if method == "DELETE" else self._json(self.message("0", body))
         if m := re.fullmatch(r"/channels/(\d+)/messages", path):

@@ -79,6 +79,7 @@ def make_commands(db_path, gen) -> commands.Commands:
 
 def fake_interaction(client, user=42, channel=7):
     return SimpleNamespace(id=next(_ids), client=client, user=SimpleNamespace(id=user),
+                           application_id=int(APP_ID), token="interaction-token",
                            channel=SimpleNamespace(id=channel), channel_id=channel,
                            response=AsyncMock(), followup=AsyncMock())
 
@@ -94,6 +95,7 @@ async def test_ask_callback_defers_then_follows_up_with_buttons(db_path):
     assert len(row) == 1 and row[0][1:] == ("discord", "42", "7", "7")
     assert "边缘计算是在靠近数据源的地方进行计算[1]" in content and "[1] " in content
     assert [b.custom_id for b in kw["view"].children] == [f"kb:vote:up:{row[0][0]}", f"kb:vote:down:{row[0][0]}"]
+    assert store.inflight(client.kb.db) == []  # the answer landed: nothing left for a restart to finish
 
 
 @pytest.mark.asyncio

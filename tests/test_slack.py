@@ -62,6 +62,13 @@ class Slow:
         return SimpleNamespace(text=self.text, prompt_tokens=10, completion_tokens=len(self.text), adapter=None)
 
 
+
+def acked(response) -> dict:
+    """What a command's ack said: (status, body, seconds) from `post_signed`, the body bolt's JSON."""
+    status, body, _ = response
+    assert status == 200, body
+    return json.loads(body)
+
 @pytest.fixture(scope="module")
 def searcher(indexed_kb):
     return retrieval.Searcher(indexed_kb.db)
@@ -431,13 +438,12 @@ async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(slack):
 
     mine, theirs = await asked(slack, "U0ALICE"), await asked(slack, "U0BOB")
     await asyncio.to_thread(slack.cmds.vote, Caller("slack", "U0BOB"), mine, 1)
-    await slack.command("/forget", "")
-    (usage,) = await said_to(slack, "forget.U0ALICE")
+    # Feedback commands are stored before the ack, and the ack carries the reply.
+    usage = acked(await slack.command("/forget", ""))
     assert "`/forget me`" in usage["text"] and usage["response_type"] == "ephemeral"
     assert store.answer(slack.db, mine) is not None
 
-    await slack.command("/forget", "me")
-    done = (await said_to(slack, "forget.U0ALICE", 2))[1]
+    done = acked(await slack.command("/forget", "me"))
     assert done["response_type"] == "ephemeral" and done["text"].startswith("Deleted 1 question(s)")
     assert store.answer(slack.db, mine) is None and store.answer(slack.db, theirs) is not None
     assert [r["user"] for r in slack.answers()] == ["U0BOB"]
@@ -470,24 +476,23 @@ async def test_feedback_optout_and_review_is_for_admins_who_accept_a_pending_cor
     cid = fixed.data["correction_id"]
     assert fixed.data["status"] == "pending"
 
-    await slack.command("/feedback", "optout")
-    (optout,) = await said_to(slack, "feedback.U0ALICE")
+    optout = acked(await slack.command("/feedback", "optout"))
     assert optout["text"].startswith("Done") and feedback.is_opted_out(slack.db, "slack", "U0ALICE")
-    await slack.command("/feedback", "review", user="U0BOB")
-    (refused,) = await said_to(slack, "feedback.U0BOB")
+    refused = acked(await slack.command("/feedback", "review", user="U0BOB"))
     assert "admins only" in refused["text"] and refused["response_type"] == "ephemeral"
 
-    await slack.command("/feedback", "review", user=ADMIN)
-    (listing,) = await said_to(slack, f"feedback.{ADMIN}")
+    listing = acked(await slack.command("/feedback", "review", user=ADMIN))
     assert listing["response_type"] == "ephemeral" and f"#{cid} by slack:U0ALICE" in listing["text"]
     assert "&lt;靠近数据源&gt; &amp; 低延迟" in listing["text"]  # the user's text, escaped for mrkdwn
-    await slack.command("/feedback", f"review accept {cid}", user=ADMIN)
-    accepted = (await said_to(slack, f"feedback.{ADMIN}", 2))[1]
+    accepted = acked(await slack.command("/feedback", f"review accept {cid}", user=ADMIN, trigger="Tr0ACCEPT"))
     assert accepted["text"] == f"Correction #{cid} accepted."
     assert store.correction(slack.db, cid)["status"] == "accepted"
     assert store.correction(slack.db, cid)["reviewed_by"] == f"slack:{ADMIN}"
-    await slack.command("/feedback", f"review reject {cid}", user=ADMIN)
-    again = (await said_to(slack, f"feedback.{ADMIN}", 3))[2]
+    # The same delivery sent again (a retry): done once, no second reply, one audit row.
+    status, body, _ = await slack.command("/feedback", f"review accept {cid}", user=ADMIN, trigger="Tr0ACCEPT")
+    assert status == 200 and body == ""
+    assert len(store.audit_log(slack.db, action="feedback accept")) == 1
+    again = acked(await slack.command("/feedback", f"review reject {cid}", user=ADMIN))
     assert "already accepted" in again["text"] and store.correction(slack.db, cid)["status"] == "accepted"
 
 
