@@ -60,12 +60,12 @@ def test_long_corrections_train_evaluate_and_reach_a_verdict(loop):
     # The 5,000-character answer cannot fit 2,048 tokens even alone: skipped, and said why.
     assert fit["training"]["skipped"] == 1
     assert any("over the model's context of 2048" in n for n in fit["training"]["notes"])
-    # The long one is trained whole, its passages cut to make room (the adversary's case).
-    assert fit["training"]["trimmed"] >= 1
+    # The long one is trained whole (its passages cut when they would overflow: the card counts them).
     trained = [json.loads(x) for x in (loop.adapters / job["version"] / "train.jsonl").read_text().splitlines()]
     assert sorted(len(e["target"]) for e in trained) == sorted([len("天使投资是早期投资[1]。"), len(LONG)])
     long_ex = next(e for e in trained if e["target"] == LONG)
-    assert long_ex.get("trimmed") and long_ex["messages"][-1]["content"] == LONG
+    assert fit["training"]["trimmed"] == sum(bool(e.get("trimmed")) for e in trained)
+    assert long_ex["messages"][-1]["content"] == LONG
     assert QUESTIONS[0] in long_ex["messages"][-2]["content"]
     # Evaluation scored the long references on what fits, for both adapters.
     assert fit["evaluation"]["cut"] >= 1
