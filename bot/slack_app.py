@@ -120,7 +120,7 @@ _SHAPES = {"event": dict, "view": dict, "user": (dict, str), "actions": list, "c
            "command": str, "callback_id": str, "action_id": str, "trigger_id": str}
 _TEXT = (str, type(None))
 _INNER = {"event": {"type": str, "subtype": _TEXT, "callback_id": _TEXT, "function": (dict, type(None))},
-          "view": {"state": dict, "callback_id": _TEXT, "type": _TEXT, "private_metadata": _TEXT}}
+          "view": {"state": dict, "callback_id": _TEXT, "type": str, "private_metadata": _TEXT}}
 
 
 def _fits(body: dict, shapes: dict) -> bool:
@@ -134,8 +134,11 @@ def well_formed(body) -> bool:
     400 before bolt dispatches it."""
     if not isinstance(body, dict) or not _fits(body, _SHAPES):
         return False
-    if not all(isinstance(body.get(key) or {}, dict) and _fits(body.get(key) or {}, inner)
-               for key, inner in _INNER.items()):
+    for key, inner in _INNER.items():
+        # Slack's events and views always say their type; bolt reads body["event"]["type"] unguarded.
+        if key in body and not (_fits(body[key], inner) and isinstance(body[key].get("type"), str)):
+            return False
+    if "actions" in body and not body["actions"]:  # bolt takes body["actions"][0]
         return False
     return all(isinstance(a, dict) and _fits(a, {"action_id": _TEXT, "block_id": _TEXT})
                for a in body.get("actions") or [])

@@ -242,7 +242,7 @@ def served(db_path: Path):
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     db = store.connect(db_path)
-    cmds = make_commands(db, Scripted())
+    cmds = make_commands(db, Scripted(), adapters_dir=Path(db_path).parent / "adapters")
 
     async def start():
         recorder = await Recorder().start()

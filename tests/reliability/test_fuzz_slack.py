@@ -69,6 +69,8 @@ def test_the_adversarys_requests_get_401_unsigned_and_400_or_413_signed(tmp_path
                 ("[" * (slack_http.MAX_DEPTH + 1) + "]" * (slack_http.MAX_DEPTH + 1)).encode(), "application/json", 400),
             '{"event":5}': (b'{"event":5}', "application/json", 400),
             "command as a list": (b'{"command": ["/ask"]}', "application/json", 400),
+            "block_actions with no actions": (b'{"type": "block_actions", "actions": []}', "application/json", 400),
+            "an event without a type": (b'{"type": "event_callback", "event": {}}', "application/json", 400),
             "payload= not JSON": (b"payload=%7Bnope", "application/x-www-form-urlencoded", 400),
             "bad UTF-8": (b'{"type": "\xff"}', "application/json", 400),
             "a number past int's digit limit": (b'{"type": "x", "n": ' + b"9" * 5000 + b"}", "application/json", 400),
