@@ -61,6 +61,11 @@ def add_lora(model, lora, name: str = "default"):
     return get_peft_model(model, cfg, adapter_name=name)
 
 
+def _first_label(labels: list[int]) -> int:
+    """Index of the first token the loss counts (an answer token); past the end when there is none."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+
+
 def train(model, tokenizer, examples: Sequence[list[dict]], *, steps: int, learning_rate: float,
           batch_size: int = 1, seed: int = 0, max_tokens: int = 1024,
           target_loss: float = 0.0, log: Callable[[int, float], None] | None = None,
@@ -105,8 +110,12 @@ def train(model, tokenizer, examples: Sequence[list[dict]], *, steps: int, learn
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=device)
         labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch], device=device)
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        targets = labels[:, 1:]
+        # Logits only from the position before the earliest answer token on: the loss is on answer
+        # tokens alone, and the LM head over a 1,200-token prompt of passages was most of a step's
+        # time (measured on the tiny preset: 0.63 s -> 0.23 s a step at batch 4, 0.15 s -> 0.07 s at 1).
+        keep = min(width, width - min(_first_label(lab) for _, lab in batch) + 1)
+        logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1].float()
+        targets = labels[:, width - keep + 1:]
         per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
                                                       reduction="none")
         counted = (targets != IGNORE).sum(1).clamp(min=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -166,6 +167,9 @@ def run(rows: list[dict], work: Path, cache: Path, train: bool = False, steps: i
     if train:
         from bot import retrain
 
+        # The job promotes what its gate passes, and promotion checks the adapter against the serving
+        # model (BOT_MODEL): this run serves the tiny preset it trains on.
+        os.environ["BOT_MODEL"] = "tiny"
         adapters = work / "adapters"
         result = retrain.run(db, None, preset="tiny", adapters_dir=adapters, cache_dir=cache, steps=steps)
         report["train"] = {"verdict": result["verdict"], "version": result["version"],

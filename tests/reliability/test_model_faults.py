@@ -110,7 +110,12 @@ async def test_through_slack_the_streamed_text_is_replaced_by_the_apology_and_th
         finals = await slack.wait_finals(2)
         assert finals[1]["text"].startswith("边缘计算是在靠近数据源的地方进行计算[1]")
         assert [r["mode"] for r in slack.answers()] == ["retrieval-only", "llm"]
-        await asyncio.sleep(0)
+        # The slot is released once the listener has also cleared the answer's in-flight record,
+        # one database write after the final chat.update the recorder saw.
+        for _ in range(100):
+            if cmds.guard.depth() == 0:
+                break
+            await asyncio.sleep(0.02)
         assert cmds.guard.depth() == 0 and cmds.answerer.queue_depth() == 0
 
 
