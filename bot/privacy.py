@@ -40,6 +40,8 @@ _SCRIPTS = "\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
 _LETTERS = "A-Za-z0-9" + _SCRIPTS
 _LOCAL_RUN = re.compile(f"[{_LETTERS}._%+-]+$")
 _CJK_RUN = re.compile(f"[{_CJK}]+$")
+# A local part of CJK names joined by separators (`张三.李四@`): the segments after the first are all address.
+_CJK_DOTTED = re.compile(f"[{_CJK}]+((?:[._%+-][{_LETTERS}{_CJK}]+)+)$")
 # A CJK name before @ is at most this long; anything further left is the sentence ("请联系张三@…").
 CJK_LOCAL_MAX = 4
 # Words that end a Chinese sentence part right before a name: 发给/联系/是/到 ... (给张三@… keeps 给).
@@ -70,7 +72,7 @@ _TOKEN_RULES: list[tuple[str, re.Pattern, str]] = [
     ("google key", re.compile(_ASCII_EDGE + r"AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", re.A), "<TOKEN>"),
     ("jwt", re.compile(_ASCII_EDGE + r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", re.A), "<TOKEN>"),
     ("bearer", re.compile(r"(?i)(?<![A-Za-z0-9_])(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{16,})", re.A), "<TOKEN>"),
-    ("assignment", re.compile(rf"(?i)(?<![A-Za-z0-9])(?:{_EN_KEYWORDS})[\"']?(?:\s+is)?\s*(?:[:=：]|:=|=>)\s*{_VALUE}"),
+    ("assignment", re.compile(rf"(?i)(?<![A-Za-z0-9])(?:{_EN_KEYWORDS})[\"']?(?:\s+is)?\s*(?:[:=：]|:=|=>|是|为|為)\s*{_VALUE}"),
      "<SECRET>"),
     # Chinese: 密码是…, 密钥：…, or the value right after the word (密码hunter22): the value must be ASCII,
     # so 密码错误 stays.
@@ -86,6 +88,10 @@ _MENTION_RULES: list[tuple[str, re.Pattern, str]] = [
 ]
 # 32+ hex digits is past any number a sentence would hold (a git sha-1 goes too: fine). Only hex digits
 # bound it: a label glued to the front (`会话IDe9e0…`) must not hide it; the label's hex-looking end goes too.
+# Mainland China resident identity numbers: 6-digit area, birth date, sequence, check digit (0-9 or X).
+_CN_ID = ("id number", re.compile(r"(?<![0-9])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+                                   r"[0-9]{3}[0-9Xx](?![0-9A-Za-z])"), "<ID>")
+_CARD_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 _HEX = ("hex secret", re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32,}(?![0-9a-fA-F])"), "<SECRET>")
 _B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/=_-]{20,}(?![A-Za-z0-9+/=_-])")
 PHONE_REGIONS = ("CN", "US")  # national formats tried; any region's number with a leading + is found by both
@@ -140,22 +146,34 @@ def _emails(text: str) -> Iterator[Span]:
 
     The left edge is found by walking back from @: a Latin-script run, or
     else at most CJK_LOCAL_MAX CJK characters, cut after a word that ends
-    the sentence part before a name (`请联系张三@…` keeps `请联系`)."""
+    the sentence part before a name (`请联系张三@…` keeps `请联系`); CJK names
+    joined by separators (`张三.李四@`, `张三_zs@`) are taken whole.""" 
     for m in _DOMAIN.finditer(text):
         at = m.start()
         head = text[:at]
         start = at
-        if latin := _LOCAL_RUN.search(head):
+        if dotted := _CJK_DOTTED.search(head):  # before the Latin run, which would stop at the CJK name
+            start = dotted.start(1) - len(_cjk_name(head[:dotted.start(1)]))
+        elif latin := _LOCAL_RUN.search(head):
             start = latin.start()
         elif cjk := _CJK_RUN.search(head):
-            name = cjk.group(0)[-CJK_LOCAL_MAX:]
-            for word in _CJK_LEAD_WORDS:
-                cut = name.rfind(word)
-                if cut >= 0 and cut + len(word) < len(name):
-                    name = name[cut + len(word):]
-            start -= len(name)
+            start -= len(_cjk_name(head))
         if start < at:
             yield start, m.end()
+
+
+def _cjk_name(head: str) -> str:
+    """The name-like CJK local part at the end of `head`: at most CJK_LOCAL_MAX characters, cut after
+    a word that ends the sentence part before a name (`请联系张三` gives `张三`)."""
+    cjk = _CJK_RUN.search(head)
+    if not cjk:
+        return ""
+    name = cjk.group(0)[-CJK_LOCAL_MAX:]
+    for word in _CJK_LEAD_WORDS:
+        cut = name.rfind(word)
+        if cut >= 0 and cut + len(word) < len(name):
+            name = name[cut + len(word):]
+    return name
 
 
 _CITATION = re.compile(r"\[\d{1,3}\]")
@@ -172,6 +190,16 @@ def _phones(text: str) -> Iterator[Span]:
             yield m.start, m.end
 
 
+def _cards(text: str) -> Iterator[Span]:
+    """Payment card numbers: 13-19 digits (spaces or dashes between groups) that pass the Luhn check, as
+    every issuer's do; an order number or a count rarely does (1 in 10 by chance, so only long runs)."""
+    for m in _CARD_RUN.finditer(text):
+        digits = [int(c) for c in m.group(0) if c.isdigit()]
+        total = sum(d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2) for i, d in enumerate(reversed(digits)))
+        if total % 10 == 0:
+            yield m.span()
+
+
 def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
     # Order matters: keys first (they can contain @, digits and hex), then e-mail (before
     # @handles), mentions, phones, long hex and high-entropy leftovers.
@@ -180,7 +208,8 @@ def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
             + [(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[1:]]
             + [("email", _emails, "<EMAIL>")]
             + [(name, _spans(p), ph) for name, p, ph in _MENTION_RULES]
-            + [("phone", _phones, "<PHONE>"), (_HEX[0], _spans(_HEX[1]), _HEX[2]),
+            + [(_CN_ID[0], _spans(_CN_ID[1]), _CN_ID[2]), ("card number", _cards, "<CARD>"),
+               ("phone", _phones, "<PHONE>"), (_HEX[0], _spans(_HEX[1]), _HEX[2]),
                ("high entropy", _entropy, "<SECRET>")])
 
 
