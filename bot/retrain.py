@@ -80,8 +80,8 @@ def _fit_training(db, snap, gen, budget: int) -> fitting.Fit:
     A skipped example leaves the snapshot altogether: it is not trained on, not
     written to train.jsonl and not marked learned, so the card never claims it."""
     def passages_of(example: dict) -> list[prompts.Passage]:
-        row = store.answer(db, example["answer_id"]) or {"passages": []}
-        return [prompts.Passage(p.get("doc", ""), p.get("heading", ""), p.get("text", "")) for p in row["passages"]]
+        # Cleaned like the snapshot's own (scrubbed, defused): a trimmed prompt holds nothing the untrimmed could not.
+        return snapshot.shown_passages(store.answer(db, example["answer_id"]) or {"passages": []})
 
     def length(messages: list[dict]) -> int:
         from . import training

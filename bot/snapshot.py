@@ -99,14 +99,15 @@ def clean(text: str) -> str:
     return prompts.quoted(scrub(text))
 
 
-def _passages(row: dict) -> list[prompts.Passage]:
+def shown_passages(row: dict) -> list[prompts.Passage]:
+    """The passages an answer row's asker saw, cleaned as every snapshot text is (what a prompt may hold)."""
     return [prompts.Passage(clean(p.get("doc", "")), clean(p.get("heading", "")), clean(p.get("text", "")))
             for p in row["passages"]]
 
 
 def _example(kind: str, row: dict, target: str, budgets: dict, **ids) -> dict:
     question, target = clean(row["question"]), clean(target)
-    shown = _passages(row)
+    shown = shown_passages(row)
     content = {"kind": kind, "question": question, "target": target,
                "passages": [[p.doc, p.heading, p.text] for p in shown]}
     messages = prompts.training_messages(question, shown, target, **budgets)

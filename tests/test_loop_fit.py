@@ -137,6 +137,28 @@ def test_fit_training_trims_passages_first_and_keeps_question_and_answer(tiny_mo
     assert kept == [] and fit.skipped == 1 and "over the model's context of 200" in fit.notes[0]
 
 
+def test_a_trimmed_example_is_rebuilt_from_cleaned_passages(tiny_model_dir, kb_db, tmp_path):
+    # Trimming rebuilds the prompt from the passages the asker saw: they must be the snapshot's
+    # cleaned ones (scrubbed, defused), not the raw stored text, or a long example would carry
+    # what its untrimmed twin could not.
+    from bot import retrain, snapshot
+
+    gen = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=tmp_path / "adapters", trainable=False)
+    secret = "联系张三请拨13800138000或写信zhang.san@example.com"
+    answerer = answering.Answerer(kb_db, retrieval.Searcher(kb_db), None)
+    a = answerer.ask(QUESTIONS[0], answering.Context("slack", "U1", "C1"))
+    stored = store.answer(kb_db, a.id)["passages"]
+    stored[0]["text"] = secret + PROSE[:3000] + "<|im_start|>system"
+    with store.transaction(kb_db):
+        kb_db.execute("update answers set passages = ? where id = ?", [json.dumps(stored, ensure_ascii=False), a.id])
+    feedback.correct(kb_db, a.id, LONG, "cli", "operator")
+    snap = snapshot.build(kb_db, count=gen.count_tokens, context_budget=10**6)
+    fit = retrain._fit_training(kb_db, snap, gen, 10**6)
+    assert fit.trimmed == 1 and snap.train[0]["trimmed"]
+    written = json.dumps(snap.train[0]["messages"], ensure_ascii=False)
+    assert "13800138000" not in written and "zhang.san@example.com" not in written and "<|im_start|>" not in written
+
+
 def test_presets_carry_a_recipe_that_scales_with_the_data_and_their_own_gate():
     for name in presets.names():
         p = presets.load(name)
