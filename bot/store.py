@@ -253,7 +253,9 @@ def migrate(db: sqlite_utils.Database) -> None:
     done = {r["name"] for r in db["_migrations"].rows}
     for fn in MIGRATIONS:
         if fn.__name__ not in done:
-            with db.conn:
+            # One transaction per migration, recorded with it: a crash half-way leaves it unapplied
+            # (`with db.conn:` would commit each statement, and a rerun would trip on what was done).
+            with transaction(db):
                 fn(db)
                 db["_migrations"].insert({"name": fn.__name__, "applied_at": time.time()})
 
@@ -537,12 +539,17 @@ def pending_corrections(db, limit: int = 50) -> list[dict]:
         " order by c.created_at, c.id limit ?", [limit]))
 
 
+def _opt_out(db, platform: str, user: str) -> None:
+    """Inside the caller's transaction (set_opt_out, forget_user)."""
+    db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
+               [platform, user, time.time()])
+
+
 def set_opt_out(db, platform: str, user: str, out: bool = True, delivery: str | None = None) -> None:
     with transaction(db):
         _claim(db, delivery)
         if out:
-            db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
-                       [platform, user, time.time()])
+            _opt_out(db, platform, user)
         else:
             db.execute("delete from opt_outs where platform = ? and user = ?", [platform, user])
 
@@ -561,8 +568,7 @@ def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_o
     with transaction(db):
         _claim(db, delivery)
         if opt_out:
-            db.execute("insert or ignore into opt_outs (platform, user, created_at) values (?, ?, ?)",
-                       [platform, user, time.time()])
+            _opt_out(db, platform, user)
         votes_n = db.execute(f"delete from votes where (platform = ? and user = ?) or answer_id in ({mine})",
                              [platform, user, platform, user]).rowcount
         corrections_n = db.execute(
