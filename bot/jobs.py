@@ -160,7 +160,8 @@ def execute(db, job_id: int, **overrides) -> dict:
     except Exception:
         log.exception("job %s: cleaning up after forgotten data failed; the next job tries again", job_id)
     line = "; ".join(evaluation.metric_parts(result.get("metrics", {})))
-    if sized := fitting.summary(result.get("fit", {})):  # a long item was trimmed or skipped, not failed on
+    sized = fitting.summary(result.get("fit", {}))  # a long item was trimmed or skipped, not failed on
+    if sized:
         line += f" Sized to the model's context: {sized} (see the card's `fit`)."
     if verdict == "promoted":
         _say(db, job, f"Job #{job_id}: {result['version']} promoted; it answers from the next question. {line}")
@@ -170,10 +171,8 @@ def execute(db, job_id: int, **overrides) -> dict:
         _say(db, job, f"Job #{job_id}: {result['version']} rejected ({why}); "
                       f"{result.get('parent') or 'the base model'} stays in service. "
                       f"Its card is in adapters/{result['version']} for review."
-                      + (f" Sized to the model's context: {fitting.summary(result['fit'])}."
-                         if fitting.summary(result.get("fit", {})) else ""))
+                      + (f" Sized to the model's context: {sized}." if sized else ""))
     else:
-        sized = fitting.summary(result.get("fit", {}))
         _say(db, job, f"Job #{job_id} skipped: {'; '.join(result['reasons'])}." + (f" {sized}." if sized else ""))
     return {**store.job(db, job_id), "ran": True, "reasons": result.get("reasons", []),
             "metrics": result.get("metrics", {})}
