@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import hotswap, store
+from . import hotswap, registry, store
 from .privacy import scrub
 from .snapshot import clean
 
@@ -180,10 +180,7 @@ def version_dirs(adapters_dir: Path) -> list[Path]:
 
 
 def card(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "card.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return registry.card(folder.parent, folder.name)
 
 
 def weights(folder: Path) -> list[Path]:
@@ -245,6 +242,11 @@ def _delete_weights(folder: Path, why: str) -> bool:
     return bool(files)
 
 
+def _drop_weights(dirs: list[Path], every: set[str], current: str | None, why: str) -> list[str]:
+    """Delete the weights of the marked versions out of service (none serves, none is trained from); their names."""
+    return [d.name for d in dirs if d.name in every and d.name != current and weights(d) and _delete_weights(d, why)]
+
+
 def marked(adapters_dir: Path) -> set[str]:
     return {d.name for d in version_dirs(adapters_dir) if card(d).get("forgotten")}
 
@@ -289,8 +291,7 @@ def erase(db, adapters_dir: Path, trace: Trace, delete: Callable[[], dict], *, w
     current = hotswap.read_pointer(adapters_dir)
     every = marked(adapters_dir)
     # Out of service, a marked version serves nobody and a retrain never starts from it: its weights go now.
-    out["weights_deleted"] = [d.name for d in dirs if d.name in every and d.name != current and weights(d)
-                              and _delete_weights(d, why)]
+    out["weights_deleted"] = _drop_weights(dirs, every, current, why)
     if out["weights_deleted"]:
         store.audit(db, *by, "forget weights", target, detail="versions=" + ",".join(out["weights_deleted"]))
     if current in every:
@@ -351,8 +352,7 @@ def after_job(db, adapters_dir: Path, result: dict, by: str = "forget") -> dict:
         store.audit(db, *who, "forget retrain", f"#{result.get('job')}", result="error: not clean yet",
                     detail=f"{result.get('verdict')} {result.get('version') or ''}: {current} stays in service, marked")
         return out
-    out["weights_deleted"] = [d.name for d in version_dirs(adapters_dir)
-                              if d.name in every and d.name != current and weights(d) and _delete_weights(d, "forget")]
+    out["weights_deleted"] = _drop_weights(version_dirs(adapters_dir), every, current, "forget")
     if out["weights_deleted"]:
         store.audit(db, *who, "forget weights", current or "base",
                     detail=f"job #{result.get('job')} versions=" + ",".join(out["weights_deleted"]))

@@ -51,7 +51,7 @@ def _parent(adapters_dir: Path, gen) -> tuple[str | None, str]:
     current = hotswap.read_pointer(adapters_dir)
     if current is None:
         return None, "base model (no adapter in service)"
-    if registry.card(adapters_dir, current).get("forgotten"):
+    if forgetting.restarting(adapters_dir):
         # Its weights hold forgotten data: start again from before it learned any.
         marked, current = current, forgetting.clean_ancestor(adapters_dir, current)
         if current is None:
