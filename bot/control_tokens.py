@@ -12,11 +12,11 @@ would teach the adapter to open a fake system turn. Three lines of defence:
   tokenizer: no special or added token id inside any message's text, and
   the only special ids of a rendered example are the chat template's own.
 
-Which strings are control tokens: those the loaded tokenizer says
-(`all_special_tokens` and its added tokens) when there is one; otherwise
-the serving preset's list (`[tokens] special` in `models/<preset>.toml`),
-or every preset's when no model is configured; always plus generic shapes
-of the common chat formats (ChatML and Llama-3 `<|…|>`, Llama-2 `<s>`,
+Which strings are control tokens, for `check` and `defuse`: the serving
+preset's list (`[tokens] special` in `models/<preset>.toml`, which the tests
+hold equal to its tokenizer's special and added tokens, `tokenizer_tokens`),
+or every preset's when no model is configured, so no model need be loaded;
+always plus generic shapes of the common chat formats (ChatML and Llama-3 `<|…|>`, Llama-2 `<s>`,
 `[INST]`, `<<SYS>>`, Qwen's `<tool_call>`, Gemma's `<start_of_turn>`).
 """
 from __future__ import annotations
