@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from loop_harness import tiny_loop
 
 from bot import answering, evaluation, feedback, fitting, generation, presets, prompts, registry, retrieval, store
 
@@ -27,19 +27,9 @@ QUESTIONS = ["平台优势是什么？", "什么是网络效应？", "什么是�
 
 @pytest.fixture
 def loop(tiny_model_dir, kb_db, tmp_path, monkeypatch):
-    from bot import jobs
-
     # The golden set holds one long reference: evaluation must cut it, not fail on it.
-    golden = tmp_path / "golden.jsonl"
     rows = [{"question": "平台优势有哪些？", "answer": HUGE}, {"question": "什么是天使投资？", "answer": "天使投资是早期投资。"}]
-    golden.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    env = {"BOT_DB": tmp_path / "bot.db", "BOT_MODEL": "tiny", "BOT_CACHE_DIR": tiny_model_dir.parent,
-           "BOT_ADAPTERS_DIR": tmp_path / "adapters", "BOT_GOLDEN_SET": golden, "BOT_EMBEDDER": "none",
-           "BOT_TRAIN_STEPS": 2, "BOT_HUEY_DB": tmp_path / "huey.db"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.setattr(jobs.huey, "immediate", True)
-    return SimpleNamespace(db=kb_db, jobs=jobs, adapters=tmp_path / "adapters")
+    return tiny_loop(tiny_model_dir, kb_db, tmp_path, monkeypatch, rows)
 
 
 def _correct(db, pairs) -> None:

@@ -5,7 +5,6 @@ steps long here, since these tests check the job machinery, not learning.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,9 +12,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from loop_harness import tiny_loop
 
 from bot import answering, feedback, generation, registry, store
 
@@ -26,18 +25,7 @@ GOLDEN = [{"question": "什么是天使投资？", "answer": "天使投资是指
 
 @pytest.fixture
 def loop(tiny_model_dir, kb_db, tmp_path, monkeypatch):
-    from bot import jobs
-
-    golden = tmp_path / "golden.jsonl"
-    golden.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in GOLDEN), encoding="utf-8")
-    env = {"BOT_DB": tmp_path / "bot.db", "BOT_MODEL": "tiny", "BOT_CACHE_DIR": tiny_model_dir.parent,
-           "BOT_ADAPTERS_DIR": tmp_path / "adapters", "BOT_GOLDEN_SET": golden, "BOT_EMBEDDER": "none",
-           "BOT_TRAIN_STEPS": 2, "BOT_HUEY_DB": tmp_path / "huey.db"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.setattr(jobs.huey, "immediate", True)
-    return SimpleNamespace(db=kb_db, jobs=jobs, adapters=tmp_path / "adapters", env={k: str(v) for k, v in env.items()},
-                           tmp=tmp_path)
+    return tiny_loop(tiny_model_dir, kb_db, tmp_path, monkeypatch, GOLDEN)
 
 
 def _feedback(db, n: int = 2) -> list[str]:
