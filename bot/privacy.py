@@ -156,7 +156,7 @@ def _emails(text: str) -> Iterator[Span]:
             start = dotted.start(1) - len(_cjk_name(head[:dotted.start(1)]))
         elif latin := _LOCAL_RUN.search(head):
             start = latin.start()
-        elif cjk := _CJK_RUN.search(head):
+        else:  # a CJK name, or nothing (no local part: not an address)
             start -= len(_cjk_name(head))
         if start < at:
             yield start, m.end()
