@@ -81,6 +81,7 @@ def test_the_adversarys_requests_get_401_unsigned_and_400_or_413_signed(tmp_path
         assert db.execute("select count(*) from answers").fetchone()[0] == 0
         assert db.execute("select count(*) from deliveries").fetchone()[0] == 0
         assert fuzz_slack.good_ask(port, recorder.response_url("after")) == 200
+        assert fuzz_slack.wait_answered(db, 0)
         # The refusal says which header is wrong, in plain text, so an operator can fix a clock or secret.
         stale = urllib.request.Request(f"http://127.0.0.1:{port}{slack_app.EVENTS_PATH}", data=b"{}", method="POST",
                                        headers=_signed(b"{}", "1000"))
