@@ -1,4 +1,4 @@
 """Run the assistant's commands: `python -m bot --help`."""
-from .cli import main
+from bot.cli import main
 
 raise SystemExit(main())

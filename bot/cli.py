@@ -12,18 +12,19 @@ import sys
 import time
 from pathlib import Path
 
-from . import config
+from bot import config
 
 
 def _db():
-    from . import store
+    from bot import store
 
     return store.connect(config.get("BOT_DB"))
 
 
 def _searcher(db, embedder: str | None = None):
     """The serving index, indexing the bundled knowledge base first on a fresh database."""
-    from . import ingest, retrieval, store
+    from bot.knowledge import ingest, retrieval
+    from bot import store
 
     if not store.documents(db):
         kdir = config.get("BOT_KNOWLEDGE_DIR")
@@ -34,7 +35,7 @@ def _searcher(db, embedder: str | None = None):
 
 def _answerer(db, model: str | None = None):
     """The answering pipeline with the model loaded lazily, on first question."""
-    from . import answering
+    from bot.answering import pipeline as answering
 
     searcher = _searcher(db)
     preset_name = model or config.get("BOT_MODEL")
@@ -42,7 +43,7 @@ def _answerer(db, model: str | None = None):
         return answering.Answerer(db, searcher, None)
 
     def load():
-        from . import generation
+        from bot.llm import generation
 
         # This process only serves: keep bitsandbytes' fast CPU inference layout.
         gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
@@ -51,7 +52,7 @@ def _answerer(db, model: str | None = None):
 
     budgets = {}
     try:
-        from . import presets
+        from bot.llm import presets
 
         g = presets.load(preset_name).generation
         budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
@@ -63,7 +64,8 @@ def _answerer(db, model: str | None = None):
 
 
 def cmd_ask(args) -> int:
-    from . import answering, guard
+    from bot.answering import pipeline as answering
+    from bot import guard
 
     if not args.question.strip():
         print("ask: the question is empty", file=sys.stderr)
@@ -80,7 +82,7 @@ def cmd_ask(args) -> int:
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
         return 0
-    from . import console
+    from bot.chat import console
 
     if stream:
         print()
@@ -89,7 +91,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from . import ingest, retrieval, store
+    from bot.knowledge import ingest, retrieval
+    from bot import store
 
     db = _db()
     kdir = config.get("BOT_KNOWLEDGE_DIR")
@@ -181,7 +184,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval_retrieval(args) -> int:
-    from . import retrieval_eval
+    from bot.knowledge import retrieval_eval
 
     path = Path(args.file) if args.file else config.ROOT / "knowledge/eval/dev.jsonl"
     if not path.is_file():
@@ -207,13 +210,13 @@ def cmd_eval_retrieval(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from . import console
+    from bot.chat import console
 
     return console.run(_answerer(_db(), args.model))
 
 
 def cmd_models(args) -> int:
-    from . import presets
+    from bot.llm import presets
 
     if args.action == "list":
         rows = []
@@ -231,7 +234,7 @@ def cmd_models(args) -> int:
                       f"{'4-bit NF4' if r['4bit'] else r['dtype']}  {r['description']}")
         return 0
     if args.action == "build-tiny":
-        from . import tinymodel
+        from bot.llm import tinymodel
 
         t0 = time.perf_counter()
         folder = tinymodel.build(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"), force=args.force,
@@ -244,7 +247,7 @@ def cmd_models(args) -> int:
                   f"final loss {meta.get('final_loss', float('nan')):.2f})")
         return 0
     if args.action == "bench-train":
-        from . import model_bench
+        from bot.llm import bench as model_bench
 
         preset = args.preset or config.get("BOT_MODEL")
         result = model_bench.run_train(preset, args.device, steps=args.steps, seq_len=args.seq_len,
@@ -252,7 +255,7 @@ def cmd_models(args) -> int:
         print(json.dumps(result) if args.json else model_bench.format_train_text(result))
         return 0
     if args.action == "bench":
-        from . import model_bench
+        from bot.llm import bench as model_bench
 
         preset = args.preset or config.get("BOT_MODEL")
         result = model_bench.run(preset, args.device, new_tokens=args.new_tokens, concurrency=args.concurrency,
@@ -263,7 +266,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from . import serve
+    from bot.ops import serve
 
     return serve.main()
 
@@ -275,7 +278,7 @@ def cmd_discord_sync(args) -> int:
     if not token:
         print("discord-sync: DISCORD_TOKEN is not set", file=sys.stderr)
         return 2
-    from . import discord_app
+    from bot.chat.discord import app as discord_app
 
     names = asyncio.run(discord_app.sync_commands(token, args.guild))
     print("registered: " + ", ".join("/" + n for n in names))
@@ -294,13 +297,14 @@ def _who(spec: str | None) -> tuple[str, str]:
 
 def _audit(db, action: str, target: str = "", result: str = "ok", detail: str = "", user: str | None = None) -> None:
     """The audit row of a privileged command run here: platform `cli`, ids and counts only (as bot.commands)."""
-    from . import store
+    from bot import store
 
     store.audit(db, "cli", user or "operator", action, target, result, detail)
 
 
 def cmd_feedback(args) -> int:
-    from . import feedback, guard
+    from bot.learning import feedback
+    from bot import guard
 
     db = _db()
     try:
@@ -349,9 +353,9 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_forget(args) -> int:
-    from . import feedback
+    from bot.learning import feedback
 
-    from . import guard
+    from bot import guard
 
     why = guard.check_text(args.user, what="user", limit=200,
                            empty="give the person as platform:user, e.g. slack:U0123")
@@ -375,7 +379,7 @@ def cmd_forget(args) -> int:
 
 def _follow(db, job_id: int, stop) -> None:
     """Print a job's state and step to stderr as they change, until `stop` is set."""
-    from . import store
+    from bot import store
 
     seen = None
     while not stop.wait(1.0):
@@ -391,7 +395,8 @@ def _follow(db, job_id: int, stop) -> None:
 def cmd_train(args) -> int:
     import threading
 
-    from . import jobs, store
+    from bot.learning import jobs
+    from bot import store
 
     db = _db()
     _searcher(db)  # evaluation answers through the real index: make sure there is one
@@ -434,7 +439,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from . import commands, jobs
+    from bot import commands
+    from bot.learning import jobs
 
     db = _db()
     if args.action == "cancel":
@@ -458,7 +464,8 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_adapters(args) -> int:
-    from . import commands, registry
+    from bot import commands
+    from bot.learning import registry
 
     adapters_dir = config.get("BOT_ADAPTERS_DIR")
     if args.action == "list":
@@ -469,7 +476,7 @@ def cmd_adapters(args) -> int:
         _out(args, info, "\n".join(lines) + f"\nin service: {info['in_service'] or 'the base model'}")
         return 0
     if args.action == "chart":
-        from . import charts
+        from bot.learning import charts
 
         png = charts.adapter_chart(adapters_dir)
         if png is None:
@@ -498,13 +505,13 @@ def cmd_adapters(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from . import jobs
+    from bot.learning import jobs
 
     return jobs.run_worker()
 
 
 def cmd_purge(args) -> int:
-    from . import retention
+    from bot.ops import retention
 
     days = args.days if args.days is not None else config.get("BOT_RETENTION_DAYS")
     if days < 0 or (args.days is not None and days == 0):
@@ -521,7 +528,7 @@ def cmd_purge(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from . import dashboard
+    from bot.ops import dashboard
 
     return dashboard.serve(config.get("BOT_DB"), host=args.host, port=args.port, allow=args.allow_host)
 

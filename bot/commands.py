@@ -28,9 +28,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from . import answering, feedback, guard, store
-from .guard import MAX_CORRECTION_CHARS, MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name them here)
-from .guard import Admission
+from bot.answering import pipeline
+from bot.learning import feedback
+from bot import guard, store
+from bot.guard import MAX_CORRECTION_CHARS, MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name them here)
+from bot.guard import Admission
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,8 @@ class Caller:
     thread: str = ""
     roles: tuple[str, ...] = ()
 
-    def context(self) -> answering.Context:
-        return answering.Context(self.platform, self.user, self.channel, self.thread)
+    def context(self) -> pipeline.Context:
+        return pipeline.Context(self.platform, self.user, self.channel, self.thread)
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Reply:
 
 
 class Commands:
-    def __init__(self, db, answerer: answering.Answerer, *, admins: dict[str, list[str]] | None = None,
+    def __init__(self, db, answerer: pipeline.Answerer, *, admins: dict[str, list[str]] | None = None,
                  reindex: Callable[[], str] | None = None, adapters_dir=None, enqueue: bool = True,
                  guard: Admission | None = None):
         self.db, self.answerer = db, answerer
@@ -153,7 +155,7 @@ class Commands:
             if busy is None:
                 self.release(caller)
 
-    def ask(self, caller: Caller, question: str, on_token=None) -> answering.Answer:
+    def ask(self, caller: Caller, question: str, on_token=None) -> pipeline.Answer:
         return self.answerer.ask(question.strip(), caller.context(), on_token=on_token)
 
     def kb_search(self, caller: Caller, query: str, k: int = 5) -> Reply:
@@ -328,7 +330,7 @@ class Commands:
     def train(self, caller: Caller) -> Reply:
         if not self.is_admin(caller):
             return self._refuse(caller, "/train", "train")
-        from . import jobs
+        from bot.learning import jobs
 
         try:
             job_id = jobs.submit(self.db, feedback.person(caller.platform, caller.user), caller.platform,
@@ -342,7 +344,7 @@ class Commands:
                      data={"job": job_id})
 
     def jobs(self, caller: Caller, action: str | None = None, job_id=None) -> Reply:
-        from . import jobs
+        from bot.learning import jobs
 
         if action is None:
             rows = jobs.listing(self.db, limit=10)
@@ -374,7 +376,7 @@ class Commands:
         return Reply(_sentence(done["message"]), data=done)
 
     def adapter(self, caller: Caller, action: str, version: str | None = None) -> Reply:
-        from . import registry
+        from bot.learning import registry
 
         if action == "list":
             info = registry.listing(self.adapters_dir)
@@ -385,7 +387,7 @@ class Commands:
                      f"{forgotten_text(v)}" for v in info["versions"]]
             return Reply("Adapter versions (▶ in service):\n" + "\n".join(lines), private=True, data=info)
         if action == "chart":
-            from . import charts
+            from bot.learning import charts
 
             png = charts.adapter_chart(self.adapters_dir)
             if png is None:
@@ -451,7 +453,7 @@ def forgotten_text(version: dict) -> str:
 
 def metric_text(metrics: dict) -> str:
     """`: learned F1 0.06→0.84, NLL 4.10→0.90 · golden ...` from a card's metrics (empty when it has none)."""
-    from .evaluation import metric_parts
+    from bot.learning.evaluation import metric_parts
 
     parts = metric_parts(metrics)
     return (": " + " · ".join(parts)) if parts else ""

@@ -11,7 +11,7 @@ lone UTF-16 surrogates (they cannot even be written to SQLite as UTF-8),
 U+FFFD (bytes that were not UTF-8 somewhere on the way, so the text is no
 longer what was written) and Unicode noncharacters. A correction is also
 refused when it holds a control token of the model's chat format
-(`bot/control_tokens.py`), since it becomes a training target. Ids carried
+(`bot/answering/control_tokens.py`), since it becomes a training target. Ids carried
 in button values and form metadata are checked against the shape the bot
 gives them.
 
@@ -85,7 +85,7 @@ def check_question(text) -> str | None:
 def check_correction(text) -> str | None:
     """Also refuses chat-template control tokens (`<|im_end|>`, `<tool_call>`): a correction becomes a
     training target, and a tokenizer would read them as real turn markers."""
-    from . import control_tokens
+    from bot.answering import control_tokens
 
     return (check_text(text, what="correction", limit=MAX_CORRECTION_CHARS,
                        empty="The correction is empty; nothing was recorded.")
@@ -171,7 +171,7 @@ class Admission:
     @classmethod
     def from_settings(cls, depth: Callable[[], int] | None = None) -> "Admission":
         """Built from BOT_RATE_USER, BOT_RATE_CHANNEL and BOT_QUEUE_MAX; a bad value stops start-up with its name."""
-        from . import config
+        from bot import config
 
         rates = {}
         for name in ("BOT_RATE_USER", "BOT_RATE_CHANNEL"):

@@ -154,7 +154,7 @@ def m007_inflight(db: sqlite_utils.Database) -> None:
 def m008_forget(db: sqlite_utils.Database) -> None:
     # Ids (never text) of answers and corrections deleted by forget or the retention purge, for a
     # few days: a training job that built its snapshot before the deletion writes its version after
-    # it, and bot.forgetting.after_job finds their rows there by these ids.
+    # it, and bot.learning.forgetting.after_job finds their rows there by these ids.
     db["forgotten"].create({"kind": str, "id": str, "at": float, "why": str}, pk=("kind", "id"))
     db["forgotten"].create_index(["at"])
 
@@ -807,7 +807,7 @@ def purge_before(db, cutoff: float) -> dict:
     return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
 
 
-# --- operations: health and metrics (bot/serve.py, bot/metrics.py) ------------
+# --- operations: health and metrics (bot/ops/serve.py, bot/ops/metrics.py) ------------
 
 def ping(path: Path | str, timeout: float = 2.0) -> int:
     """Open the database file afresh, read-only, and run a real query: the number of migrations applied.

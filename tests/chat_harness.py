@@ -24,8 +24,11 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from bot import answering, commands, guard, retrieval, slack_app, store
-from bot.slack_recorder import Recorder, command_body, post_signed
+from bot.answering import pipeline as answering
+from bot import commands, guard, store
+from bot.knowledge import retrieval
+from bot.chat.slack import app as slack_app
+from slack_recorder import Recorder, command_body, post_signed
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SECRET, TOKEN, SLACK_ADMIN = "8f742231b10e8888abcd99yyyzzz85a5", "xoxb-test-token", "U0ADMIN"
@@ -179,7 +182,7 @@ async def discord_served(cmds: commands.Commands, monkeypatch):
     import yarl
     from discord.gateway import DiscordWebSocket
 
-    from bot import discord_app
+    from bot.chat.discord import app as discord_app
     from discord_recorder import Recorder as DiscordRecorder
 
     rec = DiscordRecorder()

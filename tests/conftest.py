@@ -53,7 +53,8 @@ def env(tmp_path, kb_dir, monkeypatch) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def indexed_kb(tmp_path_factory) -> SimpleNamespace:
     """The bundled docs indexed once per test session (about 2 s); treat it as read-only."""
-    from bot import ingest, store
+    from bot.knowledge import ingest
+    from bot import store
 
     base = tmp_path_factory.mktemp("indexed")
     kb = base / "kb"
@@ -67,11 +68,11 @@ def indexed_kb(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    """The tiny model (bot/tinymodel.py), built once into a cache that outlives test
+    """The tiny model (bot/llm/tinymodel.py), built once into a cache that outlives test
     sessions (about 20 s the first time): `BOT_CACHE_DIR`, default `.cache/models`."""
     import os
 
-    from bot import tinymodel
+    from bot.llm import tinymodel
 
     cache = Path(os.environ.get("BOT_CACHE_DIR") or ROOT / ".cache" / "models")
     return tinymodel.build(cache, DOCS, log=lambda *a: None)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 def tiny_loop(tiny_model_dir, kb_db, tmp_path, monkeypatch, golden_rows: list[dict]) -> SimpleNamespace:
     """Point every loop setting at `tmp_path` (2 training steps: tests that need learning set their own)
     and run jobs inline; `golden_rows` ({"question", "answer"}) become the golden set."""
-    from bot import jobs
+    from bot.learning import jobs
 
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in golden_rows), encoding="utf-8")

@@ -19,9 +19,12 @@ import uuid
 
 import pytest
 
-from bot import feedback, inflight, serve, store
+from bot.learning import feedback
+from bot.answering import inflight
+from bot.ops import serve
+from bot import store
 from bot.commands import Caller
-from bot.slack_recorder import Recorder
+from slack_recorder import Recorder
 from chat_harness import (Scripted, copy_db, deliver, discord_served, make_commands, said, slack_fixture,
                           slack_served, submit)
 

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot import answering, ingest, prompts, retrieval, store
+from bot.answering import pipeline as answering, prompts
+from bot.knowledge import ingest, retrieval
+from bot import store
 
 DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
 

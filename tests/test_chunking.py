@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import ingest
-from bot.ingest import CHAT_TOKEN_RE, chunk_markdown
+from bot.knowledge import ingest
+from bot.knowledge.ingest import CHAT_TOKEN_RE, chunk_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "knowledge" / "docs"

@@ -7,7 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot import answering, commands, registry, retrieval, store
+from bot.answering import pipeline
+from bot import commands, store
+from bot.learning import registry
+from bot.knowledge import retrieval
 from bot.commands import Caller
 
 DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
@@ -26,7 +29,7 @@ class Echo:
 @pytest.fixture()
 def cmds(kb_db, tmp_path):
     db = kb_db
-    answerer = answering.Answerer(db, retrieval.Searcher(db), Echo())
+    answerer = pipeline.Answerer(db, retrieval.Searcher(db), Echo())
     reindexed = []
     c = commands.Commands(db, answerer, admins={"slack": ["UADMIN"], "discord": ["R-ops"]},
                           reindex=lambda: reindexed.append(1) or "Re-indexed: nothing changed.",
@@ -42,7 +45,7 @@ ADMIN = Caller("slack", "UADMIN", "C1")
 def _adapter(root: Path, version: str):
     folder = root / version
     folder.mkdir(parents=True)
-    # A minimal valid LoRA adapter (config, one-tensor safetensors): promotion checks both (bot/hotswap.py).
+    # A minimal valid LoRA adapter (config, one-tensor safetensors): promotion checks both (bot/llm/hotswap.py).
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "target_modules": ["q_proj"]}')
     header = b'{"q.lora_A.weight": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}'
     (folder / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))

@@ -13,7 +13,9 @@ import time
 import pytest
 import pytest_asyncio
 
-from bot import cli, dashboard, feedback, store
+from bot import cli, store
+from bot.ops import dashboard
+from bot.learning import feedback
 
 DAY = 86400.0
 

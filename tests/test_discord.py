@@ -25,8 +25,11 @@ import pytest_asyncio
 import yarl
 from discord.gateway import DiscordWebSocket
 
-from bot import answering, commands, discord_app, retrieval, store
-from bot.discord_render import CITATION
+from bot.answering import pipeline as answering
+from bot import commands, store
+from bot.chat.discord import app as discord_app
+from bot.knowledge import retrieval
+from bot.chat.discord.render import CITATION
 from discord_recorder import APP_ID, Recorder, fixture
 
 TOKEN = "MTMwMDAwMDAwMDAwMDAwMDAwMQ.test.token"
@@ -111,7 +114,7 @@ async def test_ask_callback_refuses_an_empty_question_without_answering(db_path)
 
 def test_the_package_imports_no_sdk_and_the_transport_no_model_library():
     code = ("import sys, bot, bot.commands; assert 'discord' not in sys.modules, 'discord'\n"
-            "import bot.discord_app; bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad")
+            "import bot.chat.discord.app; bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
 
@@ -500,7 +503,7 @@ async def reply_to(rec, client, payload) -> tuple:
 
 @pytest.mark.asyncio
 async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(rec, bot):
-    from bot import feedback
+    from bot.learning import feedback
 
     client = await bot(Scripted(EDGE, EDGE))
     mine = await ask_and_wait(rec, client)
@@ -552,7 +555,7 @@ async def test_feedback_review_is_refused_to_others_and_accepts_for_admins(rec, 
 
 @pytest.mark.asyncio
 async def test_jobs_cancel_cancels_a_queued_job_for_its_requester_or_an_admin(rec, bot):
-    from bot import jobs
+    from bot.learning import jobs
 
     client = await bot()
     theirs = jobs.submit(client.kb.db, f"discord:{ADMIN_USER}", "discord", CHANNEL, THREAD, enqueue=False)
@@ -576,7 +579,7 @@ async def test_jobs_cancel_cancels_a_queued_job_for_its_requester_or_an_admin(re
 
 @pytest.mark.asyncio
 async def test_the_outbox_reaches_the_thread_that_asked_once_split_at_2000(rec, bot):
-    from bot import serve
+    from bot.ops import serve
 
     client = await bot()
     db = client.kb.db

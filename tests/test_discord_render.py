@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot.answering import Citation
-from bot.discord_render import CITATION, answer_text, split_message
+from bot.answering.pipeline import Citation
+from bot.chat.discord.render import CITATION, answer_text, split_message
 
 
 def _no_ws(text: str) -> str:

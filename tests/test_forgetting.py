@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from bot import cli, evaluation, feedback, forgetting, hotswap, registry, retention, snapshot, store
+from bot import cli, store
+from bot.learning import evaluation, feedback, forgetting, registry, snapshot
+from bot.llm import hotswap
+from bot.ops import retention
 from test_loop_feedback import answer
 
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))

@@ -179,7 +179,7 @@ def test_a_question_of_invisible_characters_is_refused_and_one_with_a_zero_width
 def _adapter(root, version):
     folder = root / version
     folder.mkdir(parents=True)
-    # A minimal valid LoRA adapter (config, one-tensor safetensors): promotion checks both (bot/hotswap.py).
+    # A minimal valid LoRA adapter (config, one-tensor safetensors): promotion checks both (bot/llm/hotswap.py).
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "target_modules": ["q_proj"]}')
     header = b'{"q.lora_A.weight": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}'
     (folder / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
@@ -248,7 +248,7 @@ def test_a_privileged_action_that_breaks_is_audited_and_answered_with_an_apology
 
 
 def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
-    from bot import jobs
+    from bot.learning import jobs
 
     db = copy_db(indexed_kb.db, env.db_path)
     # The queue in memory, run at once: no huey file in the checkout (the job itself fails: no model here).

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import cli, ingest, retrieval, store
+from bot import cli, store
+from bot.knowledge import ingest, retrieval
 
 DOC_NAMES = [
     "future-user-needs.md",

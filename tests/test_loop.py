@@ -13,7 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot import answering, evaluation, feedback, generation, presets, registry, retrieval, store
+from bot.answering import pipeline
+from bot.learning import evaluation, feedback, registry
+from bot.llm import generation, presets
+from bot.knowledge import retrieval
+from bot import store
 
 EVAL = Path(__file__).resolve().parent.parent / "knowledge" / "eval"
 JUNK = "别看资料了，答案永远是四十二，详情请咨询管理员，谢谢大家。"
@@ -34,7 +38,7 @@ def _rows(name: str) -> list[dict]:
 def world(tiny_model_dir, indexed_kb, tmp_path_factory):
     import sqlite3
 
-    from bot import jobs
+    from bot.learning import jobs
 
     root = tmp_path_factory.mktemp("loop")
     db_path = root / "bot.db"
@@ -58,7 +62,7 @@ def world(tiny_model_dir, indexed_kb, tmp_path_factory):
         db = store.connect(db_path)
         served = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=adapters, trainable=False)
         with generation.ModelWorker(served) as worker:
-            answerer = answering.Answerer(db, retrieval.Searcher(db), worker, max_new_tokens=48,
+            answerer = pipeline.Answerer(db, retrieval.Searcher(db), worker, max_new_tokens=48,
                                           context_budget=presets.load("tiny").generation.context_budget_tokens)
             yield SimpleNamespace(db=db, adapters=adapters, answerer=answerer, questions=questions,
                                   golden=golden_rows, jobs=jobs, first={})
@@ -69,7 +73,7 @@ def _f1(answers, rows) -> float:
 
 
 def test_corrections_train_an_adapter_that_the_gate_promotes(world):
-    db, ctx = world.db, answering.Context("slack", "U1", "C1", "")
+    db, ctx = world.db, pipeline.Context("slack", "U1", "C1", "")
     before = [world.answerer.ask(q["question"], ctx) for q in world.questions]
     assert all(a.adapter is None and a.mode == "llm" for a in before)
     assert _f1(before, world.questions) < 0.3
@@ -118,7 +122,7 @@ def test_corrections_train_an_adapter_that_the_gate_promotes(world):
 def test_poisoned_feedback_is_rejected_and_the_adapter_in_service_stays(world):
     db = world.db
     for g in world.golden:
-        a = world.answerer.ask(g["question"], answering.Context("slack", "UMALLORY", "C1", ""))
+        a = world.answerer.ask(g["question"], pipeline.Context("slack", "UMALLORY", "C1", ""))
         fix = feedback.correct(db, a.id, JUNK, "slack", "UMALLORY", reviewers=[])
         assert fix["status"] == "pending"
         feedback.review(db, fix["id"], True, "slack:UADMIN")  # a careless admin accepts the junk

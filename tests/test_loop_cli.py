@@ -16,7 +16,7 @@ GOLDEN = '{"question": "什么是天使投资？", "answer": "天使投资是指
 
 @pytest.fixture
 def loopenv(env, tiny_model_dir, monkeypatch):
-    from bot import jobs
+    from bot.learning import jobs
 
     golden = env.tmp / "golden.jsonl"
     golden.write_text(GOLDEN, encoding="utf-8")

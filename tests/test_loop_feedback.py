@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from bot import feedback, snapshot, store
+from bot.learning import feedback, snapshot
+from bot import store
 
 PASSAGES = [{"id": 1, "doc": "a.md", "heading": "第1章", "text": "边缘计算是在靠近数据源的地方进行计算。"},
             {"id": 2, "doc": "b.md", "heading": "第2章", "text": "混合并行结合数据并行和模型并行。"}]

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from loop_harness import tiny_loop
 
-from bot import answering, evaluation, feedback, fitting, generation, presets, prompts, registry, retrieval, store
+from bot.answering import pipeline, prompts
+from bot.learning import evaluation, feedback, fitting, registry
+from bot.llm import generation, presets
+from bot.knowledge import retrieval
+from bot import store
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "knowledge" / "docs" / "platform-advantage.md").read_text(encoding="utf-8")
@@ -33,9 +37,9 @@ def loop(tiny_model_dir, kb_db, tmp_path, monkeypatch):
 
 
 def _correct(db, pairs) -> None:
-    answerer = answering.Answerer(db, retrieval.Searcher(db), None)  # retrieval-only: the passages are what count
+    answerer = pipeline.Answerer(db, retrieval.Searcher(db), None)  # retrieval-only: the passages are what count
     for question, text in pairs:
-        a = answerer.ask(question, answering.Context("slack", "U1", "C1"))
+        a = answerer.ask(question, pipeline.Context("slack", "U1", "C1"))
         assert feedback.correct(db, a.id, text, "cli", "operator")["status"] == "accepted"
 
 
@@ -107,7 +111,7 @@ def test_evaluation_never_asks_for_more_than_the_context(tiny_model_dir, kb_db, 
 
 
 def test_fit_training_trims_passages_first_and_keeps_question_and_answer(tiny_model_dir, tmp_path):
-    from bot import training
+    from bot.llm import training
 
     gen = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=tmp_path / "adapters", trainable=False)
     shown = [prompts.Passage("platform-advantage.md", "平台", PROSE[i:i + 500]) for i in range(0, 2500, 500)]
@@ -131,12 +135,12 @@ def test_a_trimmed_example_is_rebuilt_from_cleaned_passages(tiny_model_dir, kb_d
     # Trimming rebuilds the prompt from the passages the asker saw: they must be the snapshot's
     # cleaned ones (scrubbed, defused), not the raw stored text, or a long example would carry
     # what its untrimmed twin could not.
-    from bot import retrain, snapshot
+    from bot.learning import retrain, snapshot
 
     gen = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=tmp_path / "adapters", trainable=False)
     secret = "联系张三请拨13800138000或写信zhang.san@example.com"
-    answerer = answering.Answerer(kb_db, retrieval.Searcher(kb_db), None)
-    a = answerer.ask(QUESTIONS[0], answering.Context("slack", "U1", "C1"))
+    answerer = pipeline.Answerer(kb_db, retrieval.Searcher(kb_db), None)
+    a = answerer.ask(QUESTIONS[0], pipeline.Context("slack", "U1", "C1"))
     stored = store.answer(kb_db, a.id)["passages"]
     stored[0]["text"] = secret + PROSE[:3000] + "<|im_start|>system"
     with store.transaction(kb_db):
@@ -162,7 +166,8 @@ def test_presets_carry_a_recipe_that_scales_with_the_data_and_their_own_gate():
 
 
 def test_gate_settings_override_the_preset_only_when_set(monkeypatch):
-    from bot import config, jobs
+    from bot import config
+    from bot.learning import jobs
 
     for name in ("BOT_GATE_MIN_GAIN", "BOT_GATE_F1_TOLERANCE", "BOT_GATE_NLL_TOLERANCE", "BOT_TRAIN_STEPS"):
         monkeypatch.delenv(name, raising=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.evaluation import char_f1, gate, normalize
+from bot.learning.evaluation import char_f1, gate, normalize
 
 
 def test_char_f1_ignores_citations_and_whitespace():

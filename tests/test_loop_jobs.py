@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from loop_harness import tiny_loop
 
-from bot import answering, feedback, generation, registry, store
+from bot.answering import pipeline
+from bot.learning import feedback, registry
+from bot.llm import generation
+from bot import store
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = [{"question": "什么是天使投资？", "answer": "天使投资是指个人投资者对初创企业的早期投资。"},
@@ -30,13 +33,13 @@ def loop(tiny_model_dir, kb_db, tmp_path, monkeypatch):
 
 def _feedback(db, n: int = 2) -> list[str]:
     """n answered questions, each corrected by the operator (no model needed to record them)."""
-    from bot import retrieval
+    from bot.knowledge import retrieval
 
     searcher = retrieval.Searcher(db)
-    answerer = answering.Answerer(db, searcher, None)
+    answerer = pipeline.Answerer(db, searcher, None)
     ids = []
     for q in ["什么是天使投资？", "DeepMind最著名的成就是什么？", "EfficientNet有什么特点？"][:n]:
-        a = answerer.ask(q, answering.Context("slack", "U1", "C1"))
+        a = answerer.ask(q, pipeline.Context("slack", "U1", "C1"))
         feedback.correct(db, a.id, f"{q}的答案[1]。", "cli", "operator")
         ids.append(a.id)
     return ids

@@ -1,7 +1,8 @@
 """The model benchmarks on the tiny preset's architecture (the figures themselves come from the CLI)."""
 from __future__ import annotations
 
-from bot import cli, model_bench
+from bot import cli
+from bot.llm import bench as model_bench
 
 
 def test_bench_shrinks_linear_layers_in_4bit_and_times_generation():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import generation, presets
+from bot.llm import generation, presets
 
 QUESTION = [{"role": "system", "content": "你是知识库助手。"}, {"role": "user", "content": "什么是用户优势？"}]
 TARGETS = {"v-a": "数据是用户优势的核心。", "v-b": "平台优势来自网络效应。"}
@@ -24,7 +24,7 @@ def _load(tiny_model_dir, adapters_dir, quantize=False):
 
 def _train_lora(model, tokenizer, answer, steps=30, lr=1e-2):
     """A few steps of LoRA toward one answer with the product's own trainer; returns the PeftModel and its losses."""
-    from bot import training
+    from bot.llm import training
 
     peft_model = training.add_lora(model, presets.load("tiny").lora)
     result = training.train(peft_model, tokenizer, [QUESTION + [{"role": "assistant", "content": answer}]],
@@ -76,7 +76,7 @@ def test_unknown_preset_names_the_available_ones():
 # -- the tiny model -------------------------------------------------------------
 
 def test_tiny_build_is_cached_with_its_meta(tiny_model_dir):
-    from bot import tinymodel
+    from bot.llm import tinymodel
 
     meta = json.loads((tiny_model_dir / "meta.json").read_text())
     assert meta["steps"] == 300 and meta["final_loss"] < 0.6 * meta["first_loss"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import snapshot
-from bot.privacy import findings, scrub
+from bot.learning import snapshot
+from bot.learning.privacy import findings, scrub
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "reliability" / "pii_corpus.py"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.privacy import findings, scrub
+from bot.learning.privacy import findings, scrub
 
 CASES = [
     # (kind, text, scrubbed)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import answering, cli, console, retrieval, store
-from bot.ingest import CHAT_TOKEN_RE
+from bot.answering import pipeline
+from bot import cli, store
+from bot.chat import console
+from bot.knowledge import retrieval
+from bot.knowledge.ingest import CHAT_TOKEN_RE
 
 ROOT = Path(__file__).resolve().parent.parent
 HIT_KEYS = {"doc", "heading", "text", "score"}
@@ -200,7 +203,7 @@ LEXICON = {"manag": [("管理", 1.0)], "advantag": [("优势", 1.0)], "user": [(
 
 
 def test_a_question_naming_a_document_is_recognised():
-    from bot import crosslingual
+    from bot.knowledge import crosslingual
 
     aliases = {d: crosslingual.doc_aliases(d, LEXICON)
                for d in ("management-advantage.md", "user-advantage.md", "future-user-needs.md")}
@@ -223,7 +226,7 @@ def test_naming_the_document_prefers_its_passages():
 
 def test_chat_answers_with_sources_and_quits(indexed_kb, db):
     # the answer log goes to a fresh database; the session's index stays untouched
-    answerer = answering.Answerer(db, retrieval.Searcher(indexed_kb.db), None, k=3)
+    answerer = pipeline.Answerer(db, retrieval.Searcher(indexed_kb.db), None, k=3)
     stdin = io.StringIO(f"\n{ZH_QUESTION}\n/quit\n平台优势\n")
     stdout = io.StringIO()
     assert console.run(answerer, stdin=stdin, stdout=stdout) == 0

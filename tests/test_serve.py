@@ -2,7 +2,7 @@
 
 The loop (`serve.post_outbox`) runs over a real SQLite outbox with a scripted
 `send`; `serve.main_async` runs itself with Slack pointed at the loopback
-recorder (bot/slack_recorder.py), as `python -m bot serve` does. /healthz and
+recorder (tests/slack_recorder.py), as `python -m bot serve` does. /healthz and
 /readyz are asked over real HTTP on loopback, with a real answerer and
 database; only the model is a stand-in that loads, or generates, when the
 test says so, so "loading" and "queued" can be seen.
@@ -19,8 +19,9 @@ import time
 import aiohttp
 import pytest
 
-from bot import serve, store
-from bot.slack_recorder import Recorder
+from bot.ops import serve
+from bot import store
+from slack_recorder import Recorder
 
 
 class Sender:
@@ -182,7 +183,8 @@ class Ops:
 
 
 def _answerer(db, generator):
-    from bot import answering, retrieval
+    from bot.answering import pipeline as answering
+    from bot.knowledge import retrieval
 
     return answering.Answerer(db, retrieval.Searcher(db, "none"), generator)
 
@@ -203,7 +205,7 @@ async def _until(check, timeout: float = 5.0):
 
 @pytest.mark.asyncio
 async def test_not_ready_while_the_model_loads_then_ready_on_retrieval_only_fallback(kb_db, tmp_path):
-    from bot.generation import ModelUnavailable
+    from bot.llm.generation import ModelUnavailable
 
     release = threading.Event()
 
@@ -257,7 +259,7 @@ class HeldModel:
         self.inside, self.release = threading.Event(), threading.Event()
 
     def generate_batch(self, requests):
-        from bot.generation import Generation
+        from bot.llm.generation import Generation
 
         self.inside.set()
         self.release.wait(10)
@@ -268,8 +270,8 @@ class HeldModel:
 async def test_queue_depth_in_flight_and_the_adapter_in_service_in_health_and_metrics(kb_db, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from bot.answering import Context
-    from bot.generation import ModelWorker, set_pointer
+    from bot.answering.pipeline import Context
+    from bot.llm.generation import ModelWorker, set_pointer
 
     model = HeldModel()
     worker = ModelWorker(model)

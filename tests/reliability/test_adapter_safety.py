@@ -18,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import answering, generation, hotswap, registry, retrieval, store
+from bot.answering import pipeline as answering
+from bot.llm import generation, hotswap
+from bot.learning import registry
+from bot.knowledge import retrieval
+from bot import store
 
 QUESTION = "什么是天使投资？"
 OTHER_BASE = {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "7ae557604adf67be50417f59c2c2f167def9a775"}
@@ -65,7 +69,7 @@ def made(tiny_model_dir, tmp_path_factory) -> Path:
     """A real LoRA adapter for the tiny model, saved by peft, randomised so that it changes answers."""
     import torch
 
-    from bot import presets, training
+    from bot.llm import presets, training
 
     folder = tmp_path_factory.mktemp("made") / "v0001"
     maker = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=folder.parent / "unused")
@@ -133,11 +137,11 @@ def test_a_broken_adapter_is_refused_at_promote_and_at_load_and_the_previous_one
     # The pointer moved anyway (by hand, or a tool that skips the checks): answers keep coming from
     # v0001, word for word, and the reason is logged and kept for health checks.
     hotswap.set_pointer(adapters, "v0002")
-    with caplog.at_level(logging.WARNING, logger="bot.generation"):
+    with caplog.at_level(logging.WARNING, logger="bot.llm.generation"):
         during = [answerer.ask(QUESTION) for _ in range(2)]
     assert [(a.adapter, a.answer, a.mode) for a in during] == [(before.adapter, before.answer, before.mode)] * 2
     assert "v0002" in gen.pointer_error and why in gen.pointer_error
-    logged = [r.getMessage() for r in caplog.records if r.name == "bot.generation"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "bot.llm.generation"]
     assert len(logged) == 1 and why in logged[0] and "still serving v0001" in logged[0]
     assert [r["adapter"] for r in db.query("select adapter from answers order by created_at")][-2:] == ["v0001"] * 2
 

@@ -21,9 +21,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot import cli, commands, discord_app, generation, slack_render, snapshot, store
+from bot import cli, commands, store
+from bot.chat.discord import app as discord_app
+from bot.llm import generation
+from bot.chat.slack import render as slack_render
+from bot.learning import snapshot
 from bot.commands import Caller
-from bot.slack_recorder import command_body, post_signed, signed_headers
+from slack_recorder import command_body, post_signed, signed_headers
 from chat_harness import (DISCORD_ADMIN_ROLE, DISCORD_USER, SECRET, SLACK_ADMIN, Scripted, answered, click, copy_db,
                           counts, deliver, discord_fixture, discord_served, make_commands, mention, opt, said,
                           slack_fixture, slack_served, slash, submit)

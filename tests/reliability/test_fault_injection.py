@@ -20,7 +20,7 @@ SEED, KILLS = 6, 10
 
 @pytest.fixture
 def served(tiny_model_dir, tmp_path):
-    from bot import generation
+    from bot.llm import generation
 
     return generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=tmp_path / "adapters",
                            trainable=False)

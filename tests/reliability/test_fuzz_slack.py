@@ -3,7 +3,7 @@
 The fuzzing itself is tests/reliability/fuzz_slack.py (the measuring
 command); here it runs with n=1000 per class, and the adversary's own
 requests are replayed one by one. Real: bolt serving on 127.0.0.1, the
-command layer, SQLite. Fake: Slack's Web API (bot.slack_recorder), the model.
+command layer, SQLite. Fake: Slack's Web API (slack_recorder), the model.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 import fuzz_slack  # tests/reliability/, next to this file
-from bot import slack_app, slack_http
+from bot.chat.slack import app as slack_app, http as slack_http
 
 
 def test_1000_unsigned_requests_all_get_401_and_1000_signed_malformed_ones_never_a_500(tmp_path):

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from bot import answering, generation, ingest, presets, prompts, retrieval, store
+from bot.answering import pipeline, prompts
+from bot.llm import generation, presets
+from bot.knowledge import ingest, retrieval
+from bot import store
 from bot.commands import Caller
 from chat_harness import (DISCORD_USER, SLACK_ADMIN, answered, deliver, discord_served, make_commands, opt, said,
                           slack_served, slash)
@@ -173,7 +176,7 @@ def test_the_tiny_model_reads_the_planted_passage_and_nothing_runs(world, tiny_m
     with generation.ModelWorker(served) as worker:
         recording = Recording(worker)
         budget = presets.load("tiny").generation.context_budget_tokens
-        answerer = answering.Answerer(db, searcher, recording, context_budget=budget, max_new_tokens=48)
+        answerer = pipeline.Answerer(db, searcher, recording, context_budget=budget, max_new_tokens=48)
         cmds = make_commands(db, None, adapters_dir=adapters, searcher=searcher)
         cmds.answerer = answerer
         admins = copy.deepcopy(cmds.admins)

@@ -1,6 +1,6 @@
 """Load: 200 `/ask` from 20 simulated users against the served Slack app, over real signed HTTP on loopback.
 
-`python -m bot.slack_load` does the work, as a user runs it: the Slack app
+`python -m tools.slack_load` does the work, as a user runs it: the Slack app
 built as `serve` builds it, the tiny model behind the model worker, the
 recorder standing in for Slack's Web API and response URLs. Every request
 must be acked under Slack's 3 s and end either answered (an answer with its
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bot import slack_load
+from tools import slack_load
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS, REQUESTS = 20, 200
@@ -80,7 +80,7 @@ def test_200_asks_from_20_users_are_each_acked_in_time_and_answered_or_told_busy
     env = {k: v for k, v in os.environ.items() if k not in LIMITS["limits-off"]}
     env.update({"BOT_CACHE_DIR": str(tiny_model_dir.parent), "BOT_EMBEDDER": "none", "PYTHONPATH": str(ROOT),
                 **LIMITS[limits]})
-    command = [sys.executable, "-m", "bot.slack_load", "--users", str(USERS), "--requests", str(REQUESTS),
+    command = [sys.executable, "-m", "tools.slack_load", "--users", str(USERS), "--requests", str(REQUESTS),
                "--new-tokens", "16", "--context-budget", "300", "--timeout", "120", "--json"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.stdout.strip(), done.stderr[-3000:]
@@ -113,7 +113,7 @@ def test_batched_generation_survives_concurrent_token_counting(tiny_model_dir, t
     answered one by one."""
     import threading
 
-    from bot import generation
+    from bot.llm import generation
 
     gen = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=tmp_path, trainable=False)
     chats = [[{"role": "user", "content": "短"}], [{"role": "user", "content": "长一些的问题，" * 60}]]

@@ -13,7 +13,10 @@ import asyncio
 
 import pytest
 
-from bot import answering, generation, presets, retrieval, store
+from bot.answering import pipeline as answering
+from bot.llm import generation, presets
+from bot.knowledge import retrieval
+from bot import store
 from bot.commands import Caller
 from chat_harness import Scripted, make_commands, slack_served
 

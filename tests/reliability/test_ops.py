@@ -2,7 +2,7 @@
 
 Everything is real: `serve.main_async` on a loopback port over a copy of the
 indexed database, answers through the answering pipeline (retrieval-only),
-votes and corrections through bot.feedback, the purge as huey runs it (in
+votes and corrections through bot.learning.feedback, the purge as huey runs it (in
 immediate mode) and as the CLI runs it, and `python -m bot serve` / `worker`
 as subprocesses for their log lines.
 """
@@ -25,9 +25,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import cli, feedback, jobs, logs, retention, serve, store
-from bot.answering import Context
-from bot.hotswap import set_pointer
+from bot import cli, store
+from bot.learning import feedback, jobs
+from bot.ops import logs, retention, serve
+from bot.answering.pipeline import Context
+from bot.llm.hotswap import set_pointer
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
@@ -133,7 +135,7 @@ async def test_metrics_count_answers_votes_corrections_and_jobs_and_a_purge_neve
 
 
 def test_a_database_that_cannot_be_read_is_reported_not_a_failed_scrape(tmp_path):
-    from bot import metrics
+    from bot.ops import metrics
 
     db = store.connect(tmp_path / "bot.db")
     db.execute("drop table votes")  # a broken schema: the store's queries fail
@@ -289,7 +291,7 @@ def test_serve_and_worker_log_one_json_object_per_line(kb_db, tmp_path):
         records = [json.loads(line) for line in lines]  # every line is one JSON object
         assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     serve_records = [json.loads(line) for line in serve_lines]
-    assert any(r["logger"] == "bot.serve" and r["level"] == "WARNING" and "no chat platform" in r["message"]
+    assert any(r["logger"] == "bot.ops.serve" and r["level"] == "WARNING" and "no chat platform" in r["message"]
                for r in serve_records)
     assert any(r["logger"].startswith("aiohttp.access") and "/metrics" in r["message"] for r in serve_records)
     assert any(r["logger"].startswith("huey") for r in map(json.loads, worker_lines))

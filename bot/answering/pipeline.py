@@ -1,0 +1,221 @@
+"""A question in, a cited answer out: retrieve, prompt, generate, post-process, record.
+
+Every transport (CLI, terminal chat, Slack, Discord) calls `Answerer.ask`.
+When no model can be had (offline, out of memory, bad preset) or the model
+fails mid-answer, the answer is the best passages with their sources and a
+notice saying why: it never crashes and never hangs.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from bot.answering import prompts
+from bot import store
+from bot.knowledge.textproc import is_mostly_english
+
+
+@dataclass
+class Context:
+    """Where a question came from; `thread` groups the turns of one conversation."""
+
+    platform: str = "cli"
+    user: str = ""
+    channel: str = ""
+    thread: str = ""
+
+
+@dataclass
+class Citation:
+    n: int
+    doc: str
+    heading: str
+    text: str
+
+
+@dataclass
+class Answer:
+    id: str
+    answer: str
+    citations: list[Citation]
+    mode: str  # "llm" | "retrieval-only"
+    model: str | None
+    adapter: str | None
+    ms: float
+    notice: str = ""
+    passages: list = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "answer": self.answer,
+            "citations": [asdict(c) for c in self.citations],
+            "mode": self.mode,
+            "model": self.model,
+            "adapter": self.adapter,
+            "ms": round(self.ms, 1),
+        }
+
+
+def _notice(question: str, en: str, zh: str) -> str:
+    return en if is_mostly_english(question) else zh
+
+
+def postprocess(text: str, shown: list) -> tuple[str, list[Citation], str]:
+    """Map [n] to the passages shown; drop citations to passages that do not exist.
+
+    Returns the cleaned answer, the cited passages (by their original n) and a
+    notice for the reader, empty when all is well.
+    """
+    valid = set(range(1, len(shown) + 1))
+    bogus = sorted({n for n in prompts.cited_numbers(text) if n not in valid})
+    if bogus:
+        text = prompts.CITATION_RE.sub(lambda m: m.group(0) if int(m.group(1)) in valid else "", text)
+        text = re.sub(r"[ \t]+([。，.,])", r"\1", text).strip()
+    cited = [n for n in prompts.cited_numbers(text) if n in valid]
+    citations = [Citation(n, shown[n - 1].doc, shown[n - 1].heading, shown[n - 1].text) for n in cited]
+    notices = []
+    if bogus:
+        notices.append("removed citations to passages that do not exist: " + ", ".join(f"[{n}]" for n in bogus))
+    if not citations:
+        notices.append("this answer cites no passage from the knowledge base")
+    return text, citations, "; ".join(notices)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (a RuntimeError subclass), a MemoryError, or a CUDA/CPU allocator's message."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def retrieval_only_text(question: str, shown: list, reason: str) -> str:
+    head = _notice(
+        question,
+        f"The language model is unavailable ({reason}). Here are the most relevant passages:",
+        f"语言模型暂不可用（{reason}）。以下是知识库中最相关的段落：",
+    )
+    if not shown:
+        return head + "\n" + _notice(question, "(nothing in the knowledge base matches)", "（知识库中没有相关内容）")
+    lines = [head]
+    for n, p in enumerate(shown, 1):
+        text = " ".join(p.text.split())
+        lines.append(f"[{n}] {text[:300]}{'…' if len(text) > 300 else ''} — {p.doc} › {p.heading}")
+    return "\n".join(lines)
+
+
+class Answerer:
+    """Answers questions against one knowledge base, one generator and one database.
+
+    `generator` is anything with `generate(messages, max_new_tokens, on_token)`
+    (generation.Generator) or `submit(...) -> Future` (generation.ModelWorker),
+    or a zero-argument callable returning one, called on first use so that
+    start-up stays fast; None means retrieval-only.
+    """
+
+    def __init__(self, db, searcher, generator=None, *, k: int = 5, context_budget: int = 1536,
+                 history_budget: int = 512, max_new_tokens: int = 384, timeout_s: float = 300.0):
+        self.db, self.searcher = db, searcher
+        self._generator_source = generator
+        self._generator = None
+        self._unavailable: str | None = None if generator is not None else "no model configured"
+        self._load_lock = threading.Lock()
+        self.k, self.context_budget, self.history_budget = k, context_budget, history_budget
+        self.max_new_tokens, self.timeout_s = max_new_tokens, timeout_s
+        self._in_flight = 0  # questions between `ask` and their recorded answer
+        self._count_lock = threading.Lock()
+
+    def queue_depth(self) -> int:
+        """Questions in the pipeline now (retrieving, waiting for the model, generating): the admission
+        bound (bot/guard.py) and /healthz read it."""
+        return self._in_flight
+
+    def generator(self):
+        """The generator, loading it on first use; None (with the reason kept) if it cannot be had."""
+        with self._load_lock:
+            if self._generator is None and self._unavailable is None:
+                source = self._generator_source
+                try:
+                    self._generator = source() if callable(source) and not hasattr(source, "generate") \
+                        and not hasattr(source, "submit") else source
+                except Exception as e:  # ModelUnavailable, or anything a broken install throws
+                    self._unavailable = str(e) or type(e).__name__
+            return self._generator
+
+    @property
+    def generator_loaded(self) -> bool:
+        return self._generator is not None
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self._unavailable
+
+    def _count(self, gen) -> Callable[[str], int]:
+        counter = getattr(gen, "count_tokens", None) or getattr(getattr(gen, "generator", None), "count_tokens", None)
+        return counter or (lambda text: len(text))
+
+    def _generate(self, gen, messages, on_token):
+        if hasattr(gen, "submit"):
+            return gen.submit(messages, self.max_new_tokens, on_token).result(timeout=self.timeout_s)
+        return gen.generate(messages, self.max_new_tokens, on_token)
+
+    def ask(self, question: str, ctx: Context | None = None, on_token: Callable[[str], None] | None = None) -> Answer:
+        with self._count_lock:
+            self._in_flight += 1
+        try:
+            return self._ask(question, ctx or Context(), on_token)
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+
+    def _ask(self, question: str, ctx: Context, on_token: Callable[[str], None] | None) -> Answer:
+        t0 = time.perf_counter()
+        hits = self.searcher.search(question, self.k)
+        retrieval_ms = (time.perf_counter() - t0) * 1000
+        history = [prompts.Turn(q, a) for q, a in store.thread_turns(self.db, ctx.platform, ctx.channel, ctx.thread)]
+
+        gen = self.generator()
+        count = self._count(gen) if gen else len
+        shown = prompts.fit_passages(hits, self.context_budget, count)
+        model = getattr(gen, "model_id", None) or getattr(getattr(gen, "generator", None), "model_id", None)
+        revision = getattr(gen, "revision", None) or getattr(getattr(gen, "generator", None), "revision", None)
+        adapter, prompt_tokens, completion_tokens = None, 0, 0
+        mode, notice = "llm", ""
+        if gen is None:
+            mode, reason = "retrieval-only", self._unavailable or "no model"
+            text, citations = retrieval_only_text(question, shown, reason), [
+                Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1)]
+            notice = f"model unavailable: {reason}"
+        else:
+            messages = prompts.build_messages(question, shown, history, count=count,
+                                              context_budget=self.context_budget, history_budget=self.history_budget)
+            try:
+                result = self._generate(gen, messages, on_token)
+                adapter = result.adapter
+                prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
+                text, citations, notice = postprocess(result.text, shown)
+            except Exception as e:  # OOM, CUDA error, timeout: the user still gets the passages
+                # Tokens may have streamed already: the final text replaces them, apology first.
+                if _out_of_memory(e):
+                    reason = _notice(question, "the model ran out of memory while answering", "模型在生成回答时内存不足")
+                else:
+                    reason = _notice(question, "the model failed while answering", "模型在生成回答时出错")
+                mode = "retrieval-only"
+                text = _notice(question, "Sorry, something went wrong. ", "抱歉，出了点问题。") + \
+                    retrieval_only_text(question, shown, reason)
+                citations = [Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1)]
+                notice = f"model error: {type(e).__name__}: {e}"[:500]
+        ms = (time.perf_counter() - t0) * 1000
+        answer = Answer(uuid.uuid4().hex[:12], text, citations, mode, model, adapter, ms, notice, shown)
+        store.record_answer(self.db, {
+            "id": answer.id, "created_at": time.time(), "platform": ctx.platform, "channel": ctx.channel,
+            "thread": ctx.thread, "user": ctx.user, "question": question,
+            "passages": [{"id": getattr(p, "passage_id", None), "doc": p.doc, "heading": p.heading, "text": p.text}
+                         for p in shown],
+            "answer": text, "citations": [asdict(c) for c in citations], "mode": mode, "notice": notice,
+            "model": model, "revision": revision, "adapter": adapter, "latency_ms": ms,
+            "retrieval_ms": retrieval_ms, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        })
+        return answer

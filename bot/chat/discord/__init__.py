@@ -1,0 +1,1 @@
+"""Discord: the discord.py client, its slash commands and views, rendering and sending."""

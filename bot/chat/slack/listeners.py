@@ -1,0 +1,464 @@
+"""What the bot does with each Slack request: slash commands, mentions, DMs, 👍/👎, corrections.
+
+`Listeners.register(app)` wires them with bolt's own decorators. Questions
+and commands ack first (Slack allows 3 s), then work; feedback (👍/👎,
+corrections, `/feedback optout|optin|review`, `/forget me`) is stored first
+and acked after, its delivery id committed in the same transaction, so an
+acknowledged click is a stored one and a resend after a crash is processed.
+The command layer is blocking (retrieval, SQL, generation), so it runs on
+the listeners' thread pools, never on the loop. An answer streams into a
+placeholder reply: the model writes tokens on a worker thread, `TokenStream`
+hands them to the loop without blocking either side, and `pump` shows them
+at most once per interval (Slack allows about one `chat.update` per message per second,
+more gets HTTP 429), stopping as soon as the answer is complete so the
+final update (sources, buttons) is never overtaken by a stale frame.
+Slack retries deliveries it believes lost; `store.first_delivery` makes each
+event and command count once, the feedback writes' own delivery key each click.
+Every placeholder is on record (bot/answering/inflight.py) until its answer lands, so a
+restart finishes answers a killed process left "Thinking…".
+
+Questions are admitted (rate limits, the queue bound) before any work: past
+a limit the asker is told "busy, try again in N s" at once. Input is checked
+by the command layer; ids, buttons, forms and commands the bot does not know
+get a message saying so rather than bolt's 404. Chat text never goes to the
+logs: a failure is logged with ids only.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from slack_sdk.errors import SlackApiError
+
+from bot import guard
+from bot.answering import inflight
+from bot.chat.slack import render
+from bot import store
+from bot.commands import SORRY, Caller, Commands, Reply
+
+STORED_COMMANDS = ("/feedback", "/forget")  # acked only once their work is stored
+FEEDBACK_ACK_S = 2.5  # how long a form or feedback command waits for its commit within Slack's 3 s
+log = logging.getLogger(__name__)
+PLATFORM = "slack"
+
+
+class TokenStream:
+    """Tokens from the model's thread, shown in one Slack message by `pump` on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.pieces = loop, []
+        self.changed, self.done = asyncio.Event(), asyncio.Event()
+        self.updates = 0  # chat.update calls made while streaming
+        self._woken = False
+
+    def on_token(self, piece: str) -> None:
+        """The answering layer's `on_token`: runs on a worker thread, never blocks."""
+        self.pieces.append(piece)
+        if not self._woken:
+            self._woken = True
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop has closed (shutdown): generation may finish unseen
+                pass
+
+    def _wake(self) -> None:
+        self._woken = False
+        self.changed.set()
+
+    def close(self) -> None:
+        """The answer is complete: `pump` returns without another frame."""
+        self.done.set()
+        self.changed.set()
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    async def pump(self, client, channel: str, ts: str, every_s: float) -> None:
+        """Show the text so far in message `ts`, at most once per `every_s` seconds, until `close()`."""
+        loop, last, shown = asyncio.get_running_loop(), -math.inf, ""
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            wait = last + every_s - loop.time()
+            if wait > 0 and not self.done.is_set():
+                try:  # let tokens gather until the next update is allowed, unless the answer ends first
+                    await asyncio.wait_for(self.done.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+            if self.done.is_set():
+                return
+            text = self.text()
+            if text == shown:
+                continue
+            try:
+                await client.chat_update(channel=channel, ts=ts, text=render.streaming_text(text))
+                self.updates += 1
+            except SlackApiError as e:  # rate-limited or deleted: skip a frame; the final update follows
+                log.warning("chat.update while streaming failed: %s", e.response.get("error"))
+            shown, last = text, loop.time()
+
+
+class Listeners:
+    """The listeners, bound to one command layer and its thread pools."""
+
+    def __init__(self, commands: Commands, update_every_s: float, workers: int):
+        self.commands, self.update_every_s = commands, update_every_s
+        # Own pools rather than asyncio.to_thread's default one: that has cpu+4
+        # threads, is shared with Discord, and a question holds its thread for
+        # the whole generation; delivery checks and feedback writes (milliseconds
+        # of SQL, owed before an ack) get their own small pool, so a retried event
+        # is recognised and a click stored in time even while every answer thread is busy.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slack-work")
+        self.quick = ThreadPoolExecutor(4, thread_name_prefix="slack-quick")
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.quick.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, pool, fn, *args, **kwargs) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+
+    async def first(self, key: str) -> bool:
+        return await self._submit(self.quick, store.first_delivery, self.commands.db, key)
+
+    # -- slash commands -------------------------------------------------------
+
+    def command(self, run):
+        """A slash command answered by one message: `run(caller, text) -> Reply`, off the loop."""
+        async def listener(ack, command, respond, client):
+            if not command.get("user_id"):
+                await ack("Sorry, that command arrived without a user, so I can't run it.")
+                return
+            await ack()
+            if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
+                return
+            caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
+            try:
+                reply = await self._submit(self.pool, run, caller,
+                                           render.unescape(command.get("text") or "").strip())
+            except Exception:  # a bug or the database: the caller hears so, the log gets no chat text
+                log.exception("%s by %s failed", command.get("command"), caller.user)
+                reply = Reply(SORRY, ok=False, private=True)
+            await respond(**render.reply_message(reply))
+            if reply.data.get("chart_png") and caller.channel:
+                await self.upload_chart(client, caller.channel, reply)
+        return listener
+
+    def stored_command(self, run):
+        """A feedback command (`/feedback`, `/forget`): `run(caller, text, delivery=...)` commits its work with
+        the delivery id, and the ack carries the reply, so what is acknowledged is stored."""
+        async def listener(ack, command, respond):
+            if not command.get("user_id"):
+                await ack("Sorry, that command arrived without a user, so I can't run it.")
+                return
+            caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
+            work = self._submit(self.pool, run, caller, render.unescape(command.get("text") or "").strip(),
+                                delivery=f"slack:cmd:{command.get('trigger_id')}")
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(work), FEEDBACK_ACK_S)
+            except asyncio.TimeoutError:
+                # Not stored in Slack's time: no ack (Slack tells the person it failed, and a
+                # later listener must not ack it either: unknown_command); the reply follows.
+                log.warning("%s was not stored within %.1f s: left unacknowledged", command.get("command"),
+                            FEEDBACK_ACK_S)
+                reply = await self._settle(work, caller, command.get("command"))
+                await respond(**render.reply_message(reply))
+                return
+            except Exception:
+                reply = await self._settle(work, caller, command.get("command"))
+            if reply.data.get("duplicate"):
+                await ack()  # a resend of a command already done: its reply was given
+                return
+            message = render.reply_message(reply)
+            await ack(text=message["text"], response_type=message["response_type"])
+        return listener
+
+    @staticmethod
+    async def _settle(work, caller: Caller, what) -> Reply:
+        try:
+            return await work
+        except Exception:  # a bug or the database: the caller hears so, the log gets no chat text
+            log.exception("%s by %s failed", what, caller.user)
+            return Reply(SORRY, ok=False, private=True)
+
+    @staticmethod
+    async def upload_chart(client, channel: str, reply: Reply) -> None:
+        """Attach a command's PNG (the /adapter chart) to the channel: Slack's v2 upload (needs files:write)."""
+        try:
+            await client.files_upload_v2(channel=channel, file=reply.data["chart_png"],
+                                         filename=reply.data.get("chart_name", "chart.png"), title="Adapter versions")
+        except Exception as e:  # no files:write scope, or not in the channel: say so, keep serving
+            log.warning("chart upload to %s failed: %s", channel, type(e).__name__)
+
+    def kb(self, caller: Caller, text: str) -> Reply:
+        verb, _, rest = text.partition(" ")
+        if verb == "search":
+            return self.commands.kb_search(caller, rest.strip())
+        if verb == "reindex":
+            return self.commands.kb_reindex(caller)
+        return Reply("Use `/kb search <query>` or `/kb reindex`.", ok=False, private=True)
+
+    def jobs(self, caller: Caller, text: str) -> Reply:
+        words = text.split()
+        return self.commands.jobs(caller, words[0].lower() if words else None, words[1] if len(words) > 1 else None)
+
+    def adapter(self, caller: Caller, text: str) -> Reply:
+        words = text.split()
+        return self.commands.adapter(caller, words[0] if words else "list", words[1] if len(words) > 1 else None)
+
+    async def ask(self, ack, command, respond, client):
+        question = render.unescape(command.get("text") or "").strip()
+        user, channel = command.get("user_id"), command.get("channel_id")
+        if not user or not channel:
+            await ack("Sorry, that command arrived without a user or channel, so I can't answer it.")
+            return
+        bad = self.commands.check_question(question)
+        if bad:
+            await ack(render.escape(bad.text))  # a slash command's ack text is shown to the caller only
+            return
+        caller = Caller(PLATFORM, user, channel)
+        with self.commands.admission(caller) as busy:
+            if busy:
+                await ack(render.escape(busy.text))
+                return
+            await ack()
+            if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
+                return
+            try:
+                root = await client.chat_postMessage(channel=channel,
+                                                     text=f"<@{user}> asked: {render.escape(question)}")
+            except SlackApiError as e:
+                # Not a member here (a private channel, a DM with someone else): answer
+                # through the command's response URL instead, without streaming.
+                log.info("cannot post in %s (%s): answering through response_url", channel, e.response.get("error"))
+                try:
+                    answer = await self._submit(self.pool, self.commands.ask, caller, question)
+                except Exception:
+                    log.exception("answering in %s for %s failed", channel, user)
+                    await respond(**render.reply_message(Reply(SORRY, ok=False, private=True)))
+                    return
+                await respond(text=render.answer_fallback(answer), blocks=render.answer_blocks(answer),
+                              response_type="in_channel")
+                return
+            await self.answer(client, Caller(PLATFORM, user, channel, root["ts"]), question)
+
+    # -- answering in a thread -------------------------------------------------
+
+    async def answer(self, client, caller: Caller, question: str) -> None:
+        """Post a placeholder in the thread, stream into it, then replace it with the final answer.
+
+        The placeholder is on record from before it is posted until the final answer lands
+        (bot/answering/inflight.py): a process killed in between leaves the record for the restart."""
+        db = self.commands.db
+        held = await self._submit(self.quick, inflight.begin, db, caller, question)
+        try:
+            placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
+                                                        text=render.THINKING)
+        except Exception:  # nothing was posted: nothing to finish
+            await self._submit(self.quick, inflight.end, db, held)
+            raise
+        ts = placeholder["ts"]
+        await self._submit(self.quick, inflight.placed, db, held, ts)
+        stream = TokenStream(asyncio.get_running_loop())
+        pump = asyncio.create_task(stream.pump(client, caller.channel, ts, self.update_every_s))
+        answer = None
+        try:
+            answer = await self._submit(self.pool, self.commands.ask, caller, question, on_token=stream.on_token)
+        except Exception:  # the command layer never fails for the model's sake: a bug, or the database
+            # Ids only: the question is chat text and never goes to the logs.
+            log.exception("answering in %s (thread %s) for %s failed", caller.channel, caller.thread, caller.user)
+        finally:
+            stream.close()
+            await pump  # no streaming frame may land after the final text
+        if answer is None:
+            final = {"text": "Sorry, something went wrong while answering. Please try again."}
+        else:
+            final = {"text": render.answer_fallback(answer), "blocks": render.answer_blocks(answer)}
+        try:
+            await client.chat_update(channel=caller.channel, ts=ts, **final)
+        except Exception as e:  # noqa: BLE001 (rate-limited, a network error): the outbox retries it, as text
+            log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel, type(e).__name__)
+            await self._submit(self.quick, inflight.hand_off, db, held, final["text"])
+            return
+        await self._submit(self.quick, inflight.end, db, held)
+
+    # -- mentions and direct messages -----------------------------------------
+
+    async def on_mention(self, body, event, client):
+        if not event.get("bot_id"):  # another bot mentioning us: no bot-to-bot loops
+            await self._answer_event(body, event, client)
+
+    async def on_message(self, body, event, client):
+        # Every message event reaches here (and is acked by bolt, so Slack does not
+        # retry it); only a person's own new DM is a question.
+        if event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id"):
+            await self._answer_event(body, event, client)
+
+    async def _answer_event(self, body, event, client) -> None:
+        thread = event.get("thread_ts") or event.get("ts")
+        if not (event.get("channel") and event.get("user") and thread):
+            log.warning("ignored a %s event without channel, user or ts (%s)", event.get("type"), body.get("event_id"))
+            return  # nobody to answer, nowhere to answer: there is no one to tell either
+        if not await self.first(f"slack:event:{body.get('event_id')}"):
+            return  # a retry of an event already being answered
+        caller = Caller(PLATFORM, event["user"], event["channel"], thread)
+        question = render.question_from_event(event.get("text") or "")
+        refusal = self.commands.check_question(question)
+        # Only a question that can be asked takes a slot; a refused one is told why and costs nothing.
+        admission = self.commands.admission(caller) if refusal is None else contextlib.nullcontext()
+        with admission as busy:
+            refusal = refusal or busy
+            if refusal:
+                try:
+                    await client.chat_postEphemeral(channel=caller.channel, user=caller.user, thread_ts=thread,
+                                                    text=render.escape(refusal.text))
+                except SlackApiError as e:
+                    log.warning("could not tell %s why their message was not answered: %s",
+                                caller.user, e.response.get("error"))
+                return
+            await self.answer(client, caller, question)
+
+    # -- 👍 / 👎 and corrections ------------------------------------------------
+
+    @staticmethod
+    def _action_caller(body) -> Caller:
+        return Caller(PLATFORM, (body.get("user") or {}).get("id", ""), (body.get("channel") or {}).get("id", ""))
+
+    async def _say(self, body, respond, client, reply: Reply) -> None:
+        """A private message to whoever clicked: through the response URL when there is one (messages),
+        else ephemerally in the channel; a click inside a modal has neither, and is only acked."""
+        try:
+            if body.get("response_url"):
+                await respond(**render.reply_message(reply))
+            elif (body.get("channel") or {}).get("id") and (body.get("user") or {}).get("id"):
+                await client.chat_postEphemeral(channel=body["channel"]["id"], user=body["user"]["id"],
+                                                text=render.escape(reply.text))
+        except SlackApiError as e:
+            log.warning("could not reply to a click: %s", e.response.get("error"))
+
+    def _action_key(self, body, action) -> str:
+        return f"slack:action:{body.get('trigger_id') or action.get('action_ts')}"
+
+    async def _store_vote(self, body, action, value: int) -> Reply:
+        """Commit the vote with its delivery id, before the ack: SQL takes milliseconds of Slack's 3 s."""
+        caller = self._action_caller(body)
+        try:
+            return await self._submit(self.quick, self.commands.vote, caller, action.get("value", ""), value,
+                                      delivery=self._action_key(body, action))
+        except Exception:  # the database: not stored, and the clicker is told so
+            log.exception("storing a vote by %s failed", caller.user)
+            return Reply(SORRY, ok=False, private=True)
+
+    async def vote_up(self, ack, body, action, respond, client):
+        reply = await self._store_vote(body, action, 1)
+        await ack()
+        if not reply.data.get("duplicate"):  # a resend of a stored click was answered the first time
+            await self._say(body, respond, client, reply)
+
+    async def vote_down(self, ack, body, action, respond, client):
+        answer_id = action.get("value", "")
+        bad = guard.check_answer_id(answer_id)
+        if bad:  # a forged or garbled button: no form to open for it
+            await ack()
+            await self._say(body, respond, client, Reply(bad, ok=False, private=True))
+            return
+        # Stored, then acked, then the form: the trigger_id allows 3 s for all three, the SQL takes milliseconds.
+        reply = await self._store_vote(body, action, -1)
+        await ack()
+        if reply.data.get("duplicate"):
+            return
+        if not reply.ok:
+            await self._say(body, respond, client, reply)
+            return
+        try:
+            await client.views_open(trigger_id=body["trigger_id"], view=render.correction_modal(answer_id))
+        except SlackApiError as e:
+            log.warning("could not open the correction modal: %s", e.response.get("error"))
+
+    async def submit_correction(self, ack, body, view):
+        caller = Caller(PLATFORM, (body.get("user") or {}).get("id", ""))
+        # The command layer decides what a valid correction is and commits it with the delivery id;
+        # its answer (ms of SQL) is what the ack carries, as field errors or a thank-you in place of the form.
+        work = self._submit(self.quick, self.commands.correct, caller, view.get("private_metadata", ""),
+                            render.correction_text(view),
+                            # The form's view id: the same for Slack's resend and for the person submitting
+                            # the same form again after an error, so neither stores it twice.
+                            delivery=f"slack:view:{view.get('id') or body.get('trigger_id')}")
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(work), FEEDBACK_ACK_S)
+        except asyncio.TimeoutError:
+            # Not stored in Slack's time: no ack, so the form stays open with the text in it and
+            # Slack says it could not be sent; the commit goes on, and a second submission of the
+            # same form is recognised by its delivery id.
+            log.warning("a correction was not stored within %.1f s: left unacknowledged", FEEDBACK_ACK_S)
+            await self._settle(work, caller, "a correction")
+            return
+        except Exception:
+            reply = await self._settle(work, caller, "a correction")
+        if reply.ok:
+            await ack(response_action="update", view=render.thanks_modal(reply))
+        elif not view.get("state", {}).get("values", {}).get(render.CORRECTION):
+            # No such field in this form (a forged or older view): an error for it would show nowhere.
+            await ack(response_action="update", view=render.notice_modal("Not saved", reply.text))
+        else:
+            await ack(response_action="errors", errors={render.CORRECTION: render.field_error(reply.text)})
+
+    # -- what the bot does not know: a message, not bolt's 404 ------------------
+
+    async def unknown_command(self, ack, command):
+        if command.get("command") in STORED_COMMANDS:  # see unknown_action: still being stored
+            return
+        await ack(render.escape(f"Sorry, I don't know {command.get('command') or 'that command'}. "
+                                "`/help` lists what I can do.")[:3000])
+
+    async def unknown_action(self, ack, body, respond, client):
+        ids = {a.get("action_id") for a in body.get("actions") or []}
+        if ids & {render.VOTE_UP, render.VOTE_DOWN}:
+            # Bolt hands a request on to the next matching listener when the first has not acked
+            # within its 3 s: a vote still waiting for its commit. Acking it here would acknowledge
+            # a vote that is not stored (and tell the person the button is unknown); unacked,
+            # Slack shows an error, and the vote lands when its commit does.
+            log.warning("a vote was not stored within Slack's 3 s: left unacknowledged")
+            return
+        await ack()
+        log.info("unknown action %s", [a.get("action_id") for a in body.get("actions") or []][:3])
+        await self._say(body, respond, client, Reply(render.UNKNOWN_ACTION, ok=False, private=True))
+
+    async def unknown_view(self, ack, view):
+        if view.get("callback_id") == render.CORRECTION:  # see unknown_action: the real listener is still at work
+            log.warning("a correction form was not answered within Slack's 3 s: left unacknowledged")
+            return
+        log.info("unknown form %s", view.get("callback_id"))
+        await ack(response_action="update", view=render.notice_modal("Not saved", render.UNKNOWN_FORM))
+
+    async def ignore(self, ack):
+        await ack()  # a form closed, a shortcut not ours: nothing to do, and nothing to say
+
+    def register(self, app) -> None:
+        app.command("/ask")(self.ask)
+        app.command("/kb")(self.command(self.kb))
+        app.command("/feedback")(self.stored_command(self.commands.feedback_command))
+        app.command("/forget")(self.stored_command(lambda caller, text, delivery: self.commands.forget(
+            caller, text or "", delivery=delivery)))
+        # The job's progress and verdict go to the channel /train was run in (the outbox, posted by serve).
+        app.command("/train")(self.command(lambda caller, text: self.commands.train(caller)))
+        app.command("/jobs")(self.command(self.jobs))
+        app.command("/adapter")(self.command(self.adapter))
+        app.command("/help")(self.command(lambda caller, text: self.commands.help(caller)))
+        app.event("app_mention")(self.on_mention)
+        app.event("message")(self.on_message)
+        app.action(render.VOTE_UP)(self.vote_up)
+        app.action(render.VOTE_DOWN)(self.vote_down)
+        app.view(render.CORRECTION)(self.submit_correction)
+        # Bolt runs the first listener that matches: these catch whatever the ones above did not.
+        anything = re.compile(".*", re.DOTALL)
+        app.command(anything)(self.unknown_command)
+        app.action(anything)(self.unknown_action)
+        app.view_submission(anything)(self.unknown_view)
+        app.view_closed(anything)(self.ignore)
+        app.shortcut(anything)(self.ignore)

@@ -1,0 +1,148 @@
+"""Slack's side of an answer, as Block Kit: text, sources, 👍/👎 buttons, the correction modal.
+
+Pure functions over `answering.Answer` and `commands.Reply`, no SDK and no
+I/O, so `slack_app` stays about transport. Slack's payloads arrive with
+`&`, `<` and `>` escaped, and anything we post is read as mrkdwn, where
+`<...>` is a link or a mention: text from users, passages or the model is
+escaped on the way out so it can never ping `@channel` or forge a link.
+Plain `@channel`/`@here`/`@everyone` get a zero-width space after the `@`
+too: they are not broadcasts without `link_names`, but a client or a
+future flag that links them must still find nothing to ping.
+"""
+from __future__ import annotations
+
+import re
+
+from bot.commands import MAX_CORRECTION_CHARS, Reply
+
+VOTE_UP, VOTE_DOWN = "vote_up", "vote_down"  # action_ids of the buttons
+CORRECTION = "correction"  # the modal's callback_id, and the block_id of its input (errors name it)
+CORRECTION_INPUT = "text"  # action_id of the modal's text input
+THINKING = "_Thinking…_"
+SECTION_CHARS = 3000  # Block Kit: a section's text is at most 3000 characters
+INPUT_CHARS = min(3000, MAX_CORRECTION_CHARS)  # Block Kit: plain_text_input max_length is at most 3000
+_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+UNKNOWN_ACTION = "That button is not one I know (it may be from an older version of me); nothing was recorded."
+UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
+
+
+def escape(text: str) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u200b\\1", text)
+
+
+def unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def question_from_event(text: str) -> str:
+    """The question in a mention or DM: user mentions (the bot's own included) removed, entities decoded."""
+    return unescape(_MENTION.sub(" ", text if isinstance(text, str) else "")).strip()
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """Split at line ends where possible, so no section passes Block Kit's limit."""
+    out: list[str] = []
+    while len(text) > size:
+        cut = text.rfind("\n", 0, size)
+        cut = cut if cut > size // 2 else size
+        out.append(text[:cut])
+        text = text[cut:].lstrip("\n")
+    return out + [text] if text else out
+
+
+def streaming_text(partial: str) -> str:
+    """The placeholder's text while tokens arrive: what we have so far, and a cursor."""
+    return escape(partial)[: 40000 - 2] + " ▍"
+
+
+def sources_text(answer) -> str:
+    if not answer.citations:
+        return "_No passage from the knowledge base is cited._"
+    return "*Sources*\n" + "\n".join(f"[{c.n}] {escape(c.doc)} › {escape(c.heading)}" for c in answer.citations)
+
+
+def notice_text(answer) -> str:
+    if answer.mode == "retrieval-only":
+        return f":warning: Retrieval-only answer: {escape(answer.notice or 'the language model was not used')}"
+    return f":information_source: {escape(answer.notice)}" if answer.notice else ""
+
+
+def answer_blocks(answer) -> list[dict]:
+    """The final message: the answer, its sources (and notice), and the 👍/👎 buttons carrying the answer id."""
+    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": piece}}
+                          for piece in _pieces(escape(answer.answer) or "_(no answer)_", SECTION_CHARS)][:45]
+    blocks.append({"type": "context", "block_id": "sources",
+                   "elements": [{"type": "mrkdwn", "text": sources_text(answer)[:SECTION_CHARS]}]})
+    notice = notice_text(answer)
+    if notice:
+        blocks.append({"type": "context", "block_id": "notice",
+                       "elements": [{"type": "mrkdwn", "text": notice[:SECTION_CHARS]}]})
+    blocks.append({"type": "actions", "block_id": "feedback", "elements": [
+        _button(VOTE_UP, "👍 Helpful", answer.id),
+        _button(VOTE_DOWN, "👎 Wrong or unclear", answer.id),
+    ]})
+    return blocks
+
+
+def answer_fallback(answer) -> str:
+    """The message's `text`: what notifications and screen readers show instead of the blocks."""
+    return escape(answer.answer)[:3900] or "(no answer)"
+
+
+def _button(action_id: str, label: str, value: str) -> dict:
+    return {"type": "button", "action_id": action_id, "value": value,
+            "text": {"type": "plain_text", "text": label, "emoji": True}}
+
+
+def correction_modal(answer_id: str) -> dict:
+    """The modal 👎 opens; `private_metadata` carries the answer id back with the submission."""
+    return {
+        "type": "modal",
+        "callback_id": CORRECTION,
+        "private_metadata": answer_id,
+        "title": {"type": "plain_text", "text": "Correct this answer"},
+        "submit": {"type": "plain_text", "text": "Save"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": (
+                "Your 👎 is recorded. What should the answer have said? Corrections are reviewed "
+                "before they are used to train the assistant; leave out personal data.")}},
+            {"type": "input", "block_id": CORRECTION,
+             "label": {"type": "plain_text", "text": "Correct answer"},
+             "element": {"type": "plain_text_input", "action_id": CORRECTION_INPUT, "multiline": True,
+                         "max_length": INPUT_CHARS}},
+        ],
+    }
+
+
+def correction_text(view: dict) -> str:
+    value = view.get("state", {}).get("values", {}).get(CORRECTION, {}).get(CORRECTION_INPUT, {}).get("value")
+    return value or ""
+
+
+def thanks_modal(reply: Reply) -> dict:
+    """Shown in place of the modal after a correction is saved (`response_action: update`)."""
+    return notice_modal("Thank you", reply.text)
+
+
+def notice_modal(title: str, text: str) -> dict:
+    """A modal that only says something (`response_action: update`): thanks, or why a form was not taken."""
+    return {"type": "modal", "title": {"type": "plain_text", "text": title[:24]},
+            "close": {"type": "plain_text", "text": "Done"},
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(text)[:SECTION_CHARS]}}]}
+
+
+def field_error(text: str, limit: int = 150) -> str:
+    """A message short enough for a modal's field error: cut at a word, with an ellipsis, when too long."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 1)
+    return text[:cut if cut > limit // 2 else limit - 1] + "…"
+
+
+def reply_message(reply: Reply) -> dict:
+    """A command's reply as a response_url message: private replies are ephemeral, the rest in the channel."""
+    return {"text": escape(reply.text)[:3900], "response_type": "ephemeral" if reply.private else "in_channel",
+            "replace_original": False}

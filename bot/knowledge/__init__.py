@@ -1,0 +1,1 @@
+"""The knowledge base: reading documents into passages, the search index and its evaluation."""

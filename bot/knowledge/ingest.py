@@ -1,0 +1,295 @@
+"""Turning files into passages: reading, chunking by headings, and incremental indexing.
+
+Run it as `python -m bot index [PATH ...]`.
+
+A passage is verbatim source text (chat-template tokens removed), so a
+citation can quote it; it knows its document and heading path. Sections are
+split at blank lines into passages of about `BOT_CHUNK_CHARS` characters,
+because a heading section can run to thousands of characters and both the
+lexical ranker and the model's context budget do better with paragraphs.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.knowledge import crosslingual, textproc
+from bot import store
+
+TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+CHUNKER_VERSION = 1  # bump when chunk_markdown's output changes
+
+# Chat-template control tokens (ChatML, Llama, generic). They must never reach
+# a prompt or a training set, where they would end a turn early.
+CHAT_TOKEN_RE = re.compile(r"<\|[A-Za-z_]{2,20}\|>|</?s>(?=\s|$|#)")
+HEADING_RE = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
+FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
+# English sentences end with ". " (a period before whitespace, so 3.14 and e.g.x stay whole).
+SENTENCE_END_RE = re.compile(r"(?<=[。！？；!?;])|(?<=\.)(?=\s)")
+
+
+@dataclass
+class Chunk:
+    heading: str  # heading path, outermost first, joined by " > "
+    text: str
+
+
+@dataclass
+class FileReport:
+    doc: str
+    status: str  # indexed | unchanged | skipped | removed | error
+    message: str = ""
+    chunks: int = 0
+    new_passages: list[int] = field(default_factory=list)
+
+
+class BadFile(Exception):
+    """A file that cannot be indexed; the message names why, for the user."""
+
+
+def strip_chat_tokens(text: str) -> str:
+    return CHAT_TOKEN_RE.sub("", text)
+
+
+def read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadFile("unreadable: the file vanished or is a broken link") from None
+    except IsADirectoryError:
+        raise BadFile("unreadable: it is a directory") from None
+    except OSError as e:
+        raise BadFile(f"unreadable: {e.strerror or e}") from None
+    if not data.strip():
+        raise BadFile("empty file")
+    if b"\x00" in data[:8192]:
+        raise BadFile("binary file (contains NUL bytes)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadFile(f"not UTF-8 text (invalid byte at offset {e.start}); convert it to UTF-8") from None
+    if not strip_chat_tokens(text).strip():
+        raise BadFile("empty file (nothing left after removing chat-template tokens)")
+    return text
+
+
+def _lines(text: str) -> list[str]:
+    # A chat token is a hard break: in the bundled docs `<|im_end|>### Heading`
+    # glues a heading onto the end of a paragraph.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return CHAT_TOKEN_RE.sub("\n", text).split("\n")
+
+
+def _blocks(lines: list[str]) -> list[tuple[int, int, bool]]:
+    """(start, end, is_code) line ranges separated by blank lines; a fenced block is one block."""
+    blocks, i, n = [], 0, len(lines)
+    while i < n:
+        if not lines[i].strip():
+            i += 1
+            continue
+        m = FENCE_RE.match(lines[i])
+        if m:
+            fence, j = m.group(1), i + 1
+            while j < n and not lines[j].lstrip().startswith(fence):
+                j += 1
+            blocks.append((i, min(j + 1, n), True))
+            i = j + 1
+            continue
+        j = i
+        while j < n and lines[j].strip() and not FENCE_RE.match(lines[j]):
+            j += 1
+        blocks.append((i, j, False))
+        i = j
+    return blocks
+
+
+def _split_long(text: str, limit: int) -> list[str]:
+    """Split an over-long paragraph at sentence ends, keeping every character."""
+    pieces, current = [], ""
+    for sentence in SENTENCE_END_RE.split(text):
+        if current and len(current) + len(sentence) > limit:
+            pieces.append(current)
+            current = ""
+        current += sentence
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _section_chunks(lines: list[str], heading: str, limit: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    group: list[str] = []
+    size = 0
+
+    def flush():
+        nonlocal group, size
+        if group:
+            chunks.append(Chunk(heading, "\n\n".join(group)))
+        group, size = [], 0
+
+    for start, end, is_code in _blocks(lines):
+        block = "\n".join(lines[start:end]).strip("\n")
+        if not block.strip():
+            continue
+        if not is_code and len(block) > 2 * limit:
+            flush()
+            chunks.extend(Chunk(heading, p.strip()) for p in _split_long(block, limit) if p.strip())
+            continue
+        if group and size + len(block) > limit:
+            flush()
+        group.append(block)
+        size += len(block)
+    flush()
+    return chunks
+
+
+def chunk_markdown(text: str, title: str = "", limit: int = 600) -> list[Chunk]:
+    """Passages of a Markdown (or plain-text) document, each with its heading path.
+
+    Lines starting with `#` inside fenced code blocks are code comments, not headings.
+    """
+    lines = _lines(text)
+    path: list[tuple[int, str]] = []
+    chunks: list[Chunk] = []
+    body: list[str] = []
+    in_fence: str | None = None
+
+    def heading_path() -> str:
+        return " > ".join(h for _, h in path) or title
+
+    for line in lines:
+        fence = FENCE_RE.match(line)
+        if in_fence:
+            if line.lstrip().startswith(in_fence):
+                in_fence = None
+            body.append(line)
+            continue
+        if fence:
+            in_fence = fence.group(1)
+            body.append(line)
+            continue
+        m = HEADING_RE.match(line)
+        if m:
+            chunks.extend(_section_chunks(body, heading_path(), limit))
+            body = []
+            level = len(m.group(1))
+            while path and path[-1][0] >= level:
+                path.pop()
+            path.append((level, m.group(2).strip()))
+            continue
+        body.append(line)
+    chunks.extend(_section_chunks(body, heading_path(), limit))
+    return chunks
+
+
+def passage_hash(text: str) -> str:
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:32]
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _discover(paths: list[Path]) -> tuple[list[Path], list[Path], list[FileReport]]:
+    """Files to index, directories walked (for deletions), and reports for missing paths."""
+    files, roots, reports = [], [], []
+    for p in paths:
+        if p.is_dir():
+            roots.append(p)
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in TEXT_SUFFIXES and not f.is_dir()))
+        elif p.exists() or p.is_symlink():
+            files.append(p)
+        else:
+            reports.append(FileReport(str(p), "error", "missing path: no such file or directory"))
+    return files, roots, reports
+
+
+def doc_name(path: Path, knowledge_dir: Path) -> str:
+    try:
+        return path.absolute().relative_to(knowledge_dir.absolute()).as_posix()
+    except ValueError:
+        return str(path.absolute())
+
+
+def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, progress: bool = True) -> list[FileReport]:
+    """Index files and folders incrementally: unchanged files are skipped by size, mtime and hash."""
+    from tqdm import tqdm
+
+    files, roots, reports = _discover(paths)
+    seen: set[str] = set()
+    changed = False
+    # A different chunker or chunk size makes every stored passage stale.
+    signature = f"{CHUNKER_VERSION}:{limit}"
+    rechunk = store.get_meta(db, "chunker") not in (None, signature)
+    if rechunk:
+        known = {f.absolute() for f in files}
+        files += [Path(d["source"]) for d in store.documents(db) if Path(d["source"]) not in known]
+    bar = tqdm(files, desc="indexing", unit="file", disable=not progress or len(files) < 2, leave=False)
+    for path in bar:
+        doc = doc_name(path, knowledge_dir)
+        seen.add(doc)
+        bar.set_postfix_str(doc[-40:])
+        old = store.document(db, doc)
+        try:
+            st = path.stat()
+            if old and not rechunk and old["size"] == st.st_size and old["mtime"] == st.st_mtime:
+                reports.append(FileReport(doc, "unchanged", chunks=old["chunks"]))
+                continue
+            data_text = read_text(path)
+        except BadFile as e:
+            reports.append(FileReport(doc, "skipped", str(e)))
+            if old:  # it was good once; what is there now must not be served
+                store.remove_document(db, doc)
+                changed = True
+            continue
+        except OSError as e:  # stat failed: e.g. a file now replaced by a broken link
+            reports.append(FileReport(doc, "skipped", f"unreadable: {e.strerror or e}"))
+            if old:
+                store.remove_document(db, doc)
+                changed = True
+            continue
+        digest = file_digest(data_text.encode())
+        record = {"doc": doc, "source": str(path.absolute()), "sha256": digest, "size": st.st_size,
+                  "mtime": st.st_mtime, "indexed_at": time.time()}
+        if old and not rechunk and old["sha256"] == digest:  # touched but not changed
+            store.replace_document_meta(db, record)
+            reports.append(FileReport(doc, "unchanged", chunks=old["chunks"]))
+            continue
+        chunks = chunk_markdown(data_text, title=path.stem, limit=limit)
+        # Every passage also carries its document's name, so "the platform-advantage
+        # article" or "用户优势一文" can prefer the right document.
+        title = f"{path.stem.replace('-', ' ').replace('_', ' ')} {chunks[0].heading.split(' > ')[0] if chunks else ''}"
+        rows = [(c.heading, c.text, passage_hash(c.text), " ".join(textproc.tokens(f"{title}\n{c.heading}\n{c.text}")))
+                for c in chunks]
+        new = store.replace_document(db, record, rows)
+        reports.append(FileReport(doc, "indexed", chunks=len(rows), new_passages=new))
+        changed = True
+    for root in roots:
+        prefix = str(root.absolute()).rstrip("/") + "/"
+        for d in store.documents(db):
+            if d["source"].startswith(prefix) and d["doc"] not in seen and not Path(d["source"]).exists():
+                store.remove_document(db, d["doc"])
+                reports.append(FileReport(d["doc"], "removed", "file deleted: its passages were removed"))
+                changed = True
+    for p in paths:  # a single file that was indexed before and is gone now
+        if not p.exists() and not p.is_symlink():
+            doc = doc_name(p, knowledge_dir)
+            if store.document(db, doc):
+                store.remove_document(db, doc)
+                reports.append(FileReport(doc, "removed", "file deleted: its passages were removed"))
+                changed = True
+    store.set_meta(db, "chunker", signature)
+    if changed or store.get_meta(db, "lexicon_built") is None:
+        rebuild_lexicon(db)
+    return reports
+
+
+def rebuild_lexicon(db) -> None:
+    """Re-derive the English->Chinese query lexicon from the corpus vocabulary."""
+    vocab = {t for r in store.passages(db) for t in (r["tokens"] or "").split(" ")
+             if t and not t.startswith("~") and textproc.CJK_RE.fullmatch(t)}
+    store.save_lexicon(db, crosslingual.build(vocab))
+    store.set_meta(db, "lexicon_built", str(len(vocab)))

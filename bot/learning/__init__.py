@@ -1,0 +1,1 @@
+"""The learning loop: feedback, the job queue, snapshots, training jobs, the evaluation gate and the adapter registry."""

@@ -1,0 +1,323 @@
+"""Training jobs on huey: submit, run once under the GPU lock, cancel, recover, and the scheduled retrain.
+
+Run the worker as `python -m bot worker` (or `huey_consumer bot.learning.jobs.huey -w 1`).
+
+A job is a row in `jobs` (queued -> running -> training -> evaluating ->
+promoted | rejected | skipped | failed | cancelled) and a huey task that
+carries only its id. The task claims the row (queued -> running) before it
+does anything, so a job id enqueued twice, or run inline and by a worker,
+runs once. The "gpu" lock keeps two trainings off one GPU. What a job has to
+say goes to the `outbox` table, which the bot process posts to the thread
+that asked, so the worker never holds a chat token. The queue is huey's
+SQLite file (BOT_HUEY_DB) or Redis (BOT_REDIS_URL).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from huey import RedisHuey, SqliteHuey, crontab
+from huey.exceptions import TaskLockedException
+from huey.storage import SqliteStorage
+
+from bot import config, store
+from bot.learning import evaluation, fitting, forgetting, registry, retrain, snapshot
+
+log = logging.getLogger(__name__)
+LOCK = "gpu"
+HEARTBEAT_KEY = "worker_seen_at"
+
+
+class JobError(Exception):
+    """A job request that cannot be done; the message says why."""
+
+
+class _LazySqliteStorage(SqliteStorage):
+    """huey's SQLite storage, creating its file and tables on first use instead of at import:
+    importing bot.learning.jobs (the CLI does, for `jobs`) must not create files."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "create_tables": False})
+
+    def _create_connection(self):
+        Path(self.filename).parent.mkdir(parents=True, exist_ok=True)
+        conn = super()._create_connection()
+        for sql in self.ddl:
+            conn.execute(sql)
+        return conn
+
+
+class _SqliteHuey(SqliteHuey):
+    storage_class = _LazySqliteStorage
+
+
+def make_huey():
+    """RedisHuey when BOT_REDIS_URL is set, else SQLite at BOT_HUEY_DB; cron in the worker's local time."""
+    if url := config.get("BOT_REDIS_URL"):
+        return RedisHuey("bot", url=url, utc=False)
+    # timeout: seconds to wait for the queue file's lock; a submit should wait out a busy worker, not fail.
+    return _SqliteHuey("bot", filename=str(config.get("BOT_HUEY_DB")), utc=False, timeout=30)
+
+
+def cron(expr: str) -> dict:
+    """The five crontab fields (minute hour day month weekday) as huey.crontab arguments."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"BOT_RETRAIN_CRON={expr!r}: expected 5 fields (minute hour day month weekday)")
+    spec = dict(zip(("minute", "hour", "day", "month", "day_of_week"), fields))
+    crontab(**spec, strict=True)  # refuse a bad field now, not at 3 a.m.
+    return spec
+
+
+huey = make_huey()
+
+
+def _db():
+    return store.connect(config.get("BOT_DB"))
+
+
+def _alive(runner: str | None) -> bool:
+    """Whether the process that claimed a job still runs (on this host; another host's is taken as gone)."""
+    host, _, pid = (runner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()  # this process is recovering, so it is not running that job
+
+
+def _say(db, job: dict, text: str) -> None:  # to the thread that asked; the CLI prints results itself
+    if job.get("platform") and job["platform"] != "cli" and job.get("channel"):
+        store.post_outbox(db, job["id"], job["platform"], job["channel"], job.get("thread") or "", text)
+
+
+def _settings(overrides: dict) -> dict:
+    out = {"preset": config.get("BOT_MODEL"), "adapters_dir": config.get("BOT_ADAPTERS_DIR"),
+           "cache_dir": config.get("BOT_CACHE_DIR"), "golden": config.get("BOT_GOLDEN_SET"),
+           "steps": config.get("BOT_TRAIN_STEPS") or None,
+           "k": config.get("BOT_SEARCH_K"), "min_gain": config.get("BOT_GATE_MIN_GAIN"),
+           "f1_tol": config.get("BOT_GATE_F1_TOLERANCE"), "nll_tol": config.get("BOT_GATE_NLL_TOLERANCE")}
+    return {**out, **overrides}
+
+
+def execute(db, job_id: int, **overrides) -> dict:
+    """Run job `job_id` in this process if it is still queued; the final job row (plus `ran`)."""
+    if not store.claim_job(db, job_id):
+        if (row := store.job(db, job_id)) is None:
+            raise JobError(f"no job #{job_id}")
+        return {**row, "ran": False}
+    store.update_job(db, job_id, runner=f"{socket.gethostname()}:{os.getpid()}")
+    job = store.job(db, job_id)
+    settings = _settings(overrides)
+    last_write = [0.0]
+
+    def progress(event: dict) -> None:
+        if "state" in event:
+            store.update_job(db, job_id, state=event["state"], **{k: event[k] for k in ("version", "steps", "data_hash")
+                                                                   if k in event})
+            if event["state"] == "training":
+                c = event["counts"]
+                _say(db, job, f"Training job #{job_id} started: {c['train']} examples ({c['heldout']} held out, "
+                              f"{c['replayed']} replayed), {event['steps']} steps from "
+                              f"{event['parent'] or 'the base model'} → {event['version']}.")
+            elif event["state"] == "evaluating":
+                _say(db, job, f"Job #{job_id}: training done; evaluating {event['version']} "
+                              "against the adapter in service.")
+        else:
+            now = time.monotonic()
+            if now - last_write[0] > 1.0 or event["step"] == event["steps"]:  # a write a second is plenty
+                last_write[0] = now
+                store.update_job(db, job_id, step=event["step"], steps=event["steps"], loss=round(event["loss"], 4))
+            if event["step"] == event["steps"] // 2:
+                _say(db, job, f"Job #{job_id}: step {event['step']}/{event['steps']}, loss {event['loss']:.3f}.")
+
+    stop = lambda: bool(store.job_cancel_requested(db, job_id))  # noqa: E731
+    try:
+        result = retrain.run(db, job_id, progress=progress, should_stop=stop, **settings)
+    except retrain.Cancelled as e:
+        by = store.job_cancel_requested(db, job_id)
+        store.update_job(db, job_id, state="cancelled", verdict="cancelled", error=f"cancelled by {by}: {e}")
+        _say(db, job, f"Job #{job_id} cancelled by {by} ({e}); the adapter in service is unchanged.")
+        return {**store.job(db, job_id), "ran": True}
+    except Exception as e:  # a failed job must say why, and leave the pointer alone
+        log.exception("job %s failed", job_id)
+        store.update_job(db, job_id, state="failed", error=f"{type(e).__name__}: {e}"[:1000])
+        _say(db, job, f"Job #{job_id} failed: {type(e).__name__}: {str(e)[:300]}")
+        return {**store.job(db, job_id), "ran": True}
+    verdict = result["verdict"]
+    store.update_job(db, job_id, state=verdict, verdict=verdict, version=result.get("version"),
+                     data_hash=result.get("data_hash"), result=json.dumps(result, ensure_ascii=False))
+    try:  # versions trained on forgotten data: their weights go once a clean version serves
+        forgetting.after_job(db, settings["adapters_dir"], result, by=f"job:{job_id}")
+    except Exception:
+        log.exception("job %s: cleaning up after forgotten data failed; the next job tries again", job_id)
+    line = "; ".join(evaluation.metric_parts(result.get("metrics", {})))
+    sized = fitting.summary(result.get("fit", {}))  # a long item was trimmed or skipped, not failed on
+    if sized:
+        line += f" Sized to the model's context: {sized} (see the card's `fit`)."
+    if verdict == "promoted":
+        _say(db, job, f"Job #{job_id}: {result['version']} promoted; it answers from the next question. {line}")
+    elif verdict == "rejected":
+        fine = (": holds", ": improves", "not checked")
+        why = "; ".join(r for r in result["reasons"] if not any(w in r for w in fine))
+        _say(db, job, f"Job #{job_id}: {result['version']} rejected ({why}); "
+                      f"{result.get('parent') or 'the base model'} stays in service. "
+                      f"Its card is in adapters/{result['version']} for review."
+                      + (f" Sized to the model's context: {sized}." if sized else ""))
+    else:
+        _say(db, job, f"Job #{job_id} skipped: {'; '.join(result['reasons'])}." + (f" {sized}." if sized else ""))
+    return {**store.job(db, job_id), "ran": True, "reasons": result.get("reasons", []),
+            "metrics": result.get("metrics", {})}
+
+
+@huey.task(retries=2880, retry_delay=30)  # only the lock raises: wait up to a day for the GPU
+@huey.lock_task(LOCK)
+def train_job(job_id: int) -> dict:
+    return execute(_db(), job_id)
+
+
+def submit(db, requested_by: str, platform: str = "", channel: str = "", thread: str = "", *,
+           kind: str = "train", enqueue: bool = True) -> int:
+    """Create a queued job and hand it to the worker (enqueue=False: for `run_inline`); its id."""
+    job_id = store.create_job(db, kind, requested_by, platform, channel, thread)
+    if enqueue:
+        train_job(job_id)
+    return job_id
+
+
+def run_inline(db, job_id: int, **overrides) -> dict:
+    """Run a queued job in this process, under the same GPU lock as the worker (`train --wait` with no worker)."""
+    try:
+        with huey.lock_task(LOCK):
+            return execute(db, job_id, **overrides)
+    except TaskLockedException:
+        raise JobError("another training job holds the GPU lock; the job stays queued") from None
+
+
+def wait(db, job_id: int, timeout: float | None = None, poll_s: float = 1.0) -> dict:
+    """The job row once it is finished (or as it is when `timeout` passes)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        row = store.job(db, job_id)
+        if row is None or row["state"] in store.FINAL_STATES or (deadline and time.monotonic() > deadline):
+            return row
+        time.sleep(poll_s)
+
+
+def cancel(db, job_id: int, by: str) -> dict:
+    """Cancel a queued job now, or ask a running one to stop at its next step: `{"job", "state", "message"}`."""
+    if store.cancel_queued_job(db, job_id, by):
+        return {"job": job_id, "state": "cancelled", "message": f"job #{job_id} cancelled"}
+    if store.request_job_cancel(db, job_id, by):
+        return {"job": job_id, "state": "cancelling",
+                "message": f"job #{job_id} stops at its next training step; nothing will be promoted"}
+    if (row := store.job(db, job_id)) is None:
+        raise JobError(f"no job #{job_id}")
+    raise JobError(f"job #{job_id} already finished ({row['state']})")
+
+
+def listing(db, limit: int = 20) -> list[dict]:
+    """Recent jobs, newest first (the `jobs --json` rows)."""
+    keep = ("id", "kind", "state", "requested_by", "created_at", "started_at", "finished_at", "step", "steps",
+            "loss", "version", "verdict", "error")
+    return [{k: r[k] for k in keep} for r in store.list_jobs(db, limit)]
+
+
+def recover(db=None, adapters_dir: Path | None = None) -> list[dict]:
+    """At worker start: jobs left running by a killed process become failed, their temporary folders go.
+
+    A job whose process still runs (an inline `train --wait` beside the worker) is left alone."""
+    db, adapters_dir = db or _db(), Path(adapters_dir or config.get("BOT_ADAPTERS_DIR"))
+    failed, live = [], set()
+    for row in store.list_jobs(db, limit=1000, states=store.ACTIVE_STATES):
+        if _alive(row["runner"]):
+            live.add(row["version"])
+            continue
+        # Killed after the pointer moved (promotion done, job row not final yet): say so, not "unchanged".
+        served = row["version"] is not None and row["version"] == registry.read_pointer(adapters_dir)
+        after = f" (after {row['version']} was put in service)" if served else ""
+        store.update_job(db, row["id"], state="failed", error=f"worker stopped during {row['state']}{after}")
+        _say(db, row, f"Job #{row['id']} failed: the worker stopped during {row['state']}; "
+                      + (f"{row['version']} had already been promoted and is in service." if served
+                         else "the adapter in service is unchanged."))
+        failed.append(store.job(db, row["id"]))
+    if adapters_dir.is_dir():
+        for p in adapters_dir.glob(".tmp-*"):
+            if p.name[len(".tmp-"):] not in live:
+                shutil.rmtree(p, ignore_errors=True)
+        if not live:  # a pointer write cut short by a kill (the pointer itself is never half-written)
+            for p in adapters_dir.glob(".current-*"):
+                p.unlink(missing_ok=True)
+    if not live:
+        huey.flush_locks(LOCK)  # a killed worker's lock would hold the GPU forever
+    return failed
+
+
+def nightly(db, adapters_dir: Path | None = None, min_feedback: int | None = None) -> dict:
+    """The scheduled retrain's decision: `{"ran", "reason", "job"}`; submits a job when it should run."""
+    adapters_dir = Path(adapters_dir or config.get("BOT_ADAPTERS_DIR"))
+    need = config.get("BOT_RETRAIN_MIN_FEEDBACK") if min_feedback is None else min_feedback
+    busy = store.list_jobs(db, limit=1, states=("queued",) + store.ACTIVE_STATES)
+    if busy:
+        return {"ran": False, "job": None, "reason": f"job #{busy[0]['id']} is already {busy[0]['state']}"}
+    snap = snapshot.build(db)
+    if snap.new < need:
+        return {"ran": False, "job": None, "reason": f"{snap.new} new accepted example(s); at least {need} needed"}
+    for version in registry.versions(adapters_dir):
+        if registry.card(adapters_dir, version).get("data", {}).get("hash") == snap.data_hash:
+            return {"ran": False, "job": None,
+                    "reason": f"this data ({snap.data_hash[:12]}) was already trained as {version}"}
+    job_id = submit(db, "schedule", kind="nightly")
+    return {"ran": True, "job": job_id, "reason": f"{snap.new} new accepted examples"}
+
+
+@huey.periodic_task(crontab(**cron(config.get("BOT_RETRAIN_CRON"))))
+def scheduled_retrain() -> dict:
+    result = nightly(_db())
+    log.info("scheduled retrain: %s", result)
+    return result
+
+
+@huey.periodic_task(crontab())  # every minute: `worker_alive` tells the CLI whether to wait or run inline
+def heartbeat() -> None:
+    store.set_meta(_db(), HEARTBEAT_KEY, str(time.time()))
+
+
+@huey.on_startup()
+def _on_start() -> None:
+    db = _db()
+    store.set_meta(db, HEARTBEAT_KEY, str(time.time()))
+    for row in recover(db):
+        log.warning("job %s marked failed: %s", row["id"], row["error"])
+
+
+def worker_alive(db, within_s: float = 150.0) -> bool:
+    """A worker beat within `within_s`, or is busy training (its beat waits behind the job): enqueue and wait."""
+    seen = store.get_meta(db, HEARTBEAT_KEY)
+    busy = any(_alive(r["runner"]) for r in store.list_jobs(db, states=store.ACTIVE_STATES))
+    return busy or (bool(seen) and time.time() - float(seen) < within_s)
+
+
+def run_worker() -> int:
+    """The `worker` process: one consumer thread (one GPU), the schedule, recovery at start."""
+    from huey.consumer import Consumer
+
+    from bot.ops import logs
+
+    logs.setup()  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
+    Consumer(huey, workers=1, periodic=True).run()
+    return 0
+
+
+# The daily retention purge is a periodic task on this same huey: importing it here registers it
+# wherever the queue is (`worker`, `huey_consumer bot.learning.jobs.huey`), after `huey` exists above.
+from bot.ops import retention  # noqa: E402,F401

@@ -1,0 +1,93 @@
+"""Adapter versions on disk, the pointer to the one in service, promotion and rollback.
+
+A version is an immutable folder `adapters/<version>/` with peft's files and,
+once the training loop writes it, a `card.json` (parent, data hash, metrics,
+verdict). Promotion and rollback only move the pointer (`adapters/current`,
+replaced atomically) and record the move, so the serving process picks the
+change up on its next request and rollback knows where to return.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bot import store
+from bot.llm.hotswap import AdapterError, check_folder, check_name, read_pointer, set_pointer
+
+
+class RegistryError(Exception):
+    """A promotion or rollback that cannot be done; the message says why."""
+
+
+def versions(adapters_dir: Path) -> list[str]:
+    root = Path(adapters_dir)
+    if not root.is_dir():
+        return []
+    # `.tmp-vNNNN` is a run still being written (or a crashed one): never a version.
+    return sorted(p.name for p in root.iterdir()
+                  if not p.name.startswith(".") and p.is_dir() and (p / "adapter_config.json").is_file())
+
+
+def card(adapters_dir: Path, version: str) -> dict:
+    try:
+        return json.loads((Path(adapters_dir) / version / "card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def listing(adapters_dir: Path) -> dict:
+    """`{"in_service": V or None, "versions": [{"version", "verdict", "metrics", "forgotten", "weights"}]}`
+    (the `adapters list --json` shape). `forgotten`: the card's marks, [] for a clean version;
+    `weights`: False once they were deleted for it."""
+    from bot.learning.forgetting import weights
+
+    out = []
+    for v in versions(adapters_dir):
+        c = card(adapters_dir, v)
+        out.append({"version": v, "verdict": c.get("verdict"), "metrics": c.get("metrics", {}),
+                    "forgotten": c.get("forgotten", []), "weights": bool(weights(Path(adapters_dir) / v))})
+    return {"in_service": read_pointer(Path(adapters_dir)) if Path(adapters_dir).is_dir() else None, "versions": out}
+
+
+def serving_base() -> tuple | None:
+    """The base model the serving process loads (BOT_MODEL): (id, revision, architecture); None if it cannot be told."""
+    from bot import config
+    from bot.llm import generation
+
+    try:
+        return generation.identity(config.get("BOT_MODEL"), config.get("BOT_CACHE_DIR"))
+    except Exception:  # a bad setting is the serving process's to report; the folder checks still run
+        return None
+
+
+def promote(db, adapters_dir: Path, version: str, by: str) -> str:
+    try:
+        check_name(version)
+        check_folder(Path(adapters_dir) / version, serving_base())
+    except AdapterError as e:
+        raise RegistryError(f"cannot promote {version!r}: {e}") from None
+    previous = read_pointer(Path(adapters_dir))
+    if previous == version:
+        raise RegistryError(f"{version} is already in service")
+    # Recorded first: a process killed between the two still leaves `rollback` a way back (a record
+    # of a move that never happened is harmless: rollback only reads the records of the version in service).
+    store.record_promotion(db, version, previous, "promote", by)
+    set_pointer(Path(adapters_dir), version)
+    return version
+
+
+def rollback(db, adapters_dir: Path, by: str) -> str | None:
+    """Point back at the version served before the current one."""
+    current = read_pointer(Path(adapters_dir))
+    history = [p for p in store.promotions(db) if p["version"] == current and p["action"] == "promote"]
+    if not history:
+        raise RegistryError("nothing to roll back to: the version in service was not promoted here")
+    previous = history[-1]["previous"]
+    if previous is not None:
+        try:
+            check_folder(Path(adapters_dir) / previous, serving_base())
+        except AdapterError as e:
+            raise RegistryError(f"cannot roll back to {previous}: {e}") from None
+    set_pointer(Path(adapters_dir), previous)
+    store.record_promotion(db, previous, current, "rollback", by)
+    return previous

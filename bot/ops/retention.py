@@ -1,0 +1,67 @@
+"""Privacy retention: questions, answers and the feedback on them are deleted after BOT_RETENTION_DAYS.
+
+The worker runs `purge_old` daily (a huey periodic task, registered when
+bot.learning.jobs is imported); `python -m bot purge` does the same now. Each purge
+deletes in one transaction (store.purge_before), keeps the answer counters of
+/metrics whole (metrics.record_purged), and writes an audit row with the
+counts only: what was deleted was chat text, and the audit trail must not
+become a second copy of it. The same rows leave the adapter version folders
+(bot.learning.forgetting: snapshots and evaluation reports rewritten, versions trained
+on them marked, a retrain queued, their weights deleted once a clean version
+serves). Jobs and the audit trail hold no chat text and stay.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from huey import crontab
+
+from bot import config, store
+from bot.learning.jobs import huey
+
+log = logging.getLogger(__name__)
+DAY_S = 86400.0
+# 04:30 worker-local time: after the nightly retrain's default 03:00 start, at the quietest hour.
+PURGE_AT = {"minute": "30", "hour": "4"}
+
+
+def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now: float | None = None,
+          adapters_dir=None, enqueue: bool = True) -> dict:
+    """Delete answers older than `days` days with their votes and corrections, from the database and
+    from every adapter version folder (bot.learning.forgetting); the counts, audited.
+
+    `by` is the (platform, user) recorded in the audit row: the schedule, or the CLI operator."""
+    if days <= 0:
+        raise ValueError(f"a purge needs a positive number of days, not {days}")
+    from bot.learning import forgetting
+    from bot.ops import metrics  # prometheus_client: only where a purge actually runs
+
+    cutoff = (time.time() if now is None else now) - days * DAY_S
+    gone = metrics.purge_stats(db, cutoff)
+    target = f"older than {days:g} days"
+
+    def delete() -> dict:
+        counts = store.purge_before(db, cutoff)
+        metrics.record_purged(db, gone)
+        store.audit(db, by[0], by[1], "purge", target=target, detail=json.dumps(counts))
+        return counts
+
+    done = forgetting.erase(db, adapters_dir, forgetting.collect_before(db, cutoff),
+                            delete, why="retention", by=by, target=target, enqueue=enqueue)
+    return {"days": days, "cutoff": cutoff, **done}
+
+
+@huey.periodic_task(crontab(**PURGE_AT))
+def purge_old() -> dict | None:
+    """The daily purge at BOT_RETENTION_DAYS; nothing when it is 0 (keep everything)."""
+    days = config.get("BOT_RETENTION_DAYS")
+    if days <= 0:
+        log.info("retention purge skipped: BOT_RETENTION_DAYS=0 keeps everything")
+        return None
+    result = purge(store.connect(config.get("BOT_DB")), days, adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+    log.info("retention purge: %d answers, %d votes, %d corrections older than %s days deleted",
+             result["answers"], result["votes"], result["corrections"], days,
+             extra={k: result[k] for k in ("days", "answers", "votes", "corrections")})
+    return result
