@@ -125,7 +125,7 @@ def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
     through the SQLite queue, SIGKILL while it trains, then a new worker recovers at start."""
     _feedback(loop.db, 1)
     env = {**os.environ, **loop.env, "BOT_TRAIN_STEPS": "100000"}
-    worker = [sys.executable, "-c", "from bot import jobs; jobs.run_worker()"]
+    worker = [sys.executable, "-c", "from bot.learning import jobs; jobs.run_worker()"]
     run = dict(env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = subprocess.Popen(worker, **run)
     try:

@@ -120,7 +120,7 @@ def child(point: str, at: int) -> int:
 
 # -- the parent ---------------------------------------------------------------------
 
-RECOVER = "import json; from bot import jobs; print(json.dumps([r['id'] for r in jobs.recover()]))"
+RECOVER = "import json; from bot.learning import jobs; print(json.dumps([r['id'] for r in jobs.recover()]))"
 
 
 def _env(work: Path, cache_dir: Path, steps: int) -> dict:
