@@ -130,7 +130,7 @@ def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
     first = subprocess.Popen(worker, **run)
     try:
         _wait("the worker to start", lambda: store.get_meta(loop.db, loop.jobs.HEARTBEAT_KEY), first)
-        out = subprocess.run([sys.executable, "-c", "from bot import config, jobs, store; "
+        out = subprocess.run([sys.executable, "-c", "from bot import config, store; from bot.learning import jobs; "
                               "print(jobs.submit(store.connect(config.get('BOT_DB')), 'cli:op'))"],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
