@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bot import cli, store
-from bot.learning import evaluation, feedback, forgetting, registry, snapshot
+from bot.learning import evaluation, feedback, forgetting, jobs, registry, snapshot
 from bot.llm import hotswap
 from bot.ops import retention
 from test_loop_feedback import answer
@@ -112,13 +112,15 @@ def test_once_a_clean_version_serves_the_marked_weights_go_and_with_nothing_left
     adapters = _world(db, tmp_path)
     feedback.forget(db, "slack", "UALICE", adapters_dir=adapters, enqueue=False)
     # A rejected clean candidate: the marked version stays in service, its weights too, and the audit says so.
-    assert forgetting.after_job(db, adapters, {"job": 5, "verdict": "rejected", "version": "v0004"}) == \
+    assert forgetting.after_job(db, adapters, {"job": 5, "verdict": "rejected", "version": "v0004"},
+                                retrain=jobs.retrainer(db)) == \
         {"fallback": None, "weights_deleted": [], "late": None}
     assert (adapters / "v0002" / "adapter_model.safetensors").exists()
     assert store.audit_log(db, 1)[0]["result"] == "error: not clean yet"
     # Promotion of a clean version (v0003 stands in for the job's new one): v0002's weights go.
     hotswap.set_pointer(adapters, "v0003")
-    assert forgetting.after_job(db, adapters, {"job": 6, "verdict": "promoted"})["weights_deleted"] == ["v0002"]
+    assert forgetting.after_job(db, adapters, {"job": 6, "verdict": "promoted"},
+                                retrain=jobs.retrainer(db))["weights_deleted"] == ["v0002"]
     assert registry.card(adapters, "v0002")["weights_deleted"]["why"] == "forget"
     # Rollback or promotion to a version whose weights are gone is refused with the reason.
     try:
@@ -130,7 +132,8 @@ def test_once_a_clean_version_serves_the_marked_weights_go_and_with_nothing_left
     # Bob forgotten too: v0003 is marked in service, nothing is left; the job skips and the base serves.
     files = feedback.forget(db, "slack", "UBOB", adapters_dir=adapters, enqueue=False)["adapters"]
     assert "v0003" in files["marked"] and files["retrain_job"]
-    out = forgetting.after_job(db, adapters, {"job": 7, "verdict": "skipped", "counts": {"train": 0}})
+    out = forgetting.after_job(db, adapters, {"job": 7, "verdict": "skipped", "counts": {"train": 0}},
+                               retrain=jobs.retrainer(db))
     assert out == {"fallback": "base", "weights_deleted": ["v0003"], "late": None}
     assert hotswap.read_pointer(adapters) is None and holding(adapters, {BOB_Q, BOB_FIX}) == []
     assert store.promotions(db)[-1]["action"] == "forget"
@@ -143,7 +146,8 @@ def test_a_version_whose_snapshot_was_built_before_the_forget_is_cleaned_when_it
     _version(adapters, "v0004", before, None)  # ... and its version lands after the forget, promoted
     hotswap.set_pointer(adapters, "v0004")
     assert holding(adapters, {ALICE_Q, ALICE_FIX}) == ["v0004/evaluation.json", "v0004/train.jsonl"]
-    out = forgetting.after_job(db, adapters, {"job": 9, "verdict": "promoted", "version": "v0004"})
+    out = forgetting.after_job(db, adapters, {"job": 9, "verdict": "promoted", "version": "v0004"},
+                               retrain=jobs.retrainer(db))
     assert out["late"] == {"files": 2, "rows": 3, "marked": ["v0004"]}
     assert holding(adapters, {ALICE_Q, ALICE_FIX}) == []
     assert registry.card(adapters, "v0004")["forgotten"][0]["why"] == "forgotten while it trained"

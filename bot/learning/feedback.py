@@ -110,10 +110,10 @@ def forget(db, platform: str, user: str, *, adapters_dir=None, by: tuple[str, st
     "retrain_job"}}`. `adapters_dir` None: no adapter folder to clean (the database only).
     `by`: who asked, for the audit rows (default: the person). `delivery`: the chat delivery's key, stored
     with the deletion in one commit (a resend raises `Duplicate`)."""
-    from bot.learning import forgetting
+    from bot.learning import forgetting, jobs
 
-    return forgetting.forget_person(db, adapters_dir, platform, user, by=by or (platform, user), enqueue=enqueue,
-                                     delivery=delivery)
+    return forgetting.forget_person(db, adapters_dir, platform, user, by=by or (platform, user),
+                                     retrain=jobs.retrainer(db, enqueue=enqueue), delivery=delivery)
 
 
 def forget_detail(counts: dict) -> str:

@@ -41,13 +41,17 @@ from typing import Callable
 
 from bot.llm import hotswap
 from bot.learning import registry
+from bot.learning.registry import weights
 from bot import store
 from bot.learning.privacy import scrub
 from bot.learning.snapshot import clean
 
+# Queues a retrain job for `by` ("platform:user") and returns its id. The caller hands it in
+# (learning.jobs.retrainer): jobs runs `after_job` after every job, so importing jobs here would be a cycle.
+Retrain = Callable[[str], int]
+
 log = logging.getLogger(__name__)
 REDACTED = "<FORGOTTEN>"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 NOTE = "WEIGHTS-DELETED.txt"
 # How long forgotten ids are kept for a job that was training when they were deleted: past any job's run.
 KEEP_IDS_S = 3 * 86400.0
@@ -185,10 +189,6 @@ def card(folder: Path) -> dict:
     return registry.card(folder.parent, folder.name)
 
 
-def weights(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
-
-
 def clean_ancestor(adapters_dir: Path, version: str | None) -> str | None:
     """The newest version in `version`'s parent chain that is not marked and still has weights; None: the base."""
     seen = set()
@@ -254,7 +254,7 @@ def marked(adapters_dir: Path) -> set[str]:
 
 
 def erase(db, adapters_dir: Path, trace: Trace, delete: Callable[[], dict], *, why: str, by: tuple[str, str],
-          target: str, enqueue: bool = True) -> dict:
+          target: str, retrain: Retrain) -> dict:
     """Rewrite every version folder without `trace`, then `delete` the database rows, mark the versions
     trained on them, delete marked weights out of service, and queue a retrain when the one in service
     is marked: `delete`'s counts plus `{"adapters": {...}}`, each step audited.
@@ -297,12 +297,12 @@ def erase(db, adapters_dir: Path, trace: Trace, delete: Callable[[], dict], *, w
     if out["weights_deleted"]:
         store.audit(db, *by, "forget weights", target, detail="versions=" + ",".join(out["weights_deleted"]))
     if current in every:
-        out["retrain_job"] = queue_retrain(db, by, target, enqueue=enqueue)
+        out["retrain_job"] = queue_retrain(db, by, target, retrain)
     return {**counts, "adapters": out}
 
 
 def forget_person(db, adapters_dir: Path, platform: str, user: str, *, by: tuple[str, str],
-                  enqueue: bool = True, delivery: str | None = None) -> dict:
+                  retrain: Retrain, delivery: str | None = None) -> dict:
     """`forget`: a person's rows out of the database and of every version folder, opted out of training:
     `{"answers", "votes", "corrections", "adapters": {"files", "rows", "marked", "weights_deleted", "retrain_job"}}`."""
     trace = collect_person(db, platform, user)
@@ -311,22 +311,20 @@ def forget_person(db, adapters_dir: Path, platform: str, user: str, *, by: tuple
         # One commit: the rows, the opt-out and the chat delivery's key (acknowledged means stored).
         return store.forget_user(db, platform, user, delivery=delivery, opt_out=True)
 
-    return erase(db, adapters_dir, trace, delete, why="forget", by=by, target=f"{platform}:{user}", enqueue=enqueue)
+    return erase(db, adapters_dir, trace, delete, why="forget", by=by, target=f"{platform}:{user}", retrain=retrain)
 
 
-def queue_retrain(db, by: tuple[str, str], target: str, *, enqueue: bool = True) -> int:
+def queue_retrain(db, by: tuple[str, str], target: str, retrain: Retrain) -> int:
     """A retrain without the forgotten data, whatever BOT_RETRAIN_MIN_FEEDBACK says; a job still queued
     builds its snapshot when it starts, after the deletion, so it serves and no second one is queued."""
-    from bot.learning import jobs
-
     waiting = store.list_jobs(db, limit=1, states=("queued",))
-    job_id = waiting[0]["id"] if waiting else jobs.submit(db, f"{by[0]}:{by[1]}", kind="forget", enqueue=enqueue)
+    job_id = waiting[0]["id"] if waiting else retrain(f"{by[0]}:{by[1]}")
     store.audit(db, *by, "forget retrain", f"#{job_id}",
                 detail=f"for {target}" + (" (already queued)" if waiting else ""))
     return job_id
 
 
-def after_job(db, adapters_dir: Path, result: dict, by: str = "forget") -> dict:
+def after_job(db, adapters_dir: Path, result: dict, retrain: Retrain, by: str = "forget") -> dict:
     """Called after every training job: once the version in service is clean, the marked weights go.
 
     A marked version in service with nothing left to train on is replaced by its newest clean ancestor
@@ -338,7 +336,7 @@ def after_job(db, adapters_dir: Path, result: dict, by: str = "forget") -> dict:
     if version and (adapters_dir / version).is_dir():
         answer_ids, correction_ids = store.forgotten_ids(db, KEEP_IDS_S)
         if answer_ids or correction_ids:
-            out["late"] = _late(db, adapters_dir / version, Trace(answer_ids, correction_ids), who)
+            out["late"] = _late(db, adapters_dir / version, Trace(answer_ids, correction_ids), who, retrain)
     every = marked(adapters_dir)
     if not every:
         return out
@@ -361,7 +359,7 @@ def after_job(db, adapters_dir: Path, result: dict, by: str = "forget") -> dict:
     return out
 
 
-def _late(db, folder: Path, trace: Trace, who: tuple[str, str]) -> dict | None:
+def _late(db, folder: Path, trace: Trace, who: tuple[str, str], retrain: Retrain) -> dict | None:
     """A version whose job built its snapshot before a forget or purge ran: cleaned by the ids kept."""
     files, rows, trained = _redact([folder], trace)
     if not files:
@@ -372,7 +370,7 @@ def _late(db, folder: Path, trace: Trace, who: tuple[str, str]) -> dict | None:
                                         "rows": trained[folder.name]})
         store.audit(db, *who, "forget mark", folder.name, detail=f"versions={folder.name}")
         if hotswap.read_pointer(folder.parent) == folder.name:
-            queue_retrain(db, who, folder.name)
+            queue_retrain(db, who, folder.name, retrain)
     return {"files": files, "rows": rows, "marked": sorted(trained)}
 
 

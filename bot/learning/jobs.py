@@ -157,7 +157,7 @@ def execute(db, job_id: int, **overrides) -> dict:
     store.update_job(db, job_id, state=verdict, verdict=verdict, version=result.get("version"),
                      data_hash=result.get("data_hash"), result=json.dumps(result, ensure_ascii=False))
     try:  # versions trained on forgotten data: their weights go once a clean version serves
-        forgetting.after_job(db, settings["adapters_dir"], result, by=f"job:{job_id}")
+        forgetting.after_job(db, settings["adapters_dir"], result, retrainer(db), by=f"job:{job_id}")
     except Exception:
         log.exception("job %s: cleaning up after forgotten data failed; the next job tries again", job_id)
     line = "; ".join(evaluation.metric_parts(result.get("metrics", {})))
@@ -183,6 +183,11 @@ def execute(db, job_id: int, **overrides) -> dict:
 @huey.lock_task(LOCK)
 def train_job(job_id: int) -> dict:
     return execute(_db(), job_id)
+
+
+def retrainer(db, enqueue: bool = True) -> forgetting.Retrain:
+    """What forgetting calls to queue a retrain without the forgotten data (a job of kind "forget")."""
+    return lambda by: submit(db, by, kind="forget", enqueue=enqueue)
 
 
 def submit(db, requested_by: str, platform: str = "", channel: str = "", thread: str = "", *,

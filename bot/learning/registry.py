@@ -28,6 +28,14 @@ def versions(adapters_dir: Path) -> list[str]:
                   if not p.name.startswith(".") and p.is_dir() and (p / "adapter_config.json").is_file())
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def weights(folder: Path) -> list[Path]:
+    """The weight files in a version folder ([] once forgetting deleted them)."""
+    return [p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+
+
 def card(adapters_dir: Path, version: str) -> dict:
     try:
         return json.loads((Path(adapters_dir) / version / "card.json").read_text(encoding="utf-8"))
@@ -39,8 +47,6 @@ def listing(adapters_dir: Path) -> dict:
     """`{"in_service": V or None, "versions": [{"version", "verdict", "metrics", "forgotten", "weights"}]}`
     (the `adapters list --json` shape). `forgotten`: the card's marks, [] for a clean version;
     `weights`: False once they were deleted for it."""
-    from bot.learning.forgetting import weights
-
     out = []
     for v in versions(adapters_dir):
         c = card(adapters_dir, v)

@@ -35,7 +35,7 @@ def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now
     `by` is the (platform, user) recorded in the audit row: the schedule, or the CLI operator."""
     if days <= 0:
         raise ValueError(f"a purge needs a positive number of days, not {days}")
-    from bot.learning import forgetting
+    from bot.learning import forgetting, jobs
     from bot.ops import metrics  # prometheus_client: only where a purge actually runs
 
     cutoff = (time.time() if now is None else now) - days * DAY_S
@@ -49,7 +49,8 @@ def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now
         return counts
 
     done = forgetting.erase(db, adapters_dir, forgetting.collect_before(db, cutoff),
-                            delete, why="retention", by=by, target=target, enqueue=enqueue)
+                            delete, why="retention", by=by, target=target,
+                            retrain=jobs.retrainer(db, enqueue=enqueue))
     return {"days": days, "cutoff": cutoff, **done}
 
 

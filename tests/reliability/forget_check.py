@@ -119,7 +119,7 @@ def run(work: Path, steps: int) -> dict:
         done = jobs.run_inline(db, job)
         result["retrain"] = {"job": job, "verdict": done["verdict"] or done["state"], "version": done["version"],
                              "in_service": registry.read_pointer(adapters),
-                             "weights": {v: bool(forgetting.weights(adapters / v)) for v in registry.versions(adapters)},
+                             "weights": {v: bool(registry.weights(adapters / v)) for v in registry.versions(adapters)},
                              "alice_files": holding(adapters, alice_texts)}
 
     # Bob too: nothing left to learn from, so the retrain skips and the service falls back.
@@ -129,7 +129,7 @@ def run(work: Path, steps: int) -> dict:
     if bob["retrain_job"] is not None:
         done = jobs.run_inline(db, bob["retrain_job"])
         after.update(verdict=done["verdict"] or done["state"], in_service=registry.read_pointer(adapters),
-                     weights={v: bool(forgetting.weights(adapters / v)) for v in registry.versions(adapters)})
+                     weights={v: bool(registry.weights(adapters / v)) for v in registry.versions(adapters)})
     result["forget_bob"] = after
     audit = [r for r in reversed(store.audit_log(db, 200)) if r["action"].startswith("forget")]
     result["audit"] = [f"{r['platform']}:{r['user']} {r['action']} {r['target']} {r['result']} {r['detail']}"
