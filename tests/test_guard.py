@@ -291,7 +291,8 @@ def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
 
 @pytest.mark.asyncio
 async def test_slack_asks_past_the_rate_are_told_busy_in_the_ack_and_nothing_is_answered(kb_db):
-    cmds = make_commands(kb_db, ScriptedGenerator(), admission=guard.Admission(guard.Rate(1, 60), guard.Rate(2, 60), None))
+    cmds = make_commands(kb_db, ScriptedGenerator(),
+                         admission=guard.Admission(guard.Rate(1, 60), guard.Rate(2, 60), None))
     async with slack_served(cmds) as slack:
         status, body, seconds = await slack.command("/ask", "什么是边缘计算？")
         assert status == 200 and body == "" and seconds < 1

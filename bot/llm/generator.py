@@ -38,8 +38,12 @@ class Generator(Protocol):
     `on_token` receives the answer piece by piece, possibly on another thread.
     """
 
-    model_id: str
-    revision: str
+    # Read-only: a worker reports the model it wraps; a plain attribute satisfies these too.
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def revision(self) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
 
