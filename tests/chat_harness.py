@@ -14,8 +14,6 @@ import copy
 import itertools
 import json
 import sqlite3
-import threading
-import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,42 +30,10 @@ from slack_recorder import Recorder, command_body, post_signed
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SECRET, TOKEN, SLACK_ADMIN = "8f742231b10e8888abcd99yyyzzz85a5", "xoxb-test-token", "U0ADMIN"
-ANSWER = "边缘计算是在靠近数据源的地方进行计算[1]，可以降低延迟。"
 
 
 def slack_fixture(name: str) -> dict:
     return json.loads((FIXTURES / "slack" / f"{name}.json").read_text(encoding="utf-8"))
-
-
-class Scripted:
-    """The model where a test is not about it: streams `reply` (a text, or a function of the messages)
-    two characters at a time; `fail` raises after `fail_after` pieces (at once when None)."""
-
-    model_id, revision = "scripted/model", "rev1"
-
-    def __init__(self, reply=ANSWER, *, delay: float = 0.0, fail: Exception | None = None,
-                 fail_after: int | None = None):
-        self.reply, self.delay, self.fail, self.fail_after = reply, delay, fail, fail_after
-        self.seen: list[list[dict]] = []
-        self.lock = threading.Lock()
-
-    def count_tokens(self, text):
-        return len(text)
-
-    def generate(self, messages, max_new_tokens=None, on_token=None):
-        with self.lock:
-            self.seen.append(messages)
-            text = self.reply(messages) if callable(self.reply) else self.reply
-            if self.fail is not None and self.fail_after is None:
-                raise self.fail
-            for i in range(0, len(text), 2):
-                if self.fail is not None and i // 2 >= self.fail_after:
-                    raise self.fail
-                if self.delay:
-                    time.sleep(self.delay)
-                if on_token:
-                    on_token(text[i:i + 2])
-        return SimpleNamespace(text=text, prompt_tokens=10, completion_tokens=len(text), adapter=None)
 
 
 def unlimited() -> guard.Admission:
@@ -86,7 +52,7 @@ def copy_db(source, path: Path):
 
 def make_commands(db, gen, *, admission: guard.Admission | None = None, adapters_dir: Path | None = None,
                   searcher=None, reindex=None) -> commands.Commands:
-    answerer = answering.Answerer(db, searcher or retrieval.Searcher(db), gen)
+    answerer = answering.Answerer(db, searcher or retrieval.Searcher(db), None if gen is None else lambda: gen)
     return commands.Commands(
         db, answerer, admins={"slack": [SLACK_ADMIN], "discord": [DISCORD_ADMIN_USER, DISCORD_ADMIN_ROLE]},
         adapters_dir=adapters_dir, reindex=reindex or (lambda: "Re-indexed: nothing changed."), enqueue=False,

@@ -25,8 +25,9 @@ from bot.ops import serve
 from bot import store
 from bot.commands import Caller
 from slack_recorder import Recorder
-from chat_harness import (Scripted, copy_db, deliver, discord_served, make_commands, said, slack_fixture,
+from chat_harness import (copy_db, deliver, discord_served, make_commands, said, slack_fixture,
                           slack_served, submit)
+from fakes import ScriptedGenerator
 
 FAIL = "fail_writes"
 
@@ -45,7 +46,7 @@ def heal(db, table: str) -> None:
 
 @pytest.fixture
 def cmds(indexed_kb, tmp_path):
-    return make_commands(copy_db(indexed_kb.db, tmp_path / "bot.db"), Scripted())
+    return make_commands(copy_db(indexed_kb.db, tmp_path / "bot.db"), ScriptedGenerator())
 
 
 def _answer(cmds, user="U0ASKER") -> str:

@@ -8,37 +8,20 @@ from __future__ import annotations
 
 import concurrent.futures
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from bot.answering import pipeline as answering, prompts
 from bot.knowledge import ingest, retrieval
 from bot import store
+from fakes import ScriptedGenerator
 
 DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
 
 
-class Scripted:
+def scripted(*replies, fail: Exception | None = None) -> ScriptedGenerator:
     """Replies with scripted texts in order, streaming them a character at a time."""
-
-    model_id, revision = "scripted/model", "rev1"
-
-    def __init__(self, *replies, fail: Exception | None = None):
-        self.replies, self.fail, self.seen = list(replies), fail, []
-
-    def count_tokens(self, text):
-        return len(text)
-
-    def generate(self, messages, max_new_tokens=None, on_token=None):
-        self.seen.append(messages)
-        if self.fail:
-            raise self.fail
-        text = self.replies.pop(0)
-        for ch in text:
-            if on_token:
-                on_token(ch)
-        return SimpleNamespace(text=text, prompt_tokens=123, completion_tokens=len(text), adapter="v0001")
+    return ScriptedGenerator(*replies, piece=1, fail=fail, prompt_tokens=123, adapter="v0001")
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +32,13 @@ def indexed(tmp_path_factory):
 
 
 def make(indexed, generator, **kw):
+    """An answerer around `generator` (a Generator, or None for none)."""
     db, searcher = indexed
-    return answering.Answerer(db, searcher, generator, **kw)
+    return answering.Answerer(db, searcher, None if generator is None else lambda: generator, **kw)
 
 
 def test_citations_map_to_the_passages_shown(indexed):
-    gen = Scripted("边缘计算是在靠近数据源的地方进行计算[2]，可降低延迟[1]。")
+    gen = scripted("边缘计算是在靠近数据源的地方进行计算[2]，可降低延迟[1]。")
     ans = make(indexed, gen).ask("术语表中边缘计算是如何解释的？")
     assert ans.mode == "llm"
     assert [c.n for c in ans.citations] == [2, 1]
@@ -63,7 +47,7 @@ def test_citations_map_to_the_passages_shown(indexed):
 
 
 def test_citations_to_missing_passages_are_dropped_and_said(indexed):
-    gen = Scripted("答案在这里[1]，还有一处[9]。")
+    gen = scripted("答案在这里[1]，还有一处[9]。")
     ans = make(indexed, gen).ask("什么是边缘计算？")
     assert "[9]" not in ans.answer and "[1]" in ans.answer
     assert [c.n for c in ans.citations] == [1]
@@ -71,13 +55,13 @@ def test_citations_to_missing_passages_are_dropped_and_said(indexed):
 
 
 def test_an_answer_citing_nothing_says_so(indexed):
-    ans = make(indexed, Scripted("资料中没有相关信息。")).ask("公司C 在 2022 年的营收是多少？")
+    ans = make(indexed, scripted("资料中没有相关信息。")).ask("公司C 在 2022 年的营收是多少？")
     assert ans.citations == [] and "cites no passage" in ans.notice
 
 
 def test_tokens_stream_to_the_callback(indexed):
     pieces = []
-    ans = make(indexed, Scripted("流式输出[1]")).ask("什么是边缘计算？", on_token=pieces.append)
+    ans = make(indexed, scripted("流式输出[1]")).ask("什么是边缘计算？", on_token=pieces.append)
     assert "".join(pieces) == "流式输出[1]" == ans.answer
 
 
@@ -85,7 +69,8 @@ def test_no_model_falls_back_to_passages_with_a_notice(indexed):
     def load():
         raise RuntimeError("the model hub is unreachable")
 
-    ans = make(indexed, load).ask("What is FairScale described as?")
+    db, searcher = indexed
+    ans = answering.Answerer(db, searcher, load).ask("What is FairScale described as?")
     assert ans.mode == "retrieval-only" and ans.model is None
     assert "unreachable" in ans.answer and "unavailable" in ans.answer
     assert ans.citations and ans.citations[0].doc == "platform-advantage.md"
@@ -93,16 +78,14 @@ def test_no_model_falls_back_to_passages_with_a_notice(indexed):
 
 
 def test_model_failure_mid_answer_apologises_and_falls_back(indexed):
-    ans = make(indexed, Scripted(fail=MemoryError("CUDA out of memory"))).ask("什么是边缘计算？")
+    ans = make(indexed, scripted(fail=MemoryError("CUDA out of memory"))).ask("什么是边缘计算？")
     assert ans.mode == "retrieval-only"
     assert ans.answer.startswith("抱歉") and ans.citations
     assert "MemoryError" in ans.notice
 
 
 def test_a_hung_model_never_hangs_the_user(indexed):
-    class Hung:
-        model_id, revision = "hung", "x"
-
+    class Hung(ScriptedGenerator):
         def submit(self, messages, max_new_tokens=None, on_token=None):
             return concurrent.futures.Future()  # never resolved
 
@@ -111,7 +94,7 @@ def test_a_hung_model_never_hangs_the_user(indexed):
 
 
 def test_follow_up_in_a_thread_sees_earlier_turns(indexed):
-    gen = Scripted("FairScale 是分布式训练框架[1]。", "它能提高训练效率[1]。", "无关[1]")
+    gen = scripted("FairScale 是分布式训练框架[1]。", "它能提高训练效率[1]。", "无关[1]")
     answerer = make(indexed, gen)
     ctx = answering.Context(platform="slack", user="U1", channel="C1", thread="T1")
     answerer.ask("FairScale 是什么？", ctx)
@@ -127,7 +110,7 @@ def test_follow_up_in_a_thread_sees_earlier_turns(indexed):
 def test_the_log_row_is_complete(indexed):
     db, _ = indexed
     ctx = answering.Context(platform="discord", user="U9", channel="C9", thread="T9")
-    ans = make(indexed, Scripted("回答[1]")).ask("什么是边缘计算？", ctx)
+    ans = make(indexed, scripted("回答[1]")).ask("什么是边缘计算？", ctx)
     row = store.answer(db, ans.id)
     for key in ("id", "created_at", "platform", "channel", "thread", "user", "question", "passages", "answer",
                 "model", "revision", "adapter", "latency_ms", "retrieval_ms", "prompt_tokens",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -12,24 +11,15 @@ from bot import commands, store
 from bot.learning import registry
 from bot.knowledge import retrieval
 from bot.commands import Caller
+from fakes import ScriptedGenerator
 
 DOCS = Path(__file__).resolve().parent.parent / "knowledge" / "docs"
-
-
-class Echo:
-    model_id, revision = "echo", "1"
-
-    def count_tokens(self, text):
-        return len(text)
-
-    def generate(self, messages, max_new_tokens=None, on_token=None):
-        return SimpleNamespace(text="回答[1]", prompt_tokens=1, completion_tokens=1, adapter=None)
 
 
 @pytest.fixture()
 def cmds(kb_db, tmp_path):
     db = kb_db
-    answerer = pipeline.Answerer(db, retrieval.Searcher(db), Echo())
+    answerer = pipeline.Answerer(db, retrieval.Searcher(db), lambda: ScriptedGenerator("回答[1]"))
     reindexed = []
     c = commands.Commands(db, answerer, admins={"slack": ["UADMIN"], "discord": ["R-ops"]},
                           reindex=lambda: reindexed.append(1) or "Re-indexed: nothing changed.",

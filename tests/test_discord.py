@@ -31,6 +31,7 @@ from bot.chat.discord import app as discord_app
 from bot.knowledge import retrieval
 from bot.chat.discord.render import CITATION
 from discord_recorder import APP_ID, Recorder, fixture
+from fakes import ScriptedGenerator
 
 TOKEN = "MTMwMDAwMDAwMDAwMDAwMDAwMQ.test.token"
 GUILD, CHANNEL, THREAD, DM = "1300000000000000100", "1300000000000000200", "1300000000000000300", "1300000000000000700"
@@ -40,21 +41,9 @@ EDGE = "边缘计算是在靠近数据源的地方进行计算[1]，可降低延
 _ids = itertools.count(1310000000000001000)
 
 
-class Scripted:
-    """The model: replies with scripted texts in order, then a default one."""
-
-    model_id, revision = "scripted/model", "rev1"
-
-    def __init__(self, *replies):
-        self.replies, self.seen = list(replies), []
-
-    def count_tokens(self, text):
-        return len(text)
-
-    def generate(self, messages, max_new_tokens=None, on_token=None):
-        self.seen.append(messages)
-        text = self.replies.pop(0) if self.replies else EDGE
-        return SimpleNamespace(text=text, prompt_tokens=10, completion_tokens=len(text), adapter="v0001")
+def scripted(*replies) -> ScriptedGenerator:
+    """The model: replies with scripted texts in order (EDGE when given none), all at once (nothing streams)."""
+    return ScriptedGenerator(*(replies or (EDGE,)), piece=None, adapter="v0001")
 
 
 def _no_ws(text: str) -> str:
@@ -75,7 +64,7 @@ def db_path(indexed_kb, tmp_path):
 
 def make_commands(db_path, gen) -> commands.Commands:
     db = store.connect(db_path)
-    return commands.Commands(db, answering.Answerer(db, retrieval.Searcher(db), gen),
+    return commands.Commands(db, answering.Answerer(db, retrieval.Searcher(db), lambda: gen),
                              admins={"discord": [ADMIN_USER, ADMIN_ROLE]}, adapters_dir=db_path.parent / "adapters",
                              reindex=lambda: "Re-indexed: nothing changed.", enqueue=False)  # /train: no huey
 
@@ -89,7 +78,7 @@ def fake_interaction(client, user=42, channel=7):
 
 @pytest.mark.asyncio
 async def test_ask_callback_defers_then_follows_up_with_buttons(db_path):
-    client = discord_app.build_client(make_commands(db_path, Scripted(EDGE)))
+    client = discord_app.build_client(make_commands(db_path, scripted(EDGE)))
     inter = fake_interaction(client)
     await client.tree.get_command("ask").callback(inter, question="什么是边缘计算？")
     inter.response.defer.assert_awaited_once_with(thinking=True)
@@ -103,7 +92,7 @@ async def test_ask_callback_defers_then_follows_up_with_buttons(db_path):
 
 @pytest.mark.asyncio
 async def test_ask_callback_refuses_an_empty_question_without_answering(db_path):
-    client = discord_app.build_client(make_commands(db_path, Scripted()))
+    client = discord_app.build_client(make_commands(db_path, scripted()))
     inter = fake_interaction(client)
     await client.tree.get_command("ask").callback(inter, question="   ")
     (text,), kw = inter.response.send_message.await_args
@@ -140,7 +129,7 @@ async def bot(rec, db_path):
     made = []
 
     async def make(gen=None):
-        client = discord_app.build_client(make_commands(db_path, gen or Scripted()))
+        client = discord_app.build_client(make_commands(db_path, gen or scripted()))
         await client.login(TOKEN)
         made.append(client)
         return client
@@ -205,7 +194,7 @@ def ephemeral(request) -> bool:
 
 @pytest.mark.asyncio
 async def test_ask_is_deferred_then_followed_up_with_answer_sources_and_buttons(rec, bot):
-    client = await bot(Scripted(EDGE))
+    client = await bot(scripted(EDGE))
     payload = ask("什么是边缘计算？")
     deliver(client, payload)
     callbacks, followups = await answered(rec, payload, 2)
@@ -228,7 +217,7 @@ async def test_a_long_answer_arrives_in_several_messages_with_no_citation_split(
     long = "".join(f"第{i}点：边缘计算把计算放在靠近数据源的地方，可以降低延迟并节省带宽[{i % 3 + 1}]。"
                    for i in range(120))
     assert len(long) > 4000
-    client = await bot(Scripted(long))
+    client = await bot(scripted(long))
     payload = ask("边缘计算有哪些好处？")
     deliver(client, payload)
     await rec.wait_for(lambda: any(f.json.get("components") for f in rec.followups(payload["token"])))
@@ -244,7 +233,7 @@ async def test_a_long_answer_arrives_in_several_messages_with_no_citation_split(
 
 @pytest.mark.asyncio
 async def test_buttons_and_the_correction_form_work_after_a_restart(rec, bot):
-    before = await bot(Scripted(EDGE))
+    before = await bot(scripted(EDGE))
     payload = ask("什么是边缘计算？")
     deliver(before, payload)
     _, (message,) = await answered(rec, payload, 2)
@@ -285,7 +274,7 @@ async def test_buttons_and_the_correction_form_work_after_a_restart(rec, bot):
 
 @pytest.mark.asyncio
 async def test_bad_corrections_and_unknown_answers_get_a_clear_private_message(rec, bot):
-    client = await bot(Scripted(EDGE))
+    client = await bot(scripted(EDGE))
     payload = ask("什么是边缘计算？")
     deliver(client, payload)
     _, (message,) = await answered(rec, payload, 2)
@@ -342,7 +331,7 @@ async def test_an_empty_question_gets_a_clear_message_and_no_answer(rec, bot):
 
 @pytest.mark.asyncio
 async def test_a_redelivered_interaction_is_answered_once(rec, bot):
-    client = await bot(Scripted(EDGE, EDGE))
+    client = await bot(scripted(EDGE, EDGE))
     payload = ask("什么是边缘计算？")
     deliver(client, payload)
     deliver(client, payload)
@@ -369,7 +358,7 @@ async def test_private_commands_are_deferred_and_answered_ephemerally(rec, bot, 
 
 @pytest.mark.asyncio
 async def test_feedback_lists_recent_answers_with_their_buttons(rec, bot):
-    client = await bot(Scripted(EDGE, EDGE))
+    client = await bot(scripted(EDGE, EDGE))
     for q in ("什么是边缘计算？", "边缘计算有什么好处？"):
         payload = ask(q)
         deliver(client, payload)
@@ -397,7 +386,7 @@ def mention(text: str, *, author_bot=False, mentions_me=True) -> dict:
 
 @pytest.mark.asyncio
 async def test_mentions_in_a_thread_are_answered_in_it_with_the_earlier_turns(rec, bot):
-    gen = Scripted("FairScale 是分布式训练框架[1]。", "它能提高训练效率[1]。")
+    gen = scripted("FairScale 是分布式训练框架[1]。", "它能提高训练效率[1]。")
     client = await bot(gen)
     deliver(client, fixture("guild_create.json"), "GUILD_CREATE")  # as the gateway sends on connect
     sent = lambda: rec.find("POST", rf"/channels/{THREAD}/messages")  # noqa: E731
@@ -427,7 +416,7 @@ async def test_mentions_in_a_thread_are_answered_in_it_with_the_earlier_turns(re
 
 @pytest.mark.asyncio
 async def test_direct_messages_are_answered(rec, bot):
-    client = await bot(Scripted("FairScale is a distributed training library [1]."))
+    client = await bot(scripted("FairScale is a distributed training library [1]."))
     dm = fixture("message_create_dm.json")
     deliver(client, dm, "MESSAGE_CREATE")
     (reply,) = await rec.wait_for(lambda: rec.find("POST", rf"/channels/{DM}/messages"))
@@ -440,7 +429,7 @@ async def test_direct_messages_are_answered(rec, bot):
 
 @pytest.mark.asyncio
 async def test_serving_connects_to_the_gateway_answers_and_never_syncs(rec, db_path):
-    client = discord_app.build_client(make_commands(db_path, Scripted(EDGE)))
+    client = discord_app.build_client(make_commands(db_path, scripted(EDGE)))
     task = asyncio.create_task(discord_app.start(client, TOKEN))
     try:
         await rec.wait_for(lambda: rec.identify)
@@ -505,7 +494,7 @@ async def reply_to(rec, client, payload) -> tuple:
 async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(rec, bot):
     from bot.learning import feedback
 
-    client = await bot(Scripted(EDGE, EDGE))
+    client = await bot(scripted(EDGE, EDGE))
     mine = await ask_and_wait(rec, client)
     theirs = await ask_and_wait(rec, client, user=ADMIN_USER, roles=())
     deferred, reply = await reply_to(rec, client, slash("forget", [opt("what", "me")]))
@@ -522,7 +511,7 @@ async def test_a_question_asked_through_discord_is_found_by_the_cli_forget(rec, 
 
     from bot import cli
 
-    client = await bot(Scripted(EDGE))
+    client = await bot(scripted(EDGE))
     mine = await ask_and_wait(rec, client)
     assert (store.answer(client.kb.db, mine)["platform"], store.answer(client.kb.db, mine)["user"]) == ("discord", USER)
     monkeypatch.setenv("BOT_DB", str(db_path))
@@ -534,7 +523,7 @@ async def test_a_question_asked_through_discord_is_found_by_the_cli_forget(rec, 
 
 @pytest.mark.asyncio
 async def test_feedback_review_is_refused_to_others_and_accepts_for_admins(rec, bot):
-    client = await bot(Scripted(EDGE))
+    client = await bot(scripted(EDGE))
     answer_id = await ask_and_wait(rec, client)
     fixed = client.kb.correct(commands.Caller("discord", USER), answer_id, "边缘计算：靠近数据源处理数据。")
     cid = fixed.data["correction_id"]

@@ -16,9 +16,10 @@ import pytest
 
 from bot import cli, commands, guard, store
 from bot.commands import Caller
-from chat_harness import (DISCORD_ADMIN_ROLE, SLACK_ADMIN, Scripted, answered, copy_db, deliver, discord_fixture,
+from chat_harness import (DISCORD_ADMIN_ROLE, SLACK_ADMIN, answered, copy_db, deliver, discord_fixture,
                           discord_served, ephemeral, make_commands, mention, opt, said, slack_fixture, slack_served,
                           slash)
+from fakes import ScriptedGenerator
 
 BUSY = re.compile(r"busy, try again in (\d+) s")
 ANSWER_MARKER, CORRECTION_MARKER = "Marimba-2290", "Ocarina-8803"  # distinctive: found in a log only if leaked
@@ -114,7 +115,7 @@ def test_the_answering_pipelines_own_count_is_bounded_too():
 
 
 def test_admission_through_the_command_layer_is_a_private_reply_and_the_context_always_releases(kb_db):
-    cmds = make_commands(kb_db, Scripted(), admission=guard.Admission(None, None, 1))
+    cmds = make_commands(kb_db, ScriptedGenerator(), admission=guard.Admission(None, None, 1))
     alice, bob = Caller("slack", "U1", "C1"), Caller("slack", "U2", "C1")
     with cmds.admission(alice) as busy:
         assert busy is None
@@ -192,7 +193,7 @@ def audit_rows(db) -> list[tuple]:
 
 def test_every_privileged_action_is_audited_refused_failed_and_done_with_ids_only(kb_db, tmp_path):
     secret_q, secret_fix = "Zebra-7731 什么是边缘计算？", "Quokka-5512 边缘计算靠近数据源。"
-    cmds = make_commands(kb_db, Scripted(), adapters_dir=tmp_path / "adapters")
+    cmds = make_commands(kb_db, ScriptedGenerator(), adapters_dir=tmp_path / "adapters")
     user, admin = Caller("slack", "U1", "C1"), Caller("slack", SLACK_ADMIN, "C1")
     _adapter(tmp_path / "adapters", "v0001")
 
@@ -238,7 +239,7 @@ def test_a_privileged_action_that_breaks_is_audited_and_answered_with_an_apology
     def broken():
         raise RuntimeError("disk full")
 
-    cmds = make_commands(kb_db, Scripted(), adapters_dir=tmp_path / "adapters", reindex=broken)
+    cmds = make_commands(kb_db, ScriptedGenerator(), adapters_dir=tmp_path / "adapters", reindex=broken)
     reply = cmds.kb_reindex(Caller("discord", "9", roles=(DISCORD_ADMIN_ROLE,)))
     assert not reply.ok and reply.text == commands.SORRY
     (row,) = store.audit_log(kb_db)
@@ -253,8 +254,8 @@ def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
     db = copy_db(indexed_kb.db, env.db_path)
     # The queue in memory, run at once: no huey file in the checkout (the job itself fails: no model here).
     monkeypatch.setattr(jobs.huey, "immediate", True)
-    answer = make_commands(db, Scripted()).ask(Caller("slack", "U7"), "什么是边缘计算？")
-    fix = make_commands(db, Scripted()).correct(Caller("slack", "U7"), answer.id, "边缘计算靠近数据源。")
+    answer = make_commands(db, ScriptedGenerator()).ask(Caller("slack", "U7"), "什么是边缘计算？")
+    fix = make_commands(db, ScriptedGenerator()).correct(Caller("slack", "U7"), answer.id, "边缘计算靠近数据源。")
     _adapter(env.tmp / "adapters", "v0001")
 
     assert cli.main(["feedback", "review"]) == 0
@@ -290,7 +291,8 @@ def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
 
 @pytest.mark.asyncio
 async def test_slack_asks_past_the_rate_are_told_busy_in_the_ack_and_nothing_is_answered(kb_db):
-    cmds = make_commands(kb_db, Scripted(), admission=guard.Admission(guard.Rate(1, 60), guard.Rate(2, 60), None))
+    cmds = make_commands(kb_db, ScriptedGenerator(),
+                         admission=guard.Admission(guard.Rate(1, 60), guard.Rate(2, 60), None))
     async with slack_served(cmds) as slack:
         status, body, seconds = await slack.command("/ask", "什么是边缘计算？")
         assert status == 200 and body == "" and seconds < 1
@@ -318,7 +320,7 @@ async def test_slack_asks_past_the_rate_are_told_busy_in_the_ack_and_nothing_is_
 
 @pytest.mark.asyncio
 async def test_slack_questions_past_the_queue_bound_are_told_busy_while_the_model_works(kb_db):
-    cmds = make_commands(kb_db, Scripted(delay=0.05), admission=guard.Admission(None, None, 1, answer_s=3.0))
+    cmds = make_commands(kb_db, ScriptedGenerator(delay=0.05), admission=guard.Admission(None, None, 1, answer_s=3.0))
     async with slack_served(cmds) as slack:
         assert (await slack.command("/ask", "什么是边缘计算？"))[0] == 200
         await slack.recorder.wait_for(lambda r: any(not u.get("blocks") for u in r.of("chat.update")))
@@ -333,7 +335,7 @@ async def test_slack_questions_past_the_queue_bound_are_told_busy_while_the_mode
 
 @pytest.mark.asyncio
 async def test_discord_asks_and_mentions_past_the_rate_are_told_busy_privately(kb_db, monkeypatch):
-    cmds = make_commands(kb_db, Scripted(), admission=guard.Admission(guard.Rate(1, 60), None, None))
+    cmds = make_commands(kb_db, ScriptedGenerator(), admission=guard.Admission(guard.Rate(1, 60), None, None))
     async with discord_served(cmds, monkeypatch) as (rec, client):
         first = slash("ask", [opt("question", "什么是边缘计算？")])
         deliver(client, first)
@@ -358,7 +360,7 @@ async def test_questions_answers_and_corrections_never_reach_the_logs_even_at_de
     caplog.set_level(logging.DEBUG)
     marker = "Xylophone-4417"
     answer_text = f"{ANSWER_MARKER} 边缘计算是在靠近数据源的地方进行计算[1]。"
-    cmds = make_commands(kb_db, Scripted(answer_text))
+    cmds = make_commands(kb_db, ScriptedGenerator(answer_text))
     async with slack_served(cmds) as slack:
         assert (await slack.command("/ask", f"{marker} 什么是边缘计算？"))[0] == 200
         (final,) = await slack.wait_finals(1)

@@ -62,7 +62,7 @@ def world(tiny_model_dir, indexed_kb, tmp_path_factory):
         db = store.connect(db_path)
         served = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=adapters, trainable=False)
         with generation.ModelWorker(served) as worker:
-            answerer = pipeline.Answerer(db, retrieval.Searcher(db), worker, max_new_tokens=48,
+            answerer = pipeline.Answerer(db, retrieval.Searcher(db), lambda: worker, max_new_tokens=48,
                                           context_budget=presets.load("tiny").generation.context_budget_tokens)
             yield SimpleNamespace(db=db, adapters=adapters, answerer=answerer, questions=questions,
                                   golden=golden_rows, jobs=jobs, first={})

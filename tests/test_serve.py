@@ -258,6 +258,9 @@ class HeldModel:
     def __init__(self):
         self.inside, self.release = threading.Event(), threading.Event()
 
+    def count_tokens(self, text):
+        return len(text)
+
     def generate_batch(self, requests):
         from bot.llm.generation import Generation
 
@@ -276,7 +279,7 @@ async def test_queue_depth_in_flight_and_the_adapter_in_service_in_health_and_me
     model = HeldModel()
     worker = ModelWorker(model)
     set_pointer(tmp_path / "adapters", "v0002")  # promoted; the model has not followed it yet
-    answerer = _answerer(kb_db, worker)
+    answerer = _answerer(kb_db, lambda: worker)
     answerer.generator()  # as serve does at start
 
     def ask(n: int):

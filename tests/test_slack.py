@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +28,7 @@ from bot import commands, store
 from bot.knowledge import retrieval
 from bot.chat.slack import app as slack_app, render as slack_render
 from bot.commands import Caller
+from fakes import ScriptedGenerator
 from slack_recorder import Recorder, command_body, event_body, interaction_body, post_signed, signed_headers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,29 +40,6 @@ ANSWER = "边缘计算是在靠近数据源的地方进行计算[1]，可以降�
 def fixture(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
 
-
-class Slow:
-    """A model that takes its time: one at a time, streaming a piece every `delay` seconds."""
-
-    model_id, revision = "scripted/slow", "rev1"
-
-    def __init__(self, text: str = ANSWER, delay: float = 0.05):
-        self.text, self.delay, self.seen, self.lock = text, delay, [], threading.Lock()
-        self.fail: Exception | None = None
-
-    def count_tokens(self, text):
-        return len(text)
-
-    def generate(self, messages, max_new_tokens=None, on_token=None):
-        with self.lock:
-            self.seen.append(messages)
-            if self.fail:
-                raise self.fail
-            for i in range(0, len(self.text), 2):
-                time.sleep(self.delay)
-                if on_token:
-                    on_token(self.text[i:i + 2])
-        return SimpleNamespace(text=self.text, prompt_tokens=10, completion_tokens=len(self.text), adapter=None)
 
 
 
@@ -115,8 +92,8 @@ class Harness(SimpleNamespace):
 @pytest_asyncio.fixture
 async def slack(kb_db, searcher, tmp_path):
     recorder = await Recorder().start()
-    gen = Slow()
-    answerer = answering.Answerer(kb_db, searcher, gen)
+    gen = ScriptedGenerator(ANSWER, delay=0.05, model_id="scripted/slow")  # takes its time: a piece every 50 ms
+    answerer = answering.Answerer(kb_db, searcher, lambda: gen)
     cmds = commands.Commands(kb_db, answerer, admins={"slack": [ADMIN]}, adapters_dir=tmp_path / "adapters",
                              reindex=lambda: "Re-indexed: nothing changed.", enqueue=False)  # /train: no huey
     app = slack_app.build_app(cmds, token=TOKEN, signing_secret=SECRET, api_url=recorder.api_url,

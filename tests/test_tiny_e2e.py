@@ -54,7 +54,7 @@ def test_ask_cite_switch_adapter_and_see_the_output_change(tiny_model_dir, world
     served = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=adapters, quantize=True,
                              trainable=False)
     with generation.ModelWorker(served) as worker:
-        answerer = pipeline.Answerer(db, searcher, worker, context_budget=budget, max_new_tokens=32)
+        answerer = pipeline.Answerer(db, searcher, lambda: worker, context_budget=budget, max_new_tokens=32)
         base = answerer.ask(QUESTION)
         assert base.mode == "llm" and base.adapter is None and base.answer
 

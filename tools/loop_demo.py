@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     served_budgets = presets.load("tiny").generation  # answers as `serve` gives them, with the preset's limits
     served = generation.load("tiny", cache_dir=cache, adapters_dir=adapters, trainable=False)
     worker = generation.ModelWorker(served)
-    answerer = pipeline.Answerer(db, searcher, worker, k=config.get("BOT_SEARCH_K"),
+    answerer = pipeline.Answerer(db, searcher, lambda: worker, k=config.get("BOT_SEARCH_K"),
                                   context_budget=served_budgets.context_budget_tokens,
                                   max_new_tokens=served_budgets.max_new_tokens)
     golden_path = config.get("BOT_GOLDEN_SET")

@@ -45,9 +45,9 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 from bot import config
+from bot.llm.generator import Generation, resolved
 
 ROOT = Path(__file__).resolve().parent.parent
 # The stand-in for Slack's servers is a test double, kept with the tests (tests/slack_recorder.py).
@@ -82,6 +82,9 @@ class _Timed:
     def generate(self, messages, max_new_tokens=None, on_token=None):
         return self._timed(self.inner.generate, messages, max_new_tokens, on_token)
 
+    def submit(self, messages, max_new_tokens=None, on_token=None):
+        return resolved(self.generate, messages, max_new_tokens, on_token)  # timed, not the inner's own
+
 
 class _Scripted:
     """The stand-in when no model can be had: one question at a time, a token every 20 ms."""
@@ -101,7 +104,10 @@ class _Scripted:
                 time.sleep(0.02)
                 if on_token:
                     on_token(ch)
-        return SimpleNamespace(text=text, prompt_tokens=0, completion_tokens=len(text), adapter=None)
+        return Generation(text, 0, len(text), None)
+
+    def submit(self, messages, max_new_tokens=None, on_token=None):
+        return resolved(self.generate, messages, max_new_tokens, on_token)
 
 
 @contextmanager
@@ -145,7 +151,7 @@ def _answerer(db, model: str):
         except Exception as e:  # no torch, a failed build: measure the transport anyway, and say so
             reason = f"{type(e).__name__}: {e}"[:200]
     timed = _Timed(_Scripted())
-    return (answering.Answerer(db, retrieval.Searcher(db), timed), timed,
+    return (answering.Answerer(db, retrieval.Searcher(db), lambda: timed), timed,
             f"FALLBACK: slow scripted generator, not the model ({reason})")
 
 

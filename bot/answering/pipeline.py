@@ -16,6 +16,7 @@ from typing import Callable
 
 from bot.answering import prompts
 from bot import store
+from bot.llm.generator import Generator, is_out_of_memory
 from bot.knowledge.textproc import is_mostly_english
 
 
@@ -86,11 +87,6 @@ def postprocess(text: str, shown: list) -> tuple[str, list[Citation], str]:
     return text, citations, "; ".join(notices)
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (a RuntimeError subclass), a MemoryError, or a CUDA/CPU allocator's message."""
-    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
-
-
 def retrieval_only_text(question: str, shown: list, reason: str) -> str:
     head = _notice(
         question,
@@ -109,17 +105,18 @@ def retrieval_only_text(question: str, shown: list, reason: str) -> str:
 class Answerer:
     """Answers questions against one knowledge base, one generator and one database.
 
-    `generator` is anything with `generate(messages, max_new_tokens, on_token)`
-    (generation.Generator) or `submit(...) -> Future` (generation.ModelWorker),
-    or a zero-argument callable returning one, called on first use so that
-    start-up stays fast; None means retrieval-only.
+    `generator` is a zero-argument factory returning a `Generator`
+    (bot/llm/generator.py), called on first use so that start-up stays fast;
+    if it raises, the answerer keeps the reason and answers retrieval-only.
+    None means retrieval-only from the start.
     """
 
-    def __init__(self, db, searcher, generator=None, *, k: int = 5, context_budget: int = 1536,
-                 history_budget: int = 512, max_new_tokens: int = 384, timeout_s: float = 300.0):
+    def __init__(self, db, searcher, generator: Callable[[], Generator] | None = None, *, k: int = 5,
+                 context_budget: int = 1536, history_budget: int = 512, max_new_tokens: int = 384,
+                 timeout_s: float = 300.0):
         self.db, self.searcher = db, searcher
         self._generator_source = generator
-        self._generator = None
+        self._generator: Generator | None = None
         self._unavailable: str | None = None if generator is not None else "no model configured"
         self._load_lock = threading.Lock()
         self.k, self.context_budget, self.history_budget = k, context_budget, history_budget
@@ -132,14 +129,12 @@ class Answerer:
         bound (bot/guard.py) and /healthz read it."""
         return self._in_flight
 
-    def generator(self):
+    def generator(self) -> Generator | None:
         """The generator, loading it on first use; None (with the reason kept) if it cannot be had."""
         with self._load_lock:
             if self._generator is None and self._unavailable is None:
-                source = self._generator_source
                 try:
-                    self._generator = source() if callable(source) and not hasattr(source, "generate") \
-                        and not hasattr(source, "submit") else source
+                    self._generator = self._generator_source()
                 except Exception as e:  # ModelUnavailable, or anything a broken install throws
                     self._unavailable = str(e) or type(e).__name__
             return self._generator
@@ -151,15 +146,6 @@ class Answerer:
     @property
     def unavailable_reason(self) -> str | None:
         return self._unavailable
-
-    def _count(self, gen) -> Callable[[str], int]:
-        counter = getattr(gen, "count_tokens", None) or getattr(getattr(gen, "generator", None), "count_tokens", None)
-        return counter or (lambda text: len(text))
-
-    def _generate(self, gen, messages, on_token):
-        if hasattr(gen, "submit"):
-            return gen.submit(messages, self.max_new_tokens, on_token).result(timeout=self.timeout_s)
-        return gen.generate(messages, self.max_new_tokens, on_token)
 
     def ask(self, question: str, ctx: Context | None = None, on_token: Callable[[str], None] | None = None) -> Answer:
         with self._count_lock:
@@ -177,10 +163,9 @@ class Answerer:
         history = [prompts.Turn(q, a) for q, a in store.thread_turns(self.db, ctx.platform, ctx.channel, ctx.thread)]
 
         gen = self.generator()
-        count = self._count(gen) if gen else len
+        count = gen.count_tokens if gen else len
         shown = prompts.fit_passages(hits, self.context_budget, count)
-        model = getattr(gen, "model_id", None) or getattr(getattr(gen, "generator", None), "model_id", None)
-        revision = getattr(gen, "revision", None) or getattr(getattr(gen, "generator", None), "revision", None)
+        model, revision = (gen.model_id, gen.revision) if gen else (None, None)
         adapter, prompt_tokens, completion_tokens = None, 0, 0
         mode, notice = "llm", ""
         if gen is None:
@@ -192,13 +177,14 @@ class Answerer:
             messages = prompts.build_messages(question, shown, history, count=count,
                                               context_budget=self.context_budget, history_budget=self.history_budget)
             try:
-                result = self._generate(gen, messages, on_token)
+                # Through `submit` even for an in-process model: the wait is bounded the same way for all.
+                result = gen.submit(messages, self.max_new_tokens, on_token).result(timeout=self.timeout_s)
                 adapter = result.adapter
                 prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
                 text, citations, notice = postprocess(result.text, shown)
             except Exception as e:  # OOM, CUDA error, timeout: the user still gets the passages
                 # Tokens may have streamed already: the final text replaces them, apology first.
-                if _out_of_memory(e):
+                if is_out_of_memory(e):
                     reason = _notice(question, "the model ran out of memory while answering", "模型在生成回答时内存不足")
                 else:
                     reason = _notice(question, "the model failed while answering", "模型在生成回答时出错")

@@ -1,8 +1,8 @@
 """The model seam: load a preset's model (4-bit where it says so), generate with streaming, hot-swap LoRA adapters.
 
-Answering code sees only the `Generator` protocol (`count_tokens`,
-`generate`); `LocalGenerator` is the in-process implementation, and a vLLM
-client could stand behind the same seam on a larger host. The serving
+Answering code sees only the `Generator` protocol (bot/llm/generator.py);
+`LocalGenerator` is the in-process implementation, and a vLLM client could
+stand behind the same seam on a larger host. The serving
 process follows `adapters/current` (the pointer a promotion rewrites) at
 the start of every request, so a promoted adapter serves with no restart.
 torch, transformers and peft are imported inside functions: `import bot`
@@ -14,12 +14,14 @@ import json
 import logging
 import sys
 import threading
+from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from bot.llm import hotswap
+# Re-exported: the seam's types, for code that already imports them from here.
+from bot.llm.generator import Generation, Generator, is_out_of_memory, resolved  # noqa: F401
 # Re-exported: these are part of the seam that answering and registry code use.
 from bot.llm.hotswap import POINTER, AdapterError, read_pointer, set_pointer  # noqa: F401
 from bot.llm.model_worker import ModelWorker  # noqa: F401
@@ -27,26 +29,8 @@ from bot.llm.model_worker import ModelWorker  # noqa: F401
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    adapter: str | None  # adapter version used, None for the base model
-
-
 class ModelUnavailable(Exception):
     """The model cannot be loaded; the message says why, in words for users."""
-
-
-class Generator(Protocol):
-    model_id: str
-    revision: str
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def generate(self, messages: list[dict], max_new_tokens: int | None = None,
-                 on_token: Callable[[str], None] | None = None) -> Generation: ...
 
 
 def _disable_cpu_repack(model) -> int:
@@ -73,7 +57,7 @@ def _dtype(name: str):
 
 def _why(e: BaseException, model_id: str, revision: str) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+    if is_out_of_memory(e):
         return f"not enough memory to load {model_id}: choose a smaller preset or 4-bit ({first})"
     if isinstance(e, OSError):
         return (f"cannot load {model_id} at revision {revision}: it is not in the local cache and the hub "
@@ -222,6 +206,12 @@ class LocalGenerator:
     def generate(self, messages: list[dict], max_new_tokens: int | None = None,
                  on_token: Callable[[str], None] | None = None) -> Generation:
         return self.generate_batch([(messages, max_new_tokens, on_token)])[0]
+
+    def submit(self, messages: list[dict], max_new_tokens: int | None = None,
+               on_token: Callable[[str], None] | None = None) -> Future[Generation]:
+        """`generate` in the caller's thread, as a finished future: callers that want batching and a
+        queue wrap this generator in a ModelWorker."""
+        return resolved(self.generate, messages, max_new_tokens, on_token)
 
     def generate_batch(self, requests: list[tuple]) -> list[Generation]:
         """Answer (messages, max_new_tokens, on_token) requests in one `generate` call, each row streamed to its callback."""

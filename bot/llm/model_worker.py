@@ -8,6 +8,10 @@ call, each row streaming to its own asker. Callers never block:
 transports await with `asyncio.wrap_future(worker.submit(...))`.
 `on_token` callbacks run on the worker thread; an event-loop transport
 should hop back with `loop.call_soon_threadsafe`.
+
+A worker is itself a `Generator` (bot/llm/generator.py): it answers for
+the model it wraps (`model_id`, `revision`, `count_tokens`), so the
+answerer never needs to know whether a worker stands in front.
 """
 from __future__ import annotations
 
@@ -16,15 +20,28 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Protocol
+
+from bot.llm.generator import Generation, is_out_of_memory
 
 log = logging.getLogger(__name__)
 _STOP = object()
 
 
+class BatchGenerator(Protocol):
+    """What the worker needs of the model it owns: a LocalGenerator, or a test's stand-in."""
+
+    model_id: str
+    revision: str
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate_batch(self, requests: list[tuple]) -> list[Generation]: ...
+
+
 class ModelWorker:
-    def __init__(self, generator, max_batch: int = 8, max_wait_s: float = 0.005):
-        """`generator` is a LocalGenerator (anything with `generate_batch`).
+    def __init__(self, generator: BatchGenerator, max_batch: int = 8, max_wait_s: float = 0.005):
+        """`generator` is a LocalGenerator (see BatchGenerator).
 
         `max_wait_s` is how long the worker, woken by one question, waits for
         others to join its batch: a burst of questions arrives within
@@ -48,6 +65,23 @@ class ModelWorker:
         future: Future = Future()
         self._queue.put((future, messages, max_new_tokens, on_token))
         return future
+
+    def generate(self, messages: list[dict], max_new_tokens: int | None = None,
+                 on_token: Callable[[str], None] | None = None) -> Generation:
+        """`submit`, waiting for the answer."""
+        return self.submit(messages, max_new_tokens, on_token).result()
+
+    @property
+    def model_id(self) -> str:
+        return self.generator.model_id
+
+    @property
+    def revision(self) -> str:
+        return self.generator.revision
+
+    def count_tokens(self, text: str) -> int:
+        """Counted on the caller's thread: the tokenizer does not wait for the model."""
+        return self.generator.count_tokens(text)
 
     @property
     def depth(self) -> int:
@@ -106,7 +140,7 @@ class ModelWorker:
         try:
             results = self.generator.generate_batch(requests)
         except Exception as e:
-            if "out of memory" in str(e).lower() or type(e).__name__ == "OutOfMemoryError":
+            if is_out_of_memory(e):
                 _free_gpu_cache()  # what the failed batch held goes back before the next question
             if len(batch) > 1 and not any(streamed):
                 # One bad question (too long for the context, say) must not fail

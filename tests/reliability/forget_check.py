@@ -91,7 +91,7 @@ def run(work: Path, steps: int) -> dict:
     served = generation.load("tiny", cache_dir=cache, adapters_dir=adapters, trainable=False)
     g = presets.load("tiny").generation
     with generation.ModelWorker(served) as worker:
-        answerer = pipeline.Answerer(db, retrieval.Searcher(db), worker, context_budget=g.context_budget_tokens,
+        answerer = pipeline.Answerer(db, retrieval.Searcher(db), lambda: worker, context_budget=g.context_budget_tokens,
                                       max_new_tokens=g.max_new_tokens)
         for user, q in (("UALICE", alice_q), ("UBOB", bob_q)):
             a = answerer.ask(q["question"], pipeline.Context("slack", user, "C1"))

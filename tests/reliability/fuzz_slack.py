@@ -55,7 +55,8 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]  # the checkout (bot) an
 from bot.chat.slack import app as slack_app, http as slack_http
 from bot import store  # noqa: E402
 from slack_recorder import Recorder  # noqa: E402
-from chat_harness import SECRET, Scripted, make_commands, slack_fixture  # noqa: E402
+from chat_harness import SECRET, make_commands, slack_fixture  # noqa: E402
+from fakes import ScriptedGenerator  # noqa: E402
 
 # -- bodies --------------------------------------------------------------------------------
 
@@ -243,7 +244,7 @@ def served(db_path: Path):
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     db = store.connect(db_path)
-    cmds = make_commands(db, Scripted(), adapters_dir=Path(db_path).parent / "adapters")
+    cmds = make_commands(db, ScriptedGenerator(), adapters_dir=Path(db_path).parent / "adapters")
 
     async def start():
         recorder = await Recorder().start()

@@ -96,7 +96,7 @@ def served(made, tiny_model_dir, kb_db, tmp_path, monkeypatch):
     shutil.copytree(made, adapters / "v0001")
     registry.promote(kb_db, adapters, "v0001", by="test")
     gen = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=adapters, trainable=False)
-    answerer = answering.Answerer(kb_db, retrieval.Searcher(kb_db), gen, max_new_tokens=8)
+    answerer = answering.Answerer(kb_db, retrieval.Searcher(kb_db), lambda: gen, max_new_tokens=8)
     return answerer, gen, adapters, kb_db
 
 

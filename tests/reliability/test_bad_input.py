@@ -28,9 +28,10 @@ from bot.chat.slack import render as slack_render
 from bot.learning import snapshot
 from bot.commands import Caller
 from slack_recorder import command_body, post_signed, signed_headers
-from chat_harness import (DISCORD_ADMIN_ROLE, DISCORD_USER, SECRET, SLACK_ADMIN, Scripted, answered, click, copy_db,
+from chat_harness import (DISCORD_ADMIN_ROLE, DISCORD_USER, SECRET, SLACK_ADMIN, answered, click, copy_db,
                           counts, deliver, discord_fixture, discord_served, make_commands, mention, opt, said,
                           slack_fixture, slack_served, slash, submit)
+from fakes import ScriptedGenerator
 
 LONG_Q = "问" * (commands.MAX_QUESTION_CHARS + 1)
 LONG_FIX = "改" * (commands.MAX_CORRECTION_CHARS + 1)
@@ -47,7 +48,7 @@ def world(env, indexed_kb):
     (adapters / "v0001" / "adapter_config.json").write_text("{}")
     (adapters / "v0001" / "adapter_model.safetensors").write_bytes(b"x")
     generation.set_pointer(adapters, "v0001")
-    cmds = make_commands(db, Scripted(), adapters_dir=adapters)
+    cmds = make_commands(db, ScriptedGenerator(), adapters_dir=adapters)
     alice, bob, carol = (Caller("slack", u, "C0GENERAL", f"17000000{n}.0001") for n, u in
                          enumerate(("U0ALICE", "U0BOB", "U0CAROL")))
     liked = cmds.ask(alice, "什么是边缘计算？")

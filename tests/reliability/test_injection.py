@@ -52,7 +52,11 @@ class Recording:
 
     def __init__(self, worker):
         self.worker, self.seen = worker, []
-        self.generator = worker.generator  # model id, revision and token counting come from the real model
+        # Model id, revision and token counting come from the real model.
+        self.model_id, self.revision, self.count_tokens = worker.model_id, worker.revision, worker.count_tokens
+
+    def generate(self, messages, max_new_tokens=None, on_token=None):
+        return self.submit(messages, max_new_tokens, on_token).result()
 
     def submit(self, messages, max_new_tokens=None, on_token=None):
         self.seen.append(messages)
@@ -112,10 +116,10 @@ def assert_planted_only_inside_passages(prompts_seen):
 
 
 def test_a_planted_instruction_is_quoted_and_nothing_runs_with_an_echoing_model(world):
-    from chat_harness import Scripted
+    from fakes import ScriptedGenerator
 
     db, searcher, adapters = world
-    gen = Scripted(echo)
+    gen = ScriptedGenerator(echo)
     cmds = make_commands(db, gen, adapters_dir=adapters, searcher=searcher)
     admins = copy.deepcopy(cmds.admins)
     attacker = Caller("slack", "U-attacker", "C1", "T1")
@@ -129,10 +133,10 @@ def test_a_planted_instruction_is_quoted_and_nothing_runs_with_an_echoing_model(
 
 @pytest.mark.asyncio
 async def test_slack_shows_the_echo_as_inert_text_no_broadcast_no_mention(world):
-    from chat_harness import Scripted
+    from fakes import ScriptedGenerator
 
     db, searcher, adapters = world
-    cmds = make_commands(db, Scripted(echo), adapters_dir=adapters, searcher=searcher)
+    cmds = make_commands(db, ScriptedGenerator(echo), adapters_dir=adapters, searcher=searcher)
     admins = copy.deepcopy(cmds.admins)
     async with slack_served(cmds) as slack:
         assert (await slack.command("/ask", QUESTION, user="U-attacker"))[0] == 200
@@ -154,10 +158,10 @@ async def test_slack_shows_the_echo_as_inert_text_no_broadcast_no_mention(world)
 
 @pytest.mark.asyncio
 async def test_discord_sends_the_echo_with_no_mention_allowed(world, monkeypatch):
-    from chat_harness import Scripted
+    from fakes import ScriptedGenerator
 
     db, searcher, adapters = world
-    cmds = make_commands(db, Scripted(echo), adapters_dir=adapters, searcher=searcher)
+    cmds = make_commands(db, ScriptedGenerator(echo), adapters_dir=adapters, searcher=searcher)
     admins = copy.deepcopy(cmds.admins)
     async with discord_served(cmds, monkeypatch) as (rec, client):
         payload = slash("ask", [opt("question", QUESTION)], user=DISCORD_USER)
@@ -176,7 +180,7 @@ def test_the_tiny_model_reads_the_planted_passage_and_nothing_runs(world, tiny_m
     with generation.ModelWorker(served) as worker:
         recording = Recording(worker)
         budget = presets.load("tiny").generation.context_budget_tokens
-        answerer = pipeline.Answerer(db, searcher, recording, context_budget=budget, max_new_tokens=48)
+        answerer = pipeline.Answerer(db, searcher, lambda: recording, context_budget=budget, max_new_tokens=48)
         cmds = make_commands(db, None, adapters_dir=adapters, searcher=searcher)
         cmds.answerer = answerer
         admins = copy.deepcopy(cmds.admins)

@@ -18,7 +18,8 @@ from bot.llm import generation, presets
 from bot.knowledge import retrieval
 from bot import store
 from bot.commands import Caller
-from chat_harness import Scripted, make_commands, slack_served
+from chat_harness import make_commands, slack_served
+from fakes import ScriptedGenerator
 
 QUESTION = "什么是边缘计算？"
 
@@ -39,8 +40,8 @@ def searcher(indexed_kb):
 ])
 def test_a_failure_after_some_tokens_gives_an_apology_and_the_passages_then_the_next_answer_works(
         kb_db, searcher, error, apology):
-    gen = Scripted("FairScale is a distributed training library [1].", fail=error, fail_after=3)
-    answerer = answering.Answerer(kb_db, searcher, gen)
+    gen = ScriptedGenerator("FairScale is a distributed training library [1].", fail=error, fail_after=3)
+    answerer = answering.Answerer(kb_db, searcher, lambda: gen)
     streamed: list[str] = []
     ans = answerer.ask("What is FairScale described as?", on_token=streamed.append)
     assert len(streamed) == 3  # the failure came mid-answer, after text was shown
@@ -73,7 +74,7 @@ def test_the_tiny_model_running_out_of_memory_mid_generation_keeps_the_worker_se
         return forward(*args, **kwargs)
 
     with generation.ModelWorker(served) as worker:
-        answerer = answering.Answerer(kb_db, searcher, worker, context_budget=budget, max_new_tokens=24)
+        answerer = answering.Answerer(kb_db, searcher, lambda: worker, context_budget=budget, max_new_tokens=24)
         streamed: list[str] = []
         model.forward = failing
         try:
@@ -92,8 +93,8 @@ def test_the_tiny_model_running_out_of_memory_mid_generation_keeps_the_worker_se
 @pytest.mark.asyncio
 async def test_through_slack_the_streamed_text_is_replaced_by_the_apology_and_the_next_ask_is_answered(
         kb_db, searcher):
-    gen = Scripted("边缘计算是在靠近数据源的地方进行计算[1]，可以降低延迟。", delay=0.1,
-                   fail=OutOfMemoryError("CUDA out of memory"), fail_after=4)
+    gen = ScriptedGenerator("边缘计算是在靠近数据源的地方进行计算[1]，可以降低延迟。", delay=0.1,
+                            fail=OutOfMemoryError("CUDA out of memory"), fail_after=4)
     cmds = make_commands(kb_db, gen, searcher=searcher)
     async with slack_served(cmds, update_every_s=0.1) as slack:
         status, _, seconds = await slack.command("/ask", QUESTION)
@@ -123,7 +124,7 @@ async def test_through_slack_the_streamed_text_is_replaced_by_the_apology_and_th
 
 
 def test_a_caller_context_is_recorded_with_the_fallback(kb_db, searcher):
-    gen = Scripted(fail=OutOfMemoryError("out of memory"))  # before any token: the same fallback
+    gen = ScriptedGenerator(fail=OutOfMemoryError("out of memory"))  # before any token: the same fallback
     cmds = make_commands(kb_db, gen, searcher=searcher)
     ans = cmds.ask(Caller("discord", "42", "7", "7"), "What is FairScale described as?")
     row = store.answer(kb_db, ans.id)
