@@ -342,15 +342,16 @@ class Commands:
         if action not in ("accept", "reject"):
             return Reply("Use `/feedback review`, `/feedback review accept <id>` or `/feedback review reject <id>`.",
                          ok=False, private=True)
-        cid = parse_id(correction_id)
-        if cid is None:
+        if correction_id is None:
             return Reply(f"Which correction? `/feedback review {action} <id>` (the number after #).",
                          ok=False, private=True)
-        what = f"feedback {action}"
+        cid, what = correction_id, f"feedback {action}"
         already = self._duplicate(delivery)
         if already:
             return already
         try:
+            if not _in_range(cid):  # a number no row can have (the CLI passes what it was given)
+                raise feedback.FeedbackError(f"no correction #{cid}")
             done = feedback.review(self.db, cid, action == "accept", by=feedback.person(caller.platform, caller.user),
                                    delivery=delivery)
         except feedback.Duplicate:
@@ -364,12 +365,16 @@ class Commands:
         return Reply(f"Correction #{cid} {done['status']}.", private=True,
                      correction=CorrectionState(done["id"], done["status"], done.get("by")))
 
-    def forget(self, caller: Caller, delivery: str | None = None) -> Reply:
-        """`/forget me`: the caller's questions, votes and corrections, and what adapters learned from them."""
-        me = feedback.person(caller.platform, caller.user)
+    def forget(self, caller: Caller, delivery: str | None = None, *, person: tuple[str, str] | None = None) -> Reply:
+        """`/forget me`: the caller's questions, votes and corrections, and what adapters learned from them.
+        `person` (platform, user): someone else's, for an admin (the operator at the CLI)."""
+        platform, user = person or (caller.platform, caller.user)
+        me = feedback.person(platform, user)
+        if person is not None and not self.is_admin(caller):
+            return self._refuse(caller, "forgetting someone else", "forget", me)
         try:
-            counts = feedback.forget(self.db, caller.platform, caller.user, adapters_dir=self.adapters_dir,
-                                     enqueue=self.enqueue, delivery=delivery)
+            counts = feedback.forget(self.db, platform, user, adapters_dir=self.adapters_dir,
+                                     by=(caller.platform, caller.user), enqueue=self.enqueue, delivery=delivery)
         except feedback.Duplicate:
             return _already()
         except Exception as e:
@@ -381,10 +386,12 @@ class Commands:
                  if files["retrain_job"] else
                  f" {len(files['marked'])} adapter version(s) out of service had learned from it: their weights "
                  "are deleted." if files["marked"] else "")
+        whose = "" if person is None else f" of {me}"
+        opted = ("you are opted out of training from now on (`/feedback optin` undoes that)" if person is None
+                 else "they are opted out of training from now on")
         return Reply(f"Deleted {counts['answers']} question(s), {counts['votes']} vote(s) and "
-                     f"{counts['corrections']} correction(s), and {files['rows']} copy(ies) of them in "
-                     f"{files['files']} training file(s); you are opted out of training from now on "
-                     f"(`/feedback optin` undoes that).{model}", private=True, forgotten=counts)
+                     f"{counts['corrections']} correction(s){whose}, and {files['rows']} copy(ies) of them in "
+                     f"{files['files']} training file(s); {opted}.{model}", private=True, forgotten=counts)
 
     # -- training and adapters -----------------------------------------------
 
@@ -417,11 +424,10 @@ class Commands:
         what a person typed."""
         from bot.learning import jobs
 
-        number = parse_id(job_id)
-        if number is None:
+        if job_id is None:
             return Reply("Which job? `/jobs cancel <id>` (the number after #).", ok=False, private=True)
-        target = f"#{number}"
-        row = store.job(self.db, number)
+        number, target = job_id, f"#{job_id}"
+        row = store.job(self.db, number) if _in_range(number) else None
         if row is None:
             self._audit(caller, "jobs cancel", target, "error: no such job")
             return Reply(f"There is no job #{number}.", ok=False, private=True)
@@ -492,6 +498,11 @@ class Commands:
 
 def _already() -> Reply:
     return Reply(ALREADY, private=True, duplicate=True)
+
+
+def _in_range(number: int) -> bool:
+    """Whether a row id can be this number: SQLite's integers are 1..2**63-1 here (a larger one would not bind)."""
+    return 1 <= number <= _MAX_ID
 
 
 def _nobody(caller: Caller) -> str | None:
