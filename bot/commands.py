@@ -141,10 +141,10 @@ class Reply:
 
 
 class Commands:
-    def __init__(self, db, answerer: pipeline.Answerer, *, admins: dict[str, list[str]] | None = None,
+    def __init__(self, db, answerer: pipeline.Answerer | None, *, admins: dict[str, list[str]] | None = None,
                  reindex: Callable[[], str] | None = None, adapters_dir=None, enqueue: bool = True,
                  guard: Admission | None = None):
-        self.db, self.answerer = db, answerer
+        self.db, self.answerer = db, answerer  # None: a command layer that answers nothing (the CLI's twins)
         self.admins = {k: set(v) for k, v in (admins or {}).items()}
         self._reindex, self.adapters_dir = reindex, adapters_dir
         self.enqueue = enqueue  # False: /train records the job but leaves running it to the caller (tests)
