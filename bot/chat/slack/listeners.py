@@ -134,7 +134,8 @@ class Listeners:
 
         Questions and commands are claimed here, before their listener runs; feedback is not (its write
         commits its own delivery key, so a resend of one that died before its commit is processed). A
-        resend stops here with bolt's empty 200: Slack's ack, and nothing else happens."""
+        resend stops here with bolt's empty 200: Slack's ack, and nothing else happens. The claim is
+        milliseconds of SQL on the quick pool, so it comes before the listener's ack within Slack's 3 s."""
         key = delivery_key(body)
         if key is None or await self._submit(self.quick, self.commands.first_delivery, key):
             await next()
