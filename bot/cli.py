@@ -1,8 +1,12 @@
 """The command line: `python -m bot COMMAND --help` for each command.
 
-Every chat command gets a twin here, for operators and for tests. Commands
-print human text by default and JSON with `--json`. Heavy modules are
-imported inside each command so `--help` and light commands start fast.
+Every chat command gets a twin here, for operators and for tests. The
+privileged twins (review, forget, train, jobs, adapters) are the chat
+commands themselves: they build a `Caller` for the operator (platform `cli`,
+an admin), call bot.commands, and render its `Reply`, so the permission
+checks and the audit trail are the chat's own. Commands print human text by
+default and JSON with `--json` (from the Reply's typed fields). Heavy modules
+are imported inside each command so `--help` and light commands start fast.
 """
 from __future__ import annotations
 
@@ -295,37 +299,51 @@ def _who(spec: str | None) -> tuple[str, str]:
     return (platform, user) if sep and platform and user else ("cli", spec or "operator")
 
 
-def _audit(db, action: str, target: str = "", result: str = "ok", detail: str = "", user: str | None = None) -> None:
-    """The audit row of a privileged command run here: platform `cli`, ids and counts only (as bot.commands)."""
-    from bot import store
+def _operator(user: str | None = None):
+    """The operator at this terminal, as the command layer sees them: platform `cli` (an admin)."""
+    from bot.commands import Caller
 
-    store.audit(db, "cli", user or "operator", action, target, result, detail)
+    return Caller("cli", user or "operator")
+
+
+def _commands(db=None, *, enqueue: bool = True):
+    """The command layer for the operator's twins (no answering: none of them asks the model)."""
+    from bot import commands
+
+    return commands.Commands(db if db is not None else _db(), None, adapters_dir=config.get("BOT_ADAPTERS_DIR"),
+                             enqueue=enqueue)
+
+
+def _failed(prog: str, reply) -> int:
+    """A refused or failed Reply on stderr as `prog: what went wrong` (exit 1)."""
+    print(f"{prog}: {reply.text[:1].lower()}{reply.text[1:]}".rstrip("."), file=sys.stderr)
+    return 1
 
 
 def cmd_feedback(args) -> int:
     from bot.learning import feedback
     from bot import guard
 
+    if args.target == "review":
+        cmds = _commands()
+        if args.accept is not None or args.reject is not None:
+            cid, action = (args.accept, "accept") if args.accept is not None else (args.reject, "reject")
+            reply = cmds.review(_operator(args.user), action, cid)
+            if not reply.ok:
+                return _failed("feedback", reply)
+            _out(args, reply.correction.as_json(), f"correction #{cid} {reply.correction.status}")
+            return 0
+        reply = cmds.review(_operator(args.user))
+        if not reply.ok:
+            return _failed("feedback", reply)
+        _out(args, {"pending": reply.pending}, "\n".join(
+            f"#{r['id']} {r['platform']}:{r['user']} on {r['question'][:60]!r}: {r['text'][:200]}"
+            for r in reply.pending) or "no corrections are waiting for review")
+        return 0
+    # A vote or a correction is no privileged action: the operator records one on any answer, as any
+    # person (`--user slack:U1`), and the learning layer takes it directly.
     db = _db()
     try:
-        if args.target == "review":
-            if args.accept is not None or args.reject is not None:
-                cid, accept = (args.accept, True) if args.accept is not None else (args.reject, False)
-                action = f"feedback {'accept' if accept else 'reject'}"
-                try:
-                    done = feedback.review(db, cid, accept, by=feedback.person(*_who(args.user)))
-                except (feedback.FeedbackError, OverflowError) as e:
-                    _audit(db, action, f"#{cid}", f"error: {e}"[:300], user=args.user)
-                    raise feedback.FeedbackError(f"no correction #{cid}" if isinstance(e, OverflowError) else e)
-                _audit(db, action, f"#{cid}", user=args.user)
-                _out(args, done, f"correction #{cid} {done['status']}")
-                return 0
-            rows = feedback.pending(db)
-            _audit(db, "feedback review", "pending", "ok", f"{len(rows)} waiting", user=args.user)
-            _out(args, {"pending": rows}, "\n".join(
-                f"#{r['id']} {r['platform']}:{r['user']} on {r['question'][:60]!r}: {r['text'][:200]}"
-                for r in rows) or "no corrections are waiting for review")
-            return 0
         if args.up == args.down and args.correction is None:
             print("feedback: give --up or --down, and/or --correction TEXT", file=sys.stderr)
             return 2
@@ -353,8 +371,6 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_forget(args) -> int:
-    from bot.learning import feedback
-
     from bot import guard
 
     why = guard.check_text(args.user, what="user", limit=200,
@@ -362,10 +378,11 @@ def cmd_forget(args) -> int:
     if why:
         print(f"forget: {why}", file=sys.stderr)
         return 2
-    db = _db()
     platform, user = _who(args.user.strip())
-    counts = feedback.forget(db, platform, user, adapters_dir=config.get("BOT_ADAPTERS_DIR"), by=("cli", "operator"))
-    _audit(db, "forget", f"{platform}:{user}", "ok", feedback.forget_detail(counts))
+    reply = _commands().forget(_operator(), person=(platform, user))
+    if not reply.ok:
+        return _failed("forget", reply)
+    counts = reply.forgotten
     files = counts["adapters"]
     retrain = (f"; retrain job #{files['retrain_job']} queued (their weights are deleted once it replaces them)"
                if files["retrain_job"] else "")
@@ -401,12 +418,11 @@ def cmd_train(args) -> int:
     db = _db()
     _searcher(db)  # evaluation answers through the real index: make sure there is one
     alive = jobs.worker_alive(db)
-    try:
-        job_id = jobs.submit(db, "cli:" + (args.user or "operator"), "cli", enqueue=alive or not args.wait)
-    except Exception as e:
-        _audit(db, "train", "", f"error: {type(e).__name__}: {e}"[:300], user=args.user)
-        raise
-    _audit(db, "train", f"#{job_id}", user=args.user)
+    # Queued for the worker, unless --wait finds none: then it runs here, below.
+    reply = _commands(db, enqueue=alive or not args.wait).train(_operator(args.user))
+    if not reply.ok:
+        return _failed("train", reply)
+    job_id = reply.job.id
     if not args.wait:
         note = "" if alive else " (no worker is running: start `python -m bot worker`, or use --wait)"
         _out(args, {"job": job_id, "state": "queued"}, f"job #{job_id} queued{note}")
@@ -440,66 +456,53 @@ def cmd_train(args) -> int:
 
 def cmd_jobs(args) -> int:
     from bot import commands
-    from bot.learning import jobs
 
-    db = _db()
+    cmds = _commands()
     if args.action == "cancel":
         if args.id is None:
             print("jobs cancel: which job? `jobs cancel ID`", file=sys.stderr)
             return 2
-        try:
-            if commands.parse_id(args.id) is None:  # 0, negative, or past SQLite's integers
-                raise jobs.JobError(f"no job #{args.id}")
-            done = jobs.cancel(db, args.id, "cli:operator")
-        except jobs.JobError as e:
-            _audit(db, "jobs cancel", f"#{args.id}", f"error: {e}")
-            print(f"jobs cancel: {e}", file=sys.stderr)
-            return 1
-        _audit(db, "jobs cancel", f"#{args.id}", "ok", done["state"])
-        _out(args, done, done["message"])
+        reply = cmds.cancel_job(_operator(), args.id)
+        if not reply.ok:
+            return _failed("jobs cancel", reply)
+        done = reply.job
+        _out(args, {"job": done.id, "state": done.state, "message": done.message}, done.message)
         return 0
-    rows = jobs.listing(db, limit=args.limit)
-    _out(args, {"jobs": rows}, "\n".join(map(commands.job_line, rows)) or "no training jobs yet")
+    reply = cmds.jobs(_operator(), limit=args.limit)
+    _out(args, {"jobs": reply.jobs}, "\n".join(map(commands.job_line, reply.jobs)) or "no training jobs yet")
     return 0
 
 
 def cmd_adapters(args) -> int:
     from bot import commands
-    from bot.learning import registry
 
-    adapters_dir = config.get("BOT_ADAPTERS_DIR")
+    cmds, me = _commands(), _operator()
     if args.action == "list":
-        info = registry.listing(adapters_dir)
-        lines = [f"{'*' if v['version'] == info['in_service'] else ' '} {v['version']}"
-                 f"{' (' + v['verdict'] + ')' if v.get('verdict') else ''}{commands.metric_text(v['metrics'] or {})}"
-                 f"{commands.forgotten_text(v)}" for v in info["versions"]]
+        info = cmds.adapter_list(me).adapters
+        # The same lines as the chat's /adapter list (one renderer: ▶ marks the version in service).
+        lines = [commands.version_line(v, info["in_service"]) for v in info["versions"]]
         _out(args, info, "\n".join(lines) + f"\nin service: {info['in_service'] or 'the base model'}")
         return 0
     if args.action == "chart":
-        from bot.learning import charts
-
-        png = charts.adapter_chart(adapters_dir)
-        if png is None:
+        reply = cmds.adapter_chart(me)
+        if reply.attachment is None:
             print("adapters chart: no adapter version with a card yet", file=sys.stderr)
             return 1
+        png = reply.attachment.content
         out = Path(args.out or "adapters.png")
         out.write_bytes(png)
         _out(args, {"path": str(out), "bytes": len(png)}, f"chart written to {out}")
         return 0
-    try:
-        if args.action == "promote":
-            if not args.version:
-                print("adapters promote: which version? `adapters promote V`", file=sys.stderr)
-                return 2
-            now = registry.promote(_db(), adapters_dir, args.version, by="cli:operator")
-        else:
-            now = registry.rollback(_db(), adapters_dir, by="cli:operator")
-    except registry.RegistryError as e:
-        _audit(_db(), f"adapter {args.action}", commands.ident(args.version) if args.version else "",
-               f"error: {e}"[:300])
-        print(f"adapters {args.action}: {e}", file=sys.stderr)
-        return 1
-    _audit(_db(), f"adapter {args.action}", now or "base")
+    if args.action == "promote":
+        if not args.version:
+            print("adapters promote: which version? `adapters promote V`", file=sys.stderr)
+            return 2
+        reply = cmds.adapter_promote(me, args.version)
+    else:
+        reply = cmds.adapter_rollback(me)
+    if not reply.ok:
+        return _failed(f"adapters {args.action}", reply)
+    now = reply.in_service
     _out(args, {"in_service": now}, f"in service: {now or 'the base model'} (the next answer uses it)")
     return 0
 

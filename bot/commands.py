@@ -17,22 +17,30 @@ Feedback actions (votes, corrections, opt-out/in, reviews, forget) take the
 platform's `delivery` id: it is stored in the same transaction as the work,
 so a transport can acknowledge once the method returns (stored means
 acknowledged), and a resend of a stored delivery gets a Reply with
-`data["duplicate"]` and changes nothing, while one whose first delivery died
-before its commit is processed.
+`duplicate` set and changes nothing, while one whose first delivery died
+before its commit is processed. Questions and other commands are
+de-duplicated by `first_delivery` (a Slack middleware, one Discord helper),
+and answers in flight are recorded through `inflight_*`: transports reach
+the database only through this layer.
+
+Arguments are typed: each transport parses its own payload (Slack's command
+text in bot/chat/slack/parse.py; Discord's options arrive typed) and calls
+the method for what was asked. A `Reply` carries typed fields, never a dict.
 """
 from __future__ import annotations
 
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Literal
 
-from bot.answering import pipeline
+from bot.answering import inflight, pipeline
 from bot.learning import feedback
-from bot import guard, store
+from bot import guard, messages, store
 from bot.guard import MAX_CORRECTION_CHARS, MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name them here)
-from bot.guard import Admission
+from bot.guard import Admission, Busy
+from bot.messages import ALREADY, SORRY  # noqa: F401  (re-exported: transports and tests name them here)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +58,6 @@ HELP = [
      "adapter versions with their metrics, or as a chart; promote and rollback are admin"),
     ("/help", "this list"),
 ]
-SORRY = "Sorry, that failed on my side; it is logged for the operator. Please try again later."
-ALREADY = "Already saved: this was sent twice, and it counts once."
 _IDENT = re.compile(r"[\w.:#-]{1,64}", re.ASCII)
 _MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id cannot name a row, and would not even bind
 
@@ -82,25 +88,89 @@ class Caller:
         return pipeline.Context(self.platform, self.user, self.channel, self.thread)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file a reply carries (the /adapter chart PNG): each transport attaches it its own way."""
+
+    name: str
+    content: bytes
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class CorrectionState:
+    """A correction stored or reviewed: its id, its status, and who decided it (reviews)."""
+
+    id: int
+    status: str  # "pending" | "accepted" | "rejected"
+    by: str | None = None
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """A training job queued (/train) or cancelled (/jobs cancel): its id, state and what happened."""
+
+    id: int
+    state: str  # "queued" | "cancelled" | "cancelling"
+    message: str = ""
+
+
 @dataclass
 class Reply:
+    """What a command says, and what a transport needs beyond the text. Each field names one thing:
+    the recent answers to rate (`rateable`) are rows, what /forget deleted (`forgotten`) are counts."""
+
     text: str
     ok: bool = True
     private: bool = False  # shown only to the caller (Slack ephemeral, Discord ephemeral)
-    data: dict = field(default_factory=dict)
+    duplicate: bool = False  # a resend of work already stored: its reply was given the first time
+    busy: Busy | None = None  # a question not admitted: why, and when to try again
+    attachment: Attachment | None = None
+    rateable: list[dict] = field(default_factory=list)  # /feedback: the caller's recent answers (id, question, vote)
+    hits: list[dict] = field(default_factory=list)  # /kb search: the passages, as `Hit.as_json`
+    pending: list[dict] | None = None  # /feedback review: the corrections waiting (None: not a listing)
+    correction: CorrectionState | None = None
+    forgotten: dict | None = None  # /forget me: how many answers, votes, corrections, adapter rows were deleted
+    job: JobChange | None = None
+    jobs: list[dict] | None = None  # /jobs: the listing, newest first
+    adapters: dict | None = None  # /adapter list: `registry.listing` ({"in_service", "versions"})
+    in_service: str | None = None  # /adapter promote|rollback: the version now served (None: the base model)
 
 
 class Commands:
-    def __init__(self, db, answerer: pipeline.Answerer, *, admins: dict[str, list[str]] | None = None,
+    def __init__(self, db, answerer: pipeline.Answerer | None, *, admins: dict[str, list[str]] | None = None,
                  reindex: Callable[[], str] | None = None, adapters_dir=None, enqueue: bool = True,
                  guard: Admission | None = None):
-        self.db, self.answerer = db, answerer
+        self.db, self.answerer = db, answerer  # None: a command layer that answers nothing (the CLI's twins)
         self.admins = {k: set(v) for k, v in (admins or {}).items()}
         self._reindex, self.adapters_dir = reindex, adapters_dir
         self.enqueue = enqueue  # False: /train records the job but leaves running it to the caller (tests)
         # Rate limits and the queue bound: from the settings unless a caller (a test, a load script) brings its own.
         self.guard = guard if guard is not None else Admission.from_settings(
             depth=getattr(answerer, "queue_depth", None))
+
+    # -- de-duplication: each platform calls this once per delivery (a Slack middleware, a Discord helper) --
+
+    def first_delivery(self, key: str) -> bool:
+        """True the first time a platform delivery `key` is seen (and records it); False for a resend."""
+        return store.first_delivery(self.db, key)
+
+    # -- answers in flight (bot/answering/inflight.py): a restart finishes what a dead process left ------
+
+    def inflight_begin(self, caller: Caller, question: str, *, interaction: str | None = None) -> int:
+        return inflight.begin(self.db, caller, question, interaction=interaction)
+
+    def inflight_placed(self, inflight_id: int, message: str) -> None:
+        inflight.placed(self.db, inflight_id, message)
+
+    def inflight_hand_off(self, inflight_id: int, text: str) -> int | None:
+        return inflight.hand_off(self.db, inflight_id, text)
+
+    def inflight_end(self, inflight_id: int) -> None:
+        inflight.end(self.db, inflight_id)
 
     # -- permissions ---------------------------------------------------------
 
@@ -110,8 +180,7 @@ class Commands:
 
     def _refuse(self, caller: Caller, what: str, action: str, target: str = "") -> Reply:
         self._audit(caller, action, target, "refused")
-        return Reply(f"Sorry, {what} is for admins only. Ask an admin of this workspace to run it.",
-                     ok=False, private=True)
+        return Reply(messages.admins_only(what), ok=False, private=True)
 
     # -- the audit trail -------------------------------------------------------
 
@@ -140,7 +209,7 @@ class Commands:
         busy = self.guard.admit(caller.platform, caller.user, caller.channel)
         if busy is None:
             return None
-        return Reply(busy.text, ok=False, private=True, data={"busy": busy.reason, "retry_after": busy.seconds})
+        return Reply(busy.text, ok=False, private=True, busy=busy)
 
     def release(self, caller: Caller) -> None:
         self.guard.release(caller.platform, caller.user)
@@ -168,7 +237,7 @@ class Commands:
         if not hits:
             return Reply("No passage matches that query.", private=True)
         lines = [f"[{n}] {h.doc} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
-        return Reply("\n\n".join(lines), private=True, data={"hits": [h.as_json() for h in hits]})
+        return Reply("\n\n".join(lines), private=True, hits=[h.as_json() for h in hits])
 
     def kb_reindex(self, caller: Caller) -> Reply:
         if not self.is_admin(caller):
@@ -225,7 +294,7 @@ class Commands:
             text = "Thanks! Your correction is saved and accepted: the next training job learns from it."
         else:
             text = "Thanks! Your correction is saved and waits for an admin's review before it is used for training."
-        return Reply(text, private=True, data={"correction_id": done["id"], "status": done["status"]})
+        return Reply(text, private=True, correction=CorrectionState(done["id"], done["status"]))
 
     def feedback_list(self, caller: Caller, limit: int = 5) -> Reply:
         rows = store.recent_answers(self.db, caller.platform, caller.user, limit)
@@ -233,36 +302,29 @@ class Commands:
             return Reply("You have no answers to rate yet. Ask something with /ask.", private=True)
         marks = {1: "👍", -1: "👎", None: "not rated"}
         text = "\n".join(f"• {r['question'][:80]} ({marks[r['vote']]})" for r in rows)
-        return Reply("Your recent answers:\n" + text, private=True, data={"answers": rows})
+        return Reply("Your recent answers:\n" + text, private=True, rateable=rows)
 
-    def feedback_command(self, caller: Caller, text: str = "", delivery: str | None = None) -> Reply:
-        """`/feedback [optout|optin|review [accept|reject <id>]]`: one chat command, several verbs."""
-        words = (text or "").split()
-        if not words:
-            return self.feedback_list(caller)
-        verb = words[0].lower()
+    def opt_out(self, caller: Caller, delivery: str | None = None) -> Reply:
         try:
-            if verb == "optout":
-                feedback.opt_out(self.db, caller.platform, caller.user, delivery=delivery)
-            elif verb == "optin":
-                feedback.opt_in(self.db, caller.platform, caller.user, delivery=delivery)
+            feedback.opt_out(self.db, caller.platform, caller.user, delivery=delivery)
         except feedback.Duplicate:
             return _already()
-        if verb == "optout":
-            return Reply("Done: your questions and feedback stay out of training from now on. "
-                         "You are still answered. `/feedback optin` undoes it; `/forget me` also deletes them.",
-                         private=True)
-        if verb == "optin":
-            return Reply("Done: your feedback can help train the assistant again.", private=True)
-        if verb == "review":
-            action = words[1].lower() if len(words) > 1 else None
-            ident = words[2] if len(words) > 2 else None
-            return self.review(caller, action, ident, delivery=delivery)
-        return Reply("Use `/feedback`, `/feedback optout`, `/feedback optin` or "
-                     "`/feedback review [accept|reject <id>]`.", ok=False, private=True)
+        return Reply("Done: your questions and feedback stay out of training from now on. "
+                     "You are still answered. `/feedback optin` undoes it; `/forget me` also deletes them.",
+                     private=True)
 
-    def review(self, caller: Caller, action: str | None = None, correction_id=None,
-               delivery: str | None = None) -> Reply:
+    def opt_in(self, caller: Caller, delivery: str | None = None) -> Reply:
+        try:
+            feedback.opt_in(self.db, caller.platform, caller.user, delivery=delivery)
+        except feedback.Duplicate:
+            return _already()
+        return Reply("Done: your feedback can help train the assistant again.", private=True)
+
+    def review(self, caller: Caller, action: Literal["accept", "reject"] | None = None,
+               correction_id: int | None = None, delivery: str | None = None) -> Reply:
+        """Corrections waiting (no `action`), or accept/reject one. Admins only; the refusal comes before any
+        other check, so a non-admin learns nothing about the arguments. `correction_id` is checked here too
+        (a number in SQLite's range) because every transport hands on what a person typed."""
         if not self.is_admin(caller):
             verb = action if action in ("accept", "reject") else "review"
             target = f"#{parse_id(correction_id)}" if parse_id(correction_id) else ""
@@ -272,23 +334,24 @@ class Commands:
             # Reading everyone's pending corrections is itself privileged: on the trail, by count.
             self._audit(caller, "feedback review", "pending", "ok", f"{len(rows)} waiting")
             if not rows:
-                return Reply("No corrections are waiting for review.", private=True, data={"pending": []})
+                return Reply("No corrections are waiting for review.", private=True, pending=[])
             lines = [f"#{r['id']} by {r['platform']}:{r['user']} on “{_short(r['question'], 80)}”\n"
                      f"    answer: {_short(r['answer'], 120)}\n    correction: {_short(r['text'], 300)}" for r in rows]
             return Reply("Corrections waiting for review (`/feedback review accept|reject <id>`):\n"
-                         + "\n".join(lines), private=True, data={"pending": rows})
+                         + "\n".join(lines), private=True, pending=rows)
         if action not in ("accept", "reject"):
             return Reply("Use `/feedback review`, `/feedback review accept <id>` or `/feedback review reject <id>`.",
                          ok=False, private=True)
-        cid = parse_id(correction_id)
-        if cid is None:
+        if correction_id is None:
             return Reply(f"Which correction? `/feedback review {action} <id>` (the number after #).",
                          ok=False, private=True)
-        what = f"feedback {action}"
+        cid, what = correction_id, f"feedback {action}"
         already = self._duplicate(delivery)
         if already:
             return already
         try:
+            if not _in_range(cid):  # a number no row can have (the CLI passes what it was given)
+                raise feedback.FeedbackError(f"no correction #{cid}")
             done = feedback.review(self.db, cid, action == "accept", by=feedback.person(caller.platform, caller.user),
                                    delivery=delivery)
         except feedback.Duplicate:
@@ -299,16 +362,19 @@ class Commands:
         except Exception as e:
             return self._failed(caller, what, f"#{cid}", e)
         self._audit(caller, what, f"#{cid}")
-        return Reply(f"Correction #{cid} {done['status']}.", private=True, data=done)
+        return Reply(f"Correction #{cid} {done['status']}.", private=True,
+                     correction=CorrectionState(done["id"], done["status"], done.get("by")))
 
-    def forget(self, caller: Caller, who: str = "me", delivery: str | None = None) -> Reply:
-        if (who or "").strip().lower() != "me":
-            return Reply("`/forget me` deletes what you asked, rated and corrected. "
-                         "It only ever applies to you.", ok=False, private=True)
-        me = feedback.person(caller.platform, caller.user)
+    def forget(self, caller: Caller, delivery: str | None = None, *, person: tuple[str, str] | None = None) -> Reply:
+        """`/forget me`: the caller's questions, votes and corrections, and what adapters learned from them.
+        `person` (platform, user): someone else's, for an admin (the operator at the CLI)."""
+        platform, user = person or (caller.platform, caller.user)
+        me = feedback.person(platform, user)
+        if person is not None and not self.is_admin(caller):
+            return self._refuse(caller, "forgetting someone else", "forget", me)
         try:
-            counts = feedback.forget(self.db, caller.platform, caller.user, adapters_dir=self.adapters_dir,
-                                     enqueue=self.enqueue, delivery=delivery)
+            counts = feedback.forget(self.db, platform, user, adapters_dir=self.adapters_dir,
+                                     by=(caller.platform, caller.user), enqueue=self.enqueue, delivery=delivery)
         except feedback.Duplicate:
             return _already()
         except Exception as e:
@@ -320,10 +386,12 @@ class Commands:
                  if files["retrain_job"] else
                  f" {len(files['marked'])} adapter version(s) out of service had learned from it: their weights "
                  "are deleted." if files["marked"] else "")
+        whose = "" if person is None else f" of {me}"
+        opted = ("you are opted out of training from now on (`/feedback optin` undoes that)" if person is None
+                 else "they are opted out of training from now on")
         return Reply(f"Deleted {counts['answers']} question(s), {counts['votes']} vote(s) and "
-                     f"{counts['corrections']} correction(s), and {files['rows']} copy(ies) of them in "
-                     f"{files['files']} training file(s); you are opted out of training from now on "
-                     f"(`/feedback optin` undoes that).{model}", private=True, data=counts)
+                     f"{counts['corrections']} correction(s){whose}, and {files['rows']} copy(ies) of them in "
+                     f"{files['files']} training file(s); {opted}.{model}", private=True, forgotten=counts)
 
     # -- training and adapters -----------------------------------------------
 
@@ -341,25 +409,25 @@ class Commands:
         note = "" if jobs.worker_alive(self.db) else (
             " No training worker is running now (start it with `python -m bot worker`); the job waits for it.")
         return Reply(f"Training job #{job_id} queued. Progress and the verdict are posted here.{note}",
-                     data={"job": job_id})
+                     job=JobChange(job_id, "queued"))
 
-    def jobs(self, caller: Caller, action: str | None = None, job_id=None) -> Reply:
+    def jobs(self, caller: Caller, limit: int = 10) -> Reply:
         from bot.learning import jobs
 
-        if action is None:
-            rows = jobs.listing(self.db, limit=10)
-            if not rows:
-                return Reply("No training jobs yet. An admin starts one with /train.", private=True,
-                             data={"jobs": []})
-            return Reply("Training jobs, newest first:\n" + "\n".join(map(job_line, rows)), private=True,
-                         data={"jobs": rows})
-        if action != "cancel":
-            return Reply("Use `/jobs` or `/jobs cancel <id>`.", ok=False, private=True)
-        number = parse_id(job_id)
-        if number is None:
+        rows = jobs.listing(self.db, limit=limit)
+        if not rows:
+            return Reply("No training jobs yet. An admin starts one with /train.", private=True, jobs=[])
+        return Reply("Training jobs, newest first:\n" + "\n".join(map(job_line, rows)), private=True, jobs=rows)
+
+    def cancel_job(self, caller: Caller, job_id: int | None) -> Reply:
+        """Admins, or whoever queued it. `job_id` is checked here (in SQLite's range): transports hand on
+        what a person typed."""
+        from bot.learning import jobs
+
+        if job_id is None:
             return Reply("Which job? `/jobs cancel <id>` (the number after #).", ok=False, private=True)
-        target = f"#{number}"
-        row = store.job(self.db, number)
+        number, target = job_id, f"#{job_id}"
+        row = store.job(self.db, number) if _in_range(number) else None
         if row is None:
             self._audit(caller, "jobs cancel", target, "error: no such job")
             return Reply(f"There is no job #{number}.", ok=False, private=True)
@@ -373,31 +441,35 @@ class Commands:
         except Exception as e:
             return self._failed(caller, "jobs cancel", target, e)
         self._audit(caller, "jobs cancel", target, "ok", done["state"])
-        return Reply(_sentence(done["message"]), data=done)
+        return Reply(_sentence(done["message"]), job=JobChange(done["job"], done["state"], done["message"]))
 
-    def adapter(self, caller: Caller, action: str, version: str | None = None) -> Reply:
+    def adapter_list(self, caller: Caller) -> Reply:
         from bot.learning import registry
 
-        if action == "list":
-            info = registry.listing(self.adapters_dir)
-            if not info["versions"]:
-                return Reply("No adapter versions yet: the base model serves.", private=True, data=info)
-            lines = [f"{'▶' if v['version'] == info['in_service'] else '•'} {v['version']}"
-                     f"{' (' + v['verdict'] + ')' if v.get('verdict') else ''}{metric_text(v.get('metrics') or {})}"
-                     f"{forgotten_text(v)}" for v in info["versions"]]
-            return Reply("Adapter versions (▶ in service):\n" + "\n".join(lines), private=True, data=info)
-        if action == "chart":
-            from bot.learning import charts
+        info = registry.listing(self.adapters_dir)
+        if not info["versions"]:
+            return Reply("No adapter versions yet: the base model serves.", private=True, adapters=info)
+        lines = [version_line(v, info["in_service"]) for v in info["versions"]]
+        return Reply("Adapter versions (▶ in service):\n" + "\n".join(lines), private=True, adapters=info)
 
-            png = charts.adapter_chart(self.adapters_dir)
-            if png is None:
-                return Reply("No adapter version has a card yet: there is nothing to chart.", private=True)
-            # The PNG travels in `data`; each transport attaches it its own way.
-            return Reply("Adapter versions: character F1 per version and set (left), training loss (right).",
-                         data={"chart_png": png, "chart_name": "adapters.png"})
-        if action not in ("promote", "rollback"):
-            return Reply("Use `/adapter list`, `/adapter chart`, `/adapter promote <version>` or `/adapter rollback`.",
-                         ok=False, private=True)
+    def adapter_chart(self, caller: Caller) -> Reply:
+        from bot.learning import charts
+
+        png = charts.adapter_chart(self.adapters_dir)
+        if png is None:
+            return Reply("No adapter version has a card yet: there is nothing to chart.", private=True)
+        return Reply("Adapter versions: character F1 per version and set (left), training loss (right).",
+                     attachment=Attachment("adapters.png", png, "Adapter versions"))
+
+    def adapter_promote(self, caller: Caller, version: str | None) -> Reply:
+        return self._switch(caller, "promote", version)
+
+    def adapter_rollback(self, caller: Caller) -> Reply:
+        return self._switch(caller, "rollback", None)
+
+    def _switch(self, caller: Caller, action: Literal["promote", "rollback"], version: str | None) -> Reply:
+        from bot.learning import registry
+
         what = f"adapter {action}"
         target = ident(version) if action == "promote" and version else ""
         if not self.is_admin(caller):
@@ -418,19 +490,24 @@ class Commands:
         except Exception as e:
             return self._failed(caller, what, target, e)
         self._audit(caller, what, now or "base", "ok", f"{before or 'base'} -> {now or 'base'}")
-        return Reply(f"Adapter in service: {now or 'the base model'}. The next answer uses it.")
+        return Reply(f"Adapter in service: {now or 'the base model'}. The next answer uses it.", in_service=now)
 
     def help(self, caller: Caller) -> Reply:
         return Reply("\n".join(f"`{c}` — {d}" for c, d in HELP), private=True)
 
 
 def _already() -> Reply:
-    return Reply(ALREADY, private=True, data={"duplicate": True})
+    return Reply(ALREADY, private=True, duplicate=True)
+
+
+def _in_range(number: int) -> bool:
+    """Whether a row id can be this number: SQLite's integers are 1..2**63-1 here (a larger one would not bind)."""
+    return 1 <= number <= _MAX_ID
 
 
 def _nobody(caller: Caller) -> str | None:
     """Feedback is stored against a person: a payload that names none cannot give any."""
-    return None if caller.user else "I can't tell who sent that, so nothing was recorded."
+    return None if caller.user else messages.NOBODY
 
 
 def _short(text: str, n: int) -> str:
@@ -441,6 +518,13 @@ def _short(text: str, n: int) -> str:
 def _sentence(message) -> str:
     text = str(message)
     return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+def version_line(version: dict, in_service: str | None) -> str:
+    """One adapter version in words, `▶` marking the one in service: `▶ v0002 (promoted): golden F1 …`."""
+    return (f"{'▶' if version['version'] == in_service else '•'} {version['version']}"
+            f"{' (' + version['verdict'] + ')' if version.get('verdict') else ''}"
+            f"{metric_text(version.get('metrics') or {})}{forgotten_text(version)}")
 
 
 def forgotten_text(version: dict) -> str:

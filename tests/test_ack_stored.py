@@ -171,7 +171,7 @@ def test_only_placeholders_of_dead_processes_on_this_host_are_recovered(cmds):
         r["id"] for r in store.inflight(cmds.db)}
     assert inflight.recover(cmds.db, cmds.answerer.searcher) == []  # done once
     # /forget me takes a person's questions in flight with the rest.
-    cmds.forget(Caller("slack", "U1"), "me")
+    cmds.forget(Caller("slack", "U1"))
     assert store.inflight(cmds.db) == []
 
 

@@ -10,6 +10,7 @@ from bot.answering import pipeline
 from bot import commands, store
 from bot.learning import registry
 from bot.knowledge import retrieval
+from bot.chat.slack import parse
 from bot.commands import Caller
 from fakes import ScriptedGenerator
 
@@ -44,8 +45,8 @@ def _adapter(root: Path, version: str):
 
 
 def test_admin_commands_are_refused_to_others_with_a_clear_message(cmds):
-    for reply in (cmds.train(USER), cmds.kb_reindex(USER), cmds.adapter(USER, "promote", "v1"),
-                  cmds.adapter(USER, "rollback")):
+    for reply in (cmds.train(USER), cmds.kb_reindex(USER), cmds.adapter_promote(USER, "v1"),
+                  cmds.adapter_rollback(USER)):
         assert not reply.ok and "admins only" in reply.text and reply.private
     assert cmds.reindexed == []
 
@@ -60,56 +61,56 @@ def test_admins_by_user_id_and_by_discord_role(cmds):
 def test_train_queues_a_job_that_reports_to_the_channel_that_asked(cmds):
     cmds.enqueue = False  # the job row only: running it is tests/test_loop_jobs.py's business
     reply = cmds.train(Caller("slack", "UADMIN", "C9", "171.5"))
-    assert reply.ok and f"#{reply.data['job']} queued" in reply.text
+    assert reply.ok and f"#{reply.job.id} queued" in reply.text
     assert "No training worker is running" in reply.text  # none beat in this database
-    job = store.job(cmds.db, reply.data["job"])
+    job = store.job(cmds.db, reply.job.id)
     assert (job["state"], job["requested_by"], job["platform"], job["channel"], job["thread"]) == \
         ("queued", "slack:UADMIN", "slack", "C9", "171.5")
     listed = cmds.jobs(USER)
-    assert f"#{job['id']} train queued" in listed.text and listed.data["jobs"][0]["id"] == job["id"]
+    assert f"#{job['id']} train queued" in listed.text and listed.jobs[0]["id"] == job["id"]
 
 
 def test_jobs_cancel_is_for_admins_and_whoever_queued_it(cmds):
     cmds.enqueue = False
-    job_id = cmds.train(ADMIN).data["job"]
-    refused = cmds.jobs(USER, "cancel", str(job_id))
+    job_id = cmds.train(ADMIN).job.id
+    refused = cmds.cancel_job(USER, job_id)
     assert not refused.ok and "admins only" in refused.text
     assert store.job(cmds.db, job_id)["state"] == "queued"
-    assert "cancelled" in cmds.jobs(ADMIN, "cancel", f"#{job_id}").text
+    assert "cancelled" in parse.jobs(cmds, ADMIN, f"cancel #{job_id}").text
     assert store.job(cmds.db, job_id)["state"] == "cancelled"
-    again = cmds.jobs(ADMIN, "cancel", str(job_id))
+    again = cmds.cancel_job(ADMIN, job_id)
     assert not again.ok and "already finished (cancelled)" in again.text
-    assert not cmds.jobs(ADMIN, "cancel", "x").ok and "no job #999" in cmds.jobs(ADMIN, "cancel", "999").text.lower()
+    assert not parse.jobs(cmds, ADMIN, "cancel x").ok and "no job #999" in cmds.cancel_job(ADMIN, 999).text.lower()
 
 
 def test_corrections_wait_for_review_unless_the_author_is_trusted(cmds, monkeypatch):
     ans = cmds.ask(USER, "什么是边缘计算？")
     pending = cmds.correct(USER, ans.id, "边缘计算是在靠近数据源的地方计算。")
-    assert pending.data["status"] == "pending"
-    assert not cmds.feedback_command(USER, "review").ok  # admins only
-    listed = cmds.feedback_command(ADMIN, "review")
-    assert f"#{pending.data['correction_id']}" in listed.text and "靠近数据源" in listed.text
-    assert not cmds.feedback_command(ADMIN, "review accept").ok  # which one?
-    done = cmds.feedback_command(ADMIN, f"review accept {pending.data['correction_id']}")
-    assert done.ok and store.correction(cmds.db, pending.data["correction_id"])["reviewed_by"] == "slack:UADMIN"
-    assert not cmds.feedback_command(ADMIN, f"review reject {pending.data['correction_id']}").ok  # decided already
+    assert pending.correction.status == "pending"
+    assert not cmds.review(USER).ok  # admins only
+    listed = cmds.review(ADMIN)
+    assert f"#{pending.correction.id}" in listed.text and "靠近数据源" in listed.text
+    assert not parse.feedback(cmds, ADMIN, "review accept").ok  # which one?
+    done = cmds.review(ADMIN, "accept", pending.correction.id)
+    assert done.ok and store.correction(cmds.db, pending.correction.id)["reviewed_by"] == "slack:UADMIN"
+    assert not cmds.review(ADMIN, "reject", pending.correction.id).ok  # decided already
     monkeypatch.setenv("BOT_TRUSTED_REVIEWERS", "slack:U1")
     trusted = cmds.correct(USER, ans.id, "边缘计算把计算放在数据源附近。")
-    assert trusted.data["status"] == "accepted" and "accepted" in trusted.text
-    assert "No corrections are waiting" in cmds.feedback_command(ADMIN, "review").text
+    assert trusted.correction.status == "accepted" and "accepted" in trusted.text
+    assert "No corrections are waiting" in cmds.review(ADMIN).text
 
 
 def test_forget_me_deletes_your_data_and_opts_you_out(cmds):
     mine, theirs = cmds.ask(USER, "什么是边缘计算？"), cmds.ask(ADMIN, "FairScale 是什么？")
     cmds.vote(USER, mine.id, 1)
     cmds.correct(USER, theirs.id, "FairScale 是一个训练库。")
-    assert not cmds.forget(USER, "everyone").ok
-    reply = cmds.forget(USER, "me")
-    assert {k: reply.data[k] for k in ("answers", "votes", "corrections")} == {"answers": 1, "votes": 1, "corrections": 1}
+    assert not parse.forget(cmds, USER, "everyone").ok
+    reply = parse.forget(cmds, USER, "me")
+    assert {k: reply.forgotten[k] for k in ("answers", "votes", "corrections")} == {"answers": 1, "votes": 1, "corrections": 1}
     assert store.answer(cmds.db, mine.id) is None and store.answer(cmds.db, theirs.id) is not None
     assert ("slack", "U1") in store.opted_out(cmds.db)
-    assert cmds.feedback_command(USER, "optin").ok and ("slack", "U1") not in store.opted_out(cmds.db)
-    assert not cmds.feedback_command(USER, "bogus").ok
+    assert cmds.opt_in(USER).ok and ("slack", "U1") not in store.opted_out(cmds.db)
+    assert not parse.feedback(cmds, USER, "bogus").ok
 
 
 def test_votes_and_corrections_are_stored_against_the_answer(cmds):
@@ -145,34 +146,34 @@ def test_feedback_lists_your_recent_answers_with_your_vote(cmds):
     cmds.ask(USER, "FairScale 是什么？")
     cmds.vote(USER, first.id, 1)
     reply = cmds.feedback_list(USER)
-    assert [a["question"] for a in reply.data["answers"]] == ["FairScale 是什么？", "什么是边缘计算？"]
+    assert [a["question"] for a in reply.rateable] == ["FairScale 是什么？", "什么是边缘计算？"]
     assert "👍" in reply.text and "not rated" in reply.text
     assert "no answers" in cmds.feedback_list(Caller("slack", "U-new")).text
 
 
 def test_kb_search_shows_sources(cmds):
     reply = cmds.kb_search(USER, "FairScale")
-    assert reply.data["hits"][0]["doc"] == "platform-advantage.md" and "platform-advantage.md" in reply.text
+    assert reply.hits[0]["doc"] == "platform-advantage.md" and "platform-advantage.md" in reply.text
     assert not cmds.kb_search(USER, " ").ok
 
 
 def test_adapter_list_promote_and_rollback_move_only_the_pointer(cmds):
     root = cmds.adapters_dir
-    assert "No adapter versions" in cmds.adapter(USER, "list").text
+    assert "No adapter versions" in cmds.adapter_list(USER).text
     _adapter(root, "v0001")
     _adapter(root, "v0002")
-    assert cmds.adapter(ADMIN, "promote", "v0001").ok
-    assert cmds.adapter(ADMIN, "promote", "v0002").ok
-    info = cmds.adapter(USER, "list").data
+    assert cmds.adapter_promote(ADMIN, "v0001").ok
+    assert cmds.adapter_promote(ADMIN, "v0002").ok
+    info = cmds.adapter_list(USER).adapters
     assert info["in_service"] == "v0002" and [v["version"] for v in info["versions"]] == ["v0001", "v0002"]
     assert info["versions"][0]["metrics"]["golden"]["candidate"]["f1"] == 0.5
-    assert "v0001 (promoted): golden F1 0.25→0.50, NLL 3.50→3.25" in cmds.adapter(USER, "list").text
+    assert "v0001 (promoted): golden F1 0.25→0.50, NLL 3.50→3.25" in cmds.adapter_list(USER).text
     (root / ".tmp-v0003").mkdir()  # a run still writing is not a version
     (root / ".tmp-v0003" / "adapter_config.json").write_text("{}")
     assert [v["version"] for v in registry.listing(root)["versions"]] == ["v0001", "v0002"]
-    assert cmds.adapter(ADMIN, "rollback").ok
+    assert cmds.adapter_rollback(ADMIN).ok
     assert registry.listing(root)["in_service"] == "v0001"
-    assert cmds.adapter(ADMIN, "rollback").ok  # back to the base model
+    assert cmds.adapter_rollback(ADMIN).ok  # back to the base model
     assert registry.listing(root)["in_service"] is None
     assert [p["action"] for p in store.promotions(cmds.db)] == ["promote", "promote", "rollback", "rollback"]
 
@@ -180,13 +181,13 @@ def test_adapter_list_promote_and_rollback_move_only_the_pointer(cmds):
 def test_a_broken_or_unknown_version_is_refused_and_the_pointer_stays(cmds):
     root = cmds.adapters_dir
     _adapter(root, "v0001")
-    cmds.adapter(ADMIN, "promote", "v0001")
+    cmds.adapter_promote(ADMIN, "v0001")
     (root / "v0002").mkdir()  # no adapter files
     for version in ("v0002", "nope", "../etc"):
-        reply = cmds.adapter(ADMIN, "promote", version)
+        reply = cmds.adapter_promote(ADMIN, version)
         assert not reply.ok and "cannot promote" in reply.text
     assert registry.listing(root)["in_service"] == "v0001"
-    assert not cmds.adapter(ADMIN, "frobnicate").ok
+    assert not parse.adapter(cmds, ADMIN, "frobnicate").ok
 
 
 def test_help_lists_every_command(cmds):

@@ -526,7 +526,7 @@ async def test_feedback_review_is_refused_to_others_and_accepts_for_admins(rec, 
     client = await bot(scripted(EDGE))
     answer_id = await ask_and_wait(rec, client)
     fixed = client.kb.correct(commands.Caller("discord", USER), answer_id, "边缘计算：靠近数据源处理数据。")
-    cid = fixed.data["correction_id"]
+    cid = fixed.correction.id
 
     _, refused = await reply_to(rec, client, slash("feedback", [opt("action", "review")]))
     assert ephemeral(refused) and "admins only" in refused.json["content"]

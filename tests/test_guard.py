@@ -120,7 +120,7 @@ def test_admission_through_the_command_layer_is_a_private_reply_and_the_context_
     with cmds.admission(alice) as busy:
         assert busy is None
         refused = cmds.admit(bob)
-        assert not refused.ok and refused.private and refused.data["busy"] == "queue"
+        assert not refused.ok and refused.private and refused.busy.reason == "queue"
         assert busy_seconds(refused.text) >= 1
     with pytest.raises(RuntimeError):
         with cmds.admission(bob) as busy:
@@ -197,9 +197,9 @@ def test_every_privileged_action_is_audited_refused_failed_and_done_with_ids_onl
     user, admin = Caller("slack", "U1", "C1"), Caller("slack", SLACK_ADMIN, "C1")
     _adapter(tmp_path / "adapters", "v0001")
 
-    for refused in (cmds.train(user), cmds.kb_reindex(user), cmds.adapter(user, "promote", "v0001"),
-                    cmds.adapter(user, "rollback"), cmds.feedback_command(user, "review"),
-                    cmds.feedback_command(user, "review accept 7")):
+    for refused in (cmds.train(user), cmds.kb_reindex(user), cmds.adapter_promote(user, "v0001"),
+                    cmds.adapter_rollback(user), cmds.review(user),
+                    cmds.review(user, "accept", 7)):
         assert not refused.ok and "admins only" in refused.text
     assert audit_rows(kb_db) == [
         ("slack", "U1", "train", "", "refused"), ("slack", "U1", "kb reindex", "", "refused"),
@@ -207,18 +207,18 @@ def test_every_privileged_action_is_audited_refused_failed_and_done_with_ids_onl
         ("slack", "U1", "feedback review", "", "refused"), ("slack", "U1", "feedback accept", "#7", "refused")]
 
     ans = cmds.ask(user, secret_q)
-    fix = cmds.correct(user, ans.id, secret_fix).data["correction_id"]
-    job = cmds.train(admin).data["job"]
-    assert cmds.jobs(user, "cancel", str(job)).text.startswith("Sorry")  # not theirs
-    assert cmds.feedback_command(admin, "review").ok
-    assert cmds.feedback_command(admin, f"review accept {fix}").ok
-    assert not cmds.feedback_command(admin, f"review reject {fix}").ok  # decided already
-    assert cmds.adapter(admin, "promote", "v0001").ok
-    assert not cmds.adapter(admin, "promote", "../../etc").ok
-    assert cmds.jobs(admin, "cancel", f"#{job}").ok
-    assert not cmds.jobs(admin, "cancel", "4242").ok
+    fix = cmds.correct(user, ans.id, secret_fix).correction.id
+    job = cmds.train(admin).job.id
+    assert cmds.cancel_job(user, job).text.startswith("Sorry")  # not theirs
+    assert cmds.review(admin).ok
+    assert cmds.review(admin, "accept", fix).ok
+    assert not cmds.review(admin, "reject", fix).ok  # decided already
+    assert cmds.adapter_promote(admin, "v0001").ok
+    assert not cmds.adapter_promote(admin, "../../etc").ok
+    assert cmds.cancel_job(admin, job).ok
+    assert not cmds.cancel_job(admin, 4242).ok
     assert cmds.kb_reindex(admin).ok
-    assert cmds.forget(user, "me").ok
+    assert cmds.forget(user).ok
     rows = audit_rows(kb_db)[6:]
     assert [(a, t, r.split(":")[0]) for _, _, a, t, r in rows] == [
         ("train", f"#{job}", "ok"), ("jobs cancel", f"#{job}", "refused"),
@@ -259,7 +259,7 @@ def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
     _adapter(env.tmp / "adapters", "v0001")
 
     assert cli.main(["feedback", "review"]) == 0
-    assert cli.main(["feedback", "review", "--accept", str(fix.data["correction_id"]), "--user", "ops"]) == 0
+    assert cli.main(["feedback", "review", "--accept", str(fix.correction.id), "--user", "ops"]) == 0
     assert cli.main(["feedback", "review", "--reject", "999"]) == 1
     assert cli.main(["adapters", "promote", "v0001"]) == 0
     assert cli.main(["adapters", "promote", "v0404"]) == 1
@@ -274,7 +274,7 @@ def test_the_cli_twins_are_audited_as_cli(env, indexed_kb, monkeypatch, capsys):
     train_job = max(j["id"] for j in store.list_jobs(db))
     assert rows == [
         ("cli", "operator", "feedback review", "pending", "ok"),
-        ("cli", "ops", "feedback accept", f"#{fix.data['correction_id']}", "ok"),
+        ("cli", "ops", "feedback accept", f"#{fix.correction.id}", "ok"),
         ("cli", "operator", "feedback reject", "#999", "error"),
         ("cli", "operator", "adapter promote", "v0001", "ok"),
         ("cli", "operator", "adapter promote", "v0404", "error"),

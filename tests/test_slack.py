@@ -333,7 +333,7 @@ async def test_admin_commands_are_refused_to_others_and_run_for_admins(slack):
     admin = Caller("slack", ADMIN, "C0GENERAL")
     (job,) = store.list_jobs(slack.db)  # the refused /train queued nothing
     assert train["text"].startswith(f"Training job #{job['id']} queued") and train["response_type"] == "in_channel"
-    assert adapter["text"] == slack_render.escape(slack.cmds.adapter(admin, "promote", "x").text)
+    assert adapter["text"] == slack_render.escape(slack.cmds.adapter_promote(admin, "x").text)
     assert "admins only" not in train["text"] + adapter["text"]
 
 
@@ -453,8 +453,8 @@ async def test_feedback_optout_and_review_is_for_admins_who_accept_a_pending_cor
     answer_id = await asked(slack, "U0ALICE")
     fixed = await asyncio.to_thread(slack.cmds.correct, Caller("slack", "U0ALICE"), answer_id,
                                     "边缘计算 <靠近数据源> & 低延迟")
-    cid = fixed.data["correction_id"]
-    assert fixed.data["status"] == "pending"
+    cid = fixed.correction.id
+    assert fixed.correction.status == "pending"
 
     optout = acked(await slack.command("/feedback", "optout"))
     assert optout["text"].startswith("Done") and feedback.is_opted_out(slack.db, "slack", "U0ALICE")

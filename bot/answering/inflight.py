@@ -25,11 +25,9 @@ import os
 import socket
 
 from bot import store
+from bot.messages import RESTARTED_EN, RESTARTED_ZH  # noqa: F401  (the apology's words live in the catalogue)
 
 log = logging.getLogger(__name__)
-
-RESTARTED_EN = "Sorry, I was restarted while answering this, so here is what the knowledge base says instead."
-RESTARTED_ZH = "抱歉，回答时我被重新启动了，以下是知识库中最相关的内容。"
 
 
 def _start_time(pid: int) -> str:

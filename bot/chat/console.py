@@ -28,7 +28,7 @@ def render_answer(answer, streamed: bool = False) -> str:
 
 
 def run(answerer, stdin=None, stdout=None) -> int:
-    from bot.answering.pipeline import Context
+    from bot.commands import Caller
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin.isatty()
@@ -37,7 +37,7 @@ def run(answerer, stdin=None, stdout=None) -> int:
     if answerer.generator() is None:
         print(f"(answering without a model: {answerer.unavailable_reason}; "
               "answers are the best passages and their sources)", file=stdout)
-    ctx = Context(platform="cli", user="console", channel="terminal", thread=uuid.uuid4().hex[:12])
+    ctx = Caller("cli", "console", "terminal", uuid.uuid4().hex[:12]).context()
     while True:
         if interactive:
             print("you> ", end="", file=stdout, flush=True)

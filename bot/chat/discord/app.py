@@ -14,8 +14,11 @@ the bot does not know get a message saying so instead of Discord's
 Feedback (votes, corrections, /feedback, /forget) is committed with the
 interaction id as its delivery key before the person is told it is saved,
 so a redelivered interaction is answered once and one whose first delivery
-died before its commit is processed. A question being answered is on record
-(bot/answering/inflight.py) until its answer is posted, so a restart finishes it.
+died before its commit is processed. Questions and unknown interactions count
+once through one helper (`_first`, `Commands.first_delivery`). A question
+being answered is on record (`Commands.inflight_*`) until its answer is
+posted, so a restart finishes it. Slash-command options arrive typed and go
+straight to the typed command methods.
 """
 from __future__ import annotations
 
@@ -28,19 +31,15 @@ from typing import Literal, Optional
 import discord
 from discord import app_commands
 
-from bot.answering import inflight
-from bot import store
 from bot.commands import Caller, Commands, Reply
 from bot.chat.discord.render import answer_text, split_message
+from bot.messages import TRY_AGAIN as SORRY, UNKNOWN_BUTTON, UNKNOWN_FORM
 
 log = logging.getLogger("bot.discord")
 LIMIT = 2000  # Discord's maximum message length
 CORRECTION_ID = re.compile(r"kb:correct:(?P<answer>[0-9a-f]{6,32})")
 VOTE_ID = re.compile(r"kb:vote:(?P<value>up|down):(?P<answer>[0-9a-f]{6,32})")
 FIELD = "correction"
-SORRY = "Sorry, something went wrong on my side; please try again."
-UNKNOWN_BUTTON = "That button is not one I know (it may be from an older version of me); nothing was recorded."
-UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
 
 
 # -- who is asking, and where ------------------------------------------------
@@ -72,7 +71,8 @@ def caller_for(interaction: discord.Interaction) -> Caller:
 
 
 async def _first(cmds: Commands, key: str) -> bool:
-    return await asyncio.to_thread(store.first_delivery, cmds.db, key)
+    """The one de-duplication of this platform: True the first time Discord delivers `key`."""
+    return await asyncio.to_thread(cmds.first_delivery, key)
 
 
 def _delivery(interaction: discord.Interaction) -> str:
@@ -101,7 +101,7 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=VOTE_ID.pat
         # Stored before the response, so the vote counts even if the person then closes the correction form.
         reply = await asyncio.to_thread(cmds.vote, caller_for(interaction), self.answer_id,
                                         1 if self.value == "up" else -1, delivery=_delivery(interaction))
-        if reply.data.get("duplicate"):
+        if reply.duplicate:
             return  # a redelivery of a stored click: the first one was answered
         if self.value == "down" and reply.ok:
             await interaction.response.send_modal(CorrectionModal(self.answer_id))
@@ -155,14 +155,14 @@ async def submit_correction(interaction: discord.Interaction, answer_id: str, te
     except Exception:  # the database: nothing was stored (nor its key), and the person is told so
         log.exception("storing a correction by %s failed", interaction.user.id)
         reply = Reply(SORRY, ok=False, private=True)
-    if reply.data.get("duplicate"):
+    if reply.duplicate:
         return
     await interaction.response.send_message(reply.text, ephemeral=True)
 
 
 async def _unknown(interaction: discord.Interaction, text: str) -> None:
     log.info("unknown %s %s", interaction.type.name, ((interaction.data or {}).get("custom_id") or "")[:100])
-    if not await _first(interaction.client.kb, f"discord:interaction:{interaction.id}"):
+    if not await _first(interaction.client.kb, _delivery(interaction)):
         return
     await interaction.response.send_message(text, ephemeral=True)
 
@@ -191,28 +191,18 @@ async def _run(interaction: discord.Interaction, method, *args, public: bool = F
     await interaction.response.defer(ephemeral=not public, thinking=True)
     kwargs = {"delivery": _delivery(interaction)} if stored else {}
     reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args, **kwargs)
-    if reply.data.get("duplicate"):
+    if reply.duplicate:
         return
     if public and reply.private:
         await interaction.delete_original_response()
-    png = reply.data.get("chart_png")  # /adapter chart: the PNG rides on the follow-up
-    chart = discord.File(io.BytesIO(png), filename=reply.data.get("chart_name", "chart.png")) if png else None
+    file = reply.attachment  # /adapter chart: the PNG rides on the follow-up
+    chart = discord.File(io.BytesIO(file.content), filename=file.name) if file is not None else None
     await _post(interaction.followup.send, reply.text, _feedback_view(reply), file=chart, ephemeral=reply.private)
-
-
-def feedback_text(action: str | None, correction_id: int | None) -> str:
-    """The /feedback options as the command layer's text form (`review accept 3`, `optout`, "")."""
-    if action in (None, "list"):
-        return ""
-    if action in ("accept", "reject"):
-        return f"review {action} {correction_id if correction_id is not None else ''}".strip()
-    return action
 
 
 def _feedback_view(reply: Reply) -> discord.ui.View | None:
     """/feedback lists recent answers; give each a 👍/👎 pair, numbered as in the list."""
-    answers = reply.data.get("answers")
-    answers = answers if isinstance(answers, list) else []  # /forget's data counts answers instead
+    answers = reply.rateable
     view = discord.ui.View(timeout=None) if answers else None
     for n, a in enumerate(answers[:5], 1):
         view.add_item(VoteButton("up", a["id"], label=str(n), row=n - 1))
@@ -274,11 +264,11 @@ class KBClient(discord.Client):
             if not await _first(self.kb, f"discord:message:{message.id}"):
                 return
             # Nothing is posted until the answer is: a restart posts it in the conversation instead.
-            held = await asyncio.to_thread(inflight.begin, self.kb.db, caller, question)
+            held = await asyncio.to_thread(self.kb.inflight_begin, caller, question)
             async with message.channel.typing():
                 answer = await asyncio.to_thread(self.kb.ask, caller, question)
         await _post(message.channel.send, answer_text(answer), vote_view(answer.id), first=message.reply)
-        await asyncio.to_thread(inflight.end, self.kb.db, held)
+        await asyncio.to_thread(self.kb.inflight_end, held)
 
 
 def _register(tree: app_commands.CommandTree) -> None:
@@ -297,15 +287,15 @@ def _register(tree: app_commands.CommandTree) -> None:
             if busy:
                 await interaction.response.send_message(busy.text, ephemeral=True)
                 return
-            if not await _first(cmds, f"discord:interaction:{interaction.id}"):
+            if not await _first(cmds, _delivery(interaction)):
                 return  # a redelivery: the first one is being answered
             # On record before the deferral: a restart edits the "thinking…" reply through the token.
-            held = await asyncio.to_thread(inflight.begin, cmds.db, caller, question,
+            held = await asyncio.to_thread(cmds.inflight_begin, caller, question,
                                            interaction=f"{interaction.application_id}/{interaction.token}")
             await interaction.response.defer(thinking=True)
             answer = await asyncio.to_thread(cmds.ask, caller, question)
         await _post(interaction.followup.send, answer_text(answer), vote_view(answer.id))
-        await asyncio.to_thread(inflight.end, cmds.db, held)
+        await asyncio.to_thread(cmds.inflight_end, held)
 
     kb = app_commands.Group(name="kb", description="The knowledge base")
 
@@ -328,13 +318,22 @@ def _register(tree: app_commands.CommandTree) -> None:
     async def feedback(interaction: discord.Interaction,
                        action: Optional[Literal["list", "optout", "optin", "review", "accept", "reject"]] = None,
                        correction_id: Optional[app_commands.Range[int, 1]] = None) -> None:
-        await _run(interaction, interaction.client.kb.feedback_command, feedback_text(action, correction_id),
-                   stored=True)
+        cmds: Commands = interaction.client.kb
+        if action in (None, "list"):
+            await _run(interaction, cmds.feedback_list)
+        elif action == "optout":
+            await _run(interaction, cmds.opt_out, stored=True)
+        elif action == "optin":
+            await _run(interaction, cmds.opt_in, stored=True)
+        elif action == "review":
+            await _run(interaction, cmds.review, stored=True)
+        else:  # accept | reject
+            await _run(interaction, cmds.review, action, correction_id, stored=True)
 
     @tree.command(name="forget", description="Delete your questions, votes and corrections, and opt out of training")
     @app_commands.describe(what="me: everything you asked, rated and corrected")
     async def forget(interaction: discord.Interaction, what: Literal["me"]) -> None:
-        await _run(interaction, interaction.client.kb.forget, what, stored=True)
+        await _run(interaction, interaction.client.kb.forget, stored=True)  # `what` can only be "me"
 
     @tree.command(name="train", description="Queue a fine-tuning job on accepted feedback (admin)")
     async def train(interaction: discord.Interaction) -> None:
@@ -347,13 +346,21 @@ def _register(tree: app_commands.CommandTree) -> None:
         if cancel is None:
             await _run(interaction, interaction.client.kb.jobs)
         else:
-            await _run(interaction, interaction.client.kb.jobs, "cancel", cancel, public=True)
+            await _run(interaction, interaction.client.kb.cancel_job, cancel, public=True)
 
     @tree.command(name="adapter", description="Adapter versions; promote and rollback are for admins")
     @app_commands.describe(action="list, promote or rollback", version="The version to promote")
     async def adapter(interaction: discord.Interaction, action: Literal["list", "chart", "promote", "rollback"],
                       version: Optional[str] = None) -> None:
-        await _run(interaction, interaction.client.kb.adapter, action, version, public=action != "list")
+        cmds: Commands = interaction.client.kb
+        if action == "list":
+            await _run(interaction, cmds.adapter_list)
+        elif action == "chart":
+            await _run(interaction, cmds.adapter_chart, public=True)
+        elif action == "promote":
+            await _run(interaction, cmds.adapter_promote, version, public=True)
+        else:
+            await _run(interaction, cmds.adapter_rollback, public=True)
 
     @tree.command(name="help", description="What this bot can do")
     async def help_(interaction: discord.Interaction) -> None:

@@ -12,10 +12,12 @@ hands them to the loop without blocking either side, and `pump` shows them
 at most once per interval (Slack allows about one `chat.update` per message per second,
 more gets HTTP 429), stopping as soon as the answer is complete so the
 final update (sources, buttons) is never overtaken by a stale frame.
-Slack retries deliveries it believes lost; `store.first_delivery` makes each
-event and command count once, the feedback writes' own delivery key each click.
-Every placeholder is on record (bot/answering/inflight.py) until its answer lands, so a
-restart finishes answers a killed process left "Thinking…".
+Slack retries deliveries it believes lost; one middleware (`Listeners.once`,
+through `Commands.first_delivery`) makes each event and command count once,
+the feedback writes' own delivery key each click. Every placeholder is on
+record (`Commands.inflight_*`) until its answer lands, so a restart finishes
+answers a killed process left "Thinking…". Slack's command text is parsed
+into typed calls by bot/chat/slack/parse.py.
 
 Questions are admitted (rate limits, the queue bound) before any work: past
 a limit the asker is told "busy, try again in N s" at once. Input is checked
@@ -33,15 +35,17 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 
-from bot import guard
-from bot.answering import inflight
-from bot.chat.slack import render
-from bot import store
-from bot.commands import SORRY, Caller, Commands, Reply
+from bot import guard, messages
+from bot.chat.slack import parse, render
+from bot.commands import Caller, Commands, Reply
+from bot.messages import SORRY
 
 STORED_COMMANDS = ("/feedback", "/forget")  # acked only once their work is stored
+# Commands that count once by the middleware (the stored ones count once by their write's delivery key).
+ONCE_COMMANDS = ("/ask", "/kb", "/train", "/jobs", "/adapter", "/help")
 FEEDBACK_ACK_S = 2.5  # how long a form or feedback command waits for its commit within Slack's 3 s
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
@@ -123,8 +127,20 @@ class Listeners:
     def _submit(self, pool, fn, *args, **kwargs) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 
-    async def first(self, key: str) -> bool:
-        return await self._submit(self.quick, store.first_delivery, self.commands.db, key)
+    # -- de-duplication, once for every request: a bolt middleware --------------
+
+    async def once(self, body, next):
+        """Let a request through to its listener only the first time Slack delivers it.
+
+        Questions and commands are claimed here, before their listener runs; feedback is not (its write
+        commits its own delivery key, so a resend of one that died before its commit is processed). A
+        resend stops here with bolt's empty 200: Slack's ack, and nothing else happens. The claim is
+        milliseconds of SQL on the quick pool, so it comes before the listener's ack within Slack's 3 s."""
+        key = delivery_key(body)
+        if key is None or await self._submit(self.quick, self.commands.first_delivery, key):
+            await next()
+            return None
+        return BoltResponse(status=200, body="")
 
     # -- slash commands -------------------------------------------------------
 
@@ -132,11 +148,9 @@ class Listeners:
         """A slash command answered by one message: `run(caller, text) -> Reply`, off the loop."""
         async def listener(ack, command, respond, client):
             if not command.get("user_id"):
-                await ack("Sorry, that command arrived without a user, so I can't run it.")
+                await ack(messages.NO_USER)
                 return
             await ack()
-            if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
-                return
             caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
             try:
                 reply = await self._submit(self.pool, run, caller,
@@ -145,8 +159,8 @@ class Listeners:
                 log.exception("%s by %s failed", command.get("command"), caller.user)
                 reply = Reply(SORRY, ok=False, private=True)
             await respond(**render.reply_message(reply))
-            if reply.data.get("chart_png") and caller.channel:
-                await self.upload_chart(client, caller.channel, reply)
+            if reply.attachment is not None and caller.channel:
+                await self.upload(client, caller.channel, reply)
         return listener
 
     def stored_command(self, run):
@@ -154,7 +168,7 @@ class Listeners:
         the delivery id, and the ack carries the reply, so what is acknowledged is stored."""
         async def listener(ack, command, respond):
             if not command.get("user_id"):
-                await ack("Sorry, that command arrived without a user, so I can't run it.")
+                await ack(messages.NO_USER)
                 return
             caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
             work = self._submit(self.pool, run, caller, render.unescape(command.get("text") or "").strip(),
@@ -171,7 +185,7 @@ class Listeners:
                 return
             except Exception:
                 reply = await self._settle(work, caller, command.get("command"))
-            if reply.data.get("duplicate"):
+            if reply.duplicate:
                 await ack()  # a resend of a command already done: its reply was given
                 return
             message = render.reply_message(reply)
@@ -187,35 +201,20 @@ class Listeners:
             return Reply(SORRY, ok=False, private=True)
 
     @staticmethod
-    async def upload_chart(client, channel: str, reply: Reply) -> None:
-        """Attach a command's PNG (the /adapter chart) to the channel: Slack's v2 upload (needs files:write)."""
+    async def upload(client, channel: str, reply: Reply) -> None:
+        """Attach a reply's file (the /adapter chart) to the channel: Slack's v2 upload (needs files:write)."""
+        file = reply.attachment
         try:
-            await client.files_upload_v2(channel=channel, file=reply.data["chart_png"],
-                                         filename=reply.data.get("chart_name", "chart.png"), title="Adapter versions")
+            await client.files_upload_v2(channel=channel, file=file.content, filename=file.name,
+                                         title=file.title or file.name)
         except Exception as e:  # no files:write scope, or not in the channel: say so, keep serving
             log.warning("chart upload to %s failed: %s", channel, type(e).__name__)
-
-    def kb(self, caller: Caller, text: str) -> Reply:
-        verb, _, rest = text.partition(" ")
-        if verb == "search":
-            return self.commands.kb_search(caller, rest.strip())
-        if verb == "reindex":
-            return self.commands.kb_reindex(caller)
-        return Reply("Use `/kb search <query>` or `/kb reindex`.", ok=False, private=True)
-
-    def jobs(self, caller: Caller, text: str) -> Reply:
-        words = text.split()
-        return self.commands.jobs(caller, words[0].lower() if words else None, words[1] if len(words) > 1 else None)
-
-    def adapter(self, caller: Caller, text: str) -> Reply:
-        words = text.split()
-        return self.commands.adapter(caller, words[0] if words else "list", words[1] if len(words) > 1 else None)
 
     async def ask(self, ack, command, respond, client):
         question = render.unescape(command.get("text") or "").strip()
         user, channel = command.get("user_id"), command.get("channel_id")
         if not user or not channel:
-            await ack("Sorry, that command arrived without a user or channel, so I can't answer it.")
+            await ack(messages.NO_USER_OR_CHANNEL)
             return
         bad = self.commands.check_question(question)
         if bad:
@@ -227,8 +226,6 @@ class Listeners:
                 await ack(render.escape(busy.text))
                 return
             await ack()
-            if not await self.first(f"slack:cmd:{command.get('trigger_id')}"):
-                return
             try:
                 root = await client.chat_postMessage(channel=channel,
                                                      text=f"<@{user}> asked: {render.escape(question)}")
@@ -254,16 +251,16 @@ class Listeners:
 
         The placeholder is on record from before it is posted until the final answer lands
         (bot/answering/inflight.py): a process killed in between leaves the record for the restart."""
-        db = self.commands.db
-        held = await self._submit(self.quick, inflight.begin, db, caller, question)
+        cmds = self.commands
+        held = await self._submit(self.quick, cmds.inflight_begin, caller, question)
         try:
             placeholder = await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
                                                         text=render.THINKING)
         except Exception:  # nothing was posted: nothing to finish
-            await self._submit(self.quick, inflight.end, db, held)
+            await self._submit(self.quick, cmds.inflight_end, held)
             raise
         ts = placeholder["ts"]
-        await self._submit(self.quick, inflight.placed, db, held, ts)
+        await self._submit(self.quick, cmds.inflight_placed, held, ts)
         stream = TokenStream(asyncio.get_running_loop())
         pump = asyncio.create_task(stream.pump(client, caller.channel, ts, self.update_every_s))
         answer = None
@@ -276,16 +273,16 @@ class Listeners:
             stream.close()
             await pump  # no streaming frame may land after the final text
         if answer is None:
-            final = {"text": "Sorry, something went wrong while answering. Please try again."}
+            final = {"text": messages.ANSWER_FAILED}
         else:
             final = {"text": render.answer_fallback(answer), "blocks": render.answer_blocks(answer)}
         try:
             await client.chat_update(channel=caller.channel, ts=ts, **final)
         except Exception as e:  # noqa: BLE001 (rate-limited, a network error): the outbox retries it, as text
             log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel, type(e).__name__)
-            await self._submit(self.quick, inflight.hand_off, db, held, final["text"])
+            await self._submit(self.quick, cmds.inflight_hand_off, held, final["text"])
             return
-        await self._submit(self.quick, inflight.end, db, held)
+        await self._submit(self.quick, cmds.inflight_end, held)
 
     # -- mentions and direct messages -----------------------------------------
 
@@ -301,11 +298,9 @@ class Listeners:
 
     async def _answer_event(self, body, event, client) -> None:
         thread = event.get("thread_ts") or event.get("ts")
-        if not (event.get("channel") and event.get("user") and thread):
+        if not _addressed(event):
             log.warning("ignored a %s event without channel, user or ts (%s)", event.get("type"), body.get("event_id"))
             return  # nobody to answer, nowhere to answer: there is no one to tell either
-        if not await self.first(f"slack:event:{body.get('event_id')}"):
-            return  # a retry of an event already being answered
         caller = Caller(PLATFORM, event["user"], event["channel"], thread)
         question = render.question_from_event(event.get("text") or "")
         refusal = self.commands.check_question(question)
@@ -357,7 +352,7 @@ class Listeners:
     async def vote_up(self, ack, body, action, respond, client):
         reply = await self._store_vote(body, action, 1)
         await ack()
-        if not reply.data.get("duplicate"):  # a resend of a stored click was answered the first time
+        if not reply.duplicate:  # a resend of a stored click was answered the first time
             await self._say(body, respond, client, reply)
 
     async def vote_down(self, ack, body, action, respond, client):
@@ -370,7 +365,7 @@ class Listeners:
         # Stored, then acked, then the form: the trigger_id allows 3 s for all three, the SQL takes milliseconds.
         reply = await self._store_vote(body, action, -1)
         await ack()
-        if reply.data.get("duplicate"):
+        if reply.duplicate:
             return
         if not reply.ok:
             await self._say(body, respond, client, reply)
@@ -413,8 +408,7 @@ class Listeners:
     async def unknown_command(self, ack, command):
         if command.get("command") in STORED_COMMANDS:  # see unknown_action: still being stored
             return
-        await ack(render.escape(f"Sorry, I don't know {command.get('command') or 'that command'}. "
-                                "`/help` lists what I can do.")[:3000])
+        await ack(render.escape(messages.unknown_command(command.get("command")))[:3000])
 
     async def unknown_action(self, ack, body, respond, client):
         ids = {a.get("action_id") for a in body.get("actions") or []}
@@ -440,16 +434,17 @@ class Listeners:
         await ack()  # a form closed, a shortcut not ours: nothing to do, and nothing to say
 
     def register(self, app) -> None:
+        cmds = self.commands
+        app.middleware(self.once)
         app.command("/ask")(self.ask)
-        app.command("/kb")(self.command(self.kb))
-        app.command("/feedback")(self.stored_command(self.commands.feedback_command))
-        app.command("/forget")(self.stored_command(lambda caller, text, delivery: self.commands.forget(
-            caller, text or "", delivery=delivery)))
+        app.command("/kb")(self.command(functools.partial(parse.kb, cmds)))
+        app.command("/feedback")(self.stored_command(functools.partial(parse.feedback, cmds)))
+        app.command("/forget")(self.stored_command(functools.partial(parse.forget, cmds)))
         # The job's progress and verdict go to the channel /train was run in (the outbox, posted by serve).
-        app.command("/train")(self.command(lambda caller, text: self.commands.train(caller)))
-        app.command("/jobs")(self.command(self.jobs))
-        app.command("/adapter")(self.command(self.adapter))
-        app.command("/help")(self.command(lambda caller, text: self.commands.help(caller)))
+        app.command("/train")(self.command(lambda caller, text: cmds.train(caller)))
+        app.command("/jobs")(self.command(functools.partial(parse.jobs, cmds)))
+        app.command("/adapter")(self.command(functools.partial(parse.adapter, cmds)))
+        app.command("/help")(self.command(lambda caller, text: cmds.help(caller)))
         app.event("app_mention")(self.on_mention)
         app.event("message")(self.on_message)
         app.action(render.VOTE_UP)(self.vote_up)
@@ -462,3 +457,28 @@ class Listeners:
         app.view_submission(anything)(self.unknown_view)
         app.view_closed(anything)(self.ignore)
         app.shortcut(anything)(self.ignore)
+
+
+def _addressed(event: dict) -> bool:
+    """Whether an event names who wrote it, where, and the message to answer in the thread of."""
+    return bool(event.get("channel") and event.get("user") and (event.get("thread_ts") or event.get("ts")))
+
+
+def _question_event(event: dict) -> bool:
+    """Whether the listeners answer this event: a person's mention of the bot, or their own new DM."""
+    if event.get("bot_id") or not _addressed(event):
+        return False
+    if event.get("type") == "app_mention":
+        return True
+    return event.get("type") == "message" and event.get("channel_type") == "im" and not event.get("subtype")
+
+
+def delivery_key(body: dict) -> str | None:
+    """The key a request is de-duplicated by, or None for one that is not (feedback carries its own key in
+    its write; events the bot does not answer are not recorded at all)."""
+    if body.get("command") is not None:
+        return f"slack:cmd:{body.get('trigger_id')}" if body.get("command") in ONCE_COMMANDS else None
+    event = body.get("event")
+    if body.get("type") == "event_callback" and isinstance(event, dict) and _question_event(event):
+        return f"slack:event:{body.get('event_id')}"
+    return None

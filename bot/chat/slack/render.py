@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from bot import messages
 from bot.commands import MAX_CORRECTION_CHARS, Reply
 
 VOTE_UP, VOTE_DOWN = "vote_up", "vote_down"  # action_ids of the buttons
@@ -23,8 +24,8 @@ SECTION_CHARS = 3000  # Block Kit: a section's text is at most 3000 characters
 INPUT_CHARS = min(3000, MAX_CORRECTION_CHARS)  # Block Kit: plain_text_input max_length is at most 3000
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
-UNKNOWN_ACTION = "That button is not one I know (it may be from an older version of me); nothing was recorded."
-UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
+UNKNOWN_ACTION = messages.UNKNOWN_BUTTON  # Slack calls a button's click an action
+UNKNOWN_FORM = messages.UNKNOWN_FORM
 
 
 def escape(text: str) -> str:

@@ -1,0 +1,36 @@
+"""What the bot says to people, where Slack, Discord and the command layer say the same thing.
+
+One catalogue so the platforms cannot drift apart: an apology, an unknown
+button, an admin-only refusal read the same wherever they are shown. Strings
+a single module owns (a command's own reply, the answering pipeline's
+notices) stay beside the code that decides them. Plain text: each transport
+escapes it for its own markup.
+"""
+from __future__ import annotations
+
+# A command, a click or a form failed on our side (a bug, the database): logged for the operator.
+SORRY = "Sorry, that failed on my side; it is logged for the operator. Please try again later."
+# The same, said by Discord (its interactions have no operator-facing wording): tests hold it to "went wrong".
+TRY_AGAIN = "Sorry, something went wrong on my side; please try again."
+# An answer failed after its placeholder was posted: the placeholder is replaced with this.
+ANSWER_FAILED = "Sorry, something went wrong while answering. Please try again."
+# A process was restarted while answering: the retrieval-only answer follows (bot/answering/inflight.py).
+RESTARTED_EN = "Sorry, I was restarted while answering this, so here is what the knowledge base says instead."
+RESTARTED_ZH = "抱歉，回答时我被重新启动了，以下是知识库中最相关的内容。"
+
+ALREADY = "Already saved: this was sent twice, and it counts once."
+NOBODY = "I can't tell who sent that, so nothing was recorded."
+NO_USER = "Sorry, that command arrived without a user, so I can't run it."
+NO_USER_OR_CHANNEL = "Sorry, that command arrived without a user or channel, so I can't answer it."
+
+UNKNOWN_BUTTON = "That button is not one I know (it may be from an older version of me); nothing was recorded."
+UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
+
+
+def admins_only(what: str) -> str:
+    """The refusal of a privileged command (`what`: "/train", "cancelling someone else's job", ...)."""
+    return f"Sorry, {what} is for admins only. Ask an admin of this workspace to run it."
+
+
+def unknown_command(command: str | None) -> str:
+    return f"Sorry, I don't know {command or 'that command'}. `/help` lists what I can do."
