@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import random
 import re
-from types import SimpleNamespace
-
 import pytest
 
-from bot.answering.pipeline import Citation
+from bot.answering.pipeline import Answer, Citation
 from bot.chat.discord.render import CITATION, answer_text, split_message
 
 
@@ -20,7 +18,7 @@ def _no_ws(text: str) -> str:
 
 
 def _answer(text, citations=(), notice=""):
-    return SimpleNamespace(answer=text, citations=list(citations), notice=notice)
+    return Answer("a1", text, list(citations), "llm", None, None, 0.0, notice=notice)
 
 
 def test_answer_text_shows_sources_in_the_answers_language_and_the_notice():

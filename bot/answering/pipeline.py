@@ -50,6 +50,11 @@ class Answer:
     notice: str = ""
     passages: list = field(default_factory=list, repr=False)
 
+    @property
+    def in_english(self) -> bool:
+        """Whether the answer reads as English: a transport labels its sources in the answer's language."""
+        return is_mostly_english(self.answer)
+
     def as_json(self) -> dict:
         return {
             "id": self.id,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-from bot.knowledge.textproc import is_mostly_english
 
 CITATION = re.compile(r"\[\d{1,3}\]")
 # Boundaries in order of preference; a sentence or clause end takes the
@@ -33,7 +32,7 @@ def answer_text(answer) -> str:
     """The answer, then its sources as `[n] doc › heading`, then the notice (if any) in small print."""
     parts = [answer.answer.strip()]
     if answer.citations:
-        label = "Sources" if is_mostly_english(answer.answer) else "来源"
+        label = "Sources" if answer.in_english else "来源"
         parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in answer.citations))
     if answer.notice:
         parts.append(f"-# {answer.notice}")
