@@ -505,9 +505,9 @@ def cmd_adapters(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from bot.learning import jobs
+    from bot.ops import worker
 
-    return jobs.run_worker()
+    return worker.main()
 
 
 def cmd_purge(args) -> int:

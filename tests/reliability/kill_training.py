@@ -120,7 +120,7 @@ def child(point: str, at: int) -> int:
 
 # -- the parent ---------------------------------------------------------------------
 
-RECOVER = "import json; from bot import jobs; print(json.dumps([r['id'] for r in jobs.recover()]))"
+RECOVER = "import json; from bot.learning import jobs; print(json.dumps([r['id'] for r in jobs.recover()]))"
 
 
 def _env(work: Path, cache_dir: Path, steps: int) -> dict:
@@ -186,11 +186,12 @@ def run_kills(work: Path, cache_dir: Path, kills: int = 10, seed: int = 6, steps
     an indexed knowledge base. `served`: a LocalGenerator following `work/adapters`, checked after each."""
     sys.path.insert(0, str(ROOT))
     from bot.learning import jobs
+    from bot.learning.queue import _SqliteHuey
     from bot import store
 
     env = {**os.environ, **_env(work, cache_dir, steps), "PYTHONPATH": str(ROOT)}
     db = store.connect(work / "bot.db")
-    queue = jobs._SqliteHuey("bot", filename=str(work / "huey.db"))
+    queue = _SqliteHuey("bot", filename=str(work / "huey.db"))
     rng = random.Random(seed + 1)
     records = []
     for k, (point, at) in enumerate(_plan(kills, seed, steps), 1):
