@@ -12,55 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot import config
-
-
-def _db():
-    from bot import store
-
-    return store.connect(config.get("BOT_DB"))
-
-
-def _searcher(db, embedder: str | None = None):
-    """The serving index, indexing the bundled knowledge base first on a fresh database."""
-    from bot.knowledge import ingest, retrieval
-    from bot import store
-
-    if not store.documents(db):
-        kdir = config.get("BOT_KNOWLEDGE_DIR")
-        print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
-        ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"))
-    return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
-
-
-def _answerer(db, model: str | None = None):
-    """The answering pipeline with the model loaded lazily, on first question."""
-    from bot.answering import pipeline as answering
-
-    searcher = _searcher(db)
-    preset_name = model or config.get("BOT_MODEL")
-    if preset_name.lower() == "none":
-        return answering.Answerer(db, searcher, None)
-
-    def load():
-        from bot.llm import generation
-
-        # This process only serves: keep bitsandbytes' fast CPU inference layout.
-        gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
-                              adapters_dir=config.get("BOT_ADAPTERS_DIR"), trainable=False)
-        return generation.ModelWorker(gen)
-
-    budgets = {}
-    try:
-        from bot.llm import presets
-
-        g = presets.load(preset_name).generation
-        budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
-    except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
-        def load(e=e):
-            raise RuntimeError(str(e))
-    return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
-                              timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
+from bot import config, wiring
 
 
 def cmd_ask(args) -> int:
@@ -74,7 +26,7 @@ def cmd_ask(args) -> int:
     if why:
         print(f"ask: {why}", file=sys.stderr)
         return 2
-    answerer = _answerer(_db(), args.model)
+    answerer = wiring.build_answerer(wiring.connect_db(), args.model)
     stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
     # `--user slack:U1` asks as that person (so `forget slack:U1` finds it); a plain name is the operator's.
     platform, user = _who(args.user) if args.user else ("cli", "")
@@ -94,7 +46,7 @@ def cmd_index(args) -> int:
     from bot.knowledge import ingest, retrieval
     from bot import store
 
-    db = _db()
+    db = wiring.connect_db()
     kdir = config.get("BOT_KNOWLEDGE_DIR")
     paths = [Path(p) for p in args.paths] or [kdir]
     t0 = time.perf_counter()
@@ -176,7 +128,7 @@ def cmd_search(args) -> int:
     if not args.batch and not (args.question and args.question.strip()):
         print("search: give a question, or --batch FILE.jsonl", file=sys.stderr)
         return 2
-    searcher = _searcher(_db())
+    searcher = wiring.build_searcher(wiring.connect_db())
     if args.batch:
         return _batch(searcher, args.batch, k)
     _print_hits(searcher.search(args.question, k), args.json)
@@ -192,8 +144,8 @@ def cmd_eval_retrieval(args) -> int:
         return 2
     rows = retrieval_eval.load_questions(path)
     if args.compare:
-        db = _db()
-        _searcher(db, "none")  # indexes a fresh database
+        db = wiring.connect_db()
+        wiring.build_searcher(db, "none")  # indexes a fresh database
         results = retrieval_eval.compare(db, rows, args.k)
         if args.json:
             print(json.dumps({name: {k: v for k, v in r.items() if k != "misses"} for name, r in results.items()}))
@@ -201,7 +153,7 @@ def cmd_eval_retrieval(args) -> int:
             print(path)
             print(retrieval_eval.format_comparison(results, args.k))
         return 0
-    searcher = _searcher(_db(), args.embedder)
+    searcher = wiring.build_searcher(wiring.connect_db(), args.embedder)
     result = retrieval_eval.evaluate(searcher, rows, args.k)
     result["load_ms"] = searcher.load_ms
     result["embedder"] = searcher.embedder_name
@@ -212,7 +164,7 @@ def cmd_eval_retrieval(args) -> int:
 def cmd_chat(args) -> int:
     from bot.chat import console
 
-    return console.run(_answerer(_db(), args.model))
+    return console.run(wiring.build_answerer(wiring.connect_db(), args.model))
 
 
 def cmd_models(args) -> int:
@@ -234,11 +186,9 @@ def cmd_models(args) -> int:
                       f"{'4-bit NF4' if r['4bit'] else r['dtype']}  {r['description']}")
         return 0
     if args.action == "build-tiny":
-        from bot.llm import tinymodel
-
         t0 = time.perf_counter()
-        folder = tinymodel.build(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"), force=args.force,
-                                 log=lambda msg: print(msg, file=sys.stderr))
+        folder = wiring.build_tiny_model(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"),
+                                         force=args.force, log=lambda msg: print(msg, file=sys.stderr))
         meta = json.loads((folder / "meta.json").read_text())
         if args.json:
             print(json.dumps({"path": str(folder), **meta}))
@@ -306,7 +256,7 @@ def cmd_feedback(args) -> int:
     from bot.learning import feedback
     from bot import guard
 
-    db = _db()
+    db = wiring.connect_db()
     try:
         if args.target == "review":
             if args.accept is not None or args.reject is not None:
@@ -362,7 +312,7 @@ def cmd_forget(args) -> int:
     if why:
         print(f"forget: {why}", file=sys.stderr)
         return 2
-    db = _db()
+    db = wiring.connect_db()
     platform, user = _who(args.user.strip())
     counts = feedback.forget(db, platform, user, adapters_dir=config.get("BOT_ADAPTERS_DIR"), by=("cli", "operator"))
     _audit(db, "forget", f"{platform}:{user}", "ok", feedback.forget_detail(counts))
@@ -398,8 +348,8 @@ def cmd_train(args) -> int:
     from bot.learning import jobs
     from bot import store
 
-    db = _db()
-    _searcher(db)  # evaluation answers through the real index: make sure there is one
+    db = wiring.connect_db()
+    wiring.build_searcher(db)  # evaluation answers through the real index: make sure there is one
     alive = jobs.worker_alive(db)
     try:
         job_id = jobs.submit(db, "cli:" + (args.user or "operator"), "cli", enqueue=alive or not args.wait)
@@ -442,7 +392,7 @@ def cmd_jobs(args) -> int:
     from bot import commands
     from bot.learning import jobs
 
-    db = _db()
+    db = wiring.connect_db()
     if args.action == "cancel":
         if args.id is None:
             print("jobs cancel: which job? `jobs cancel ID`", file=sys.stderr)
@@ -491,15 +441,15 @@ def cmd_adapters(args) -> int:
             if not args.version:
                 print("adapters promote: which version? `adapters promote V`", file=sys.stderr)
                 return 2
-            now = registry.promote(_db(), adapters_dir, args.version, by="cli:operator")
+            now = registry.promote(wiring.connect_db(), adapters_dir, args.version, by="cli:operator")
         else:
-            now = registry.rollback(_db(), adapters_dir, by="cli:operator")
+            now = registry.rollback(wiring.connect_db(), adapters_dir, by="cli:operator")
     except registry.RegistryError as e:
-        _audit(_db(), f"adapter {args.action}", commands.ident(args.version) if args.version else "",
+        _audit(wiring.connect_db(), f"adapter {args.action}", commands.ident(args.version) if args.version else "",
                f"error: {e}"[:300])
         print(f"adapters {args.action}: {e}", file=sys.stderr)
         return 1
-    _audit(_db(), f"adapter {args.action}", now or "base")
+    _audit(wiring.connect_db(), f"adapter {args.action}", now or "base")
     _out(args, {"in_service": now}, f"in service: {now or 'the base model'} (the next answer uses it)")
     return 0
 
@@ -521,7 +471,8 @@ def cmd_purge(args) -> int:
         _out(args, {"days": 0, "answers": 0, "votes": 0, "corrections": 0},
              "BOT_RETENTION_DAYS=0 keeps everything; nothing purged (give --days N to purge anyway)")
         return 0
-    done = retention.purge(_db(), days, by=("cli", "operator"), adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+    done = retention.purge(wiring.connect_db(), days, by=("cli", "operator"),
+                           adapters_dir=config.get("BOT_ADAPTERS_DIR"))
     _out(args, done, f"deleted {done['answers']} question(s), {done['votes']} vote(s) and "
                      f"{done['corrections']} correction(s) older than {days} days")
     return 0

@@ -20,34 +20,11 @@ import signal
 import socket
 import time
 
-from bot import config, store
+from bot import config, store, wiring
 
 log = logging.getLogger("bot.ops.serve")
 OUTBOX_EVERY_S = 2.0  # how often each platform's poster looks for job messages
 SLACK_TEXT_CHARS = 39000  # Slack truncates a message past 40,000 characters
-
-
-def build_commands(db=None, answerer=None):
-    """The command layer wired to the database, the answerer and the settings."""
-    from bot import cli, commands
-    from bot.knowledge import ingest
-
-    db = db or cli._db()
-    answerer = answerer or cli._answerer(db)
-    kdir = config.get("BOT_KNOWLEDGE_DIR")
-
-    def reindex() -> str:
-        reports = ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"), progress=False)
-        answerer.searcher.__init__(db, answerer.searcher.embedder_name)  # serve the new index at once
-        counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "removed", "skipped", "error")}
-        bad = [f"{r.doc}: {r.message}" for r in reports if r.status in ("skipped", "error")]
-        text = "Re-indexed: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if any(counts.values()) \
-            else "Re-indexed: nothing changed."
-        return text + ("\n" + "\n".join(bad) if bad else "")
-
-    return commands.Commands(
-        db, answerer, reindex=reindex, adapters_dir=config.get("BOT_ADAPTERS_DIR"),
-        admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
 
 
 # -- the outbox: what training jobs have to say, posted by this process -------------
@@ -310,7 +287,7 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
 
     from bot.answering import inflight
 
-    cmds = build_commands()
+    cmds = wiring.build_commands()
     stop = stop or asyncio.Event()
     # Before any platform starts: what a killed process of this host left "Thinking…" goes to the
     # outbox now, answered from retrieval (no model needed), and the posters put it in place.

@@ -264,12 +264,12 @@ def main(argv=None) -> int:
     if args.mode == "child":
         return child(args.args[0], int(args.args[1]))
     sys.path.insert(0, str(ROOT))
-    from bot import config, store
-    from bot.llm import generation, tinymodel
+    from bot import config, store, wiring
+    from bot.llm import generation
     from bot.knowledge import ingest
 
     cache = config.get("BOT_CACHE_DIR")
-    tinymodel.build(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
+    wiring.build_tiny_model(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
     with tempfile.TemporaryDirectory(prefix="kill-training-") as tmp:
         work = Path(tmp)
         docs = work / "kb"

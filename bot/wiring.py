@@ -1,0 +1,95 @@
+"""The composition root: where the store, the searcher, the answerer and the command layer are built.
+
+Every entry point (the CLI, `serve`, the tools) builds its parts here, from
+the settings, instead of borrowing another entry point's private helpers, so
+no entry point imports another. The heavy modules (the answering pipeline,
+retrieval, the model) are imported inside each builder: importing this
+module, as bot.cli does, loads neither torch nor a chat SDK.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bot import config, store
+
+
+def connect_db():
+    """The database at BOT_DB."""
+    return store.connect(config.get("BOT_DB"))
+
+
+def build_searcher(db, embedder: str | None = None):
+    """The serving index, indexing the bundled knowledge base first on a fresh database."""
+    from bot.knowledge import ingest, retrieval
+
+    if not store.documents(db):
+        kdir = config.get("BOT_KNOWLEDGE_DIR")
+        print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
+        ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"))
+    return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
+
+
+def build_answerer(db, model: str | None = None):
+    """The answering pipeline with the model loaded lazily, on first question."""
+    from bot.answering import pipeline as answering
+
+    searcher = build_searcher(db)
+    preset_name = model or config.get("BOT_MODEL")
+    if preset_name.lower() == "none":
+        return answering.Answerer(db, searcher, None)
+
+    def load():
+        from bot.llm import generation
+
+        # This process only serves: keep bitsandbytes' fast CPU inference layout.
+        gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
+                              adapters_dir=config.get("BOT_ADAPTERS_DIR"), trainable=False)
+        return generation.ModelWorker(gen)
+
+    budgets = {}
+    try:
+        from bot.llm import presets
+
+        g = presets.load(preset_name).generation
+        budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
+    except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
+        def load(e=e):
+            raise RuntimeError(str(e))
+    return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
+                              timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
+
+
+def build_commands(db=None, answerer=None):
+    """The command layer wired to the database, the answerer and the settings (what `serve` runs)."""
+    from bot import commands
+    from bot.knowledge import ingest
+
+    db = db or connect_db()
+    answerer = answerer or build_answerer(db)
+    kdir = config.get("BOT_KNOWLEDGE_DIR")
+
+    def reindex() -> str:
+        reports = ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"), progress=False)
+        answerer.searcher.reload()  # serve the new index at once
+        counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "removed", "skipped", "error")}
+        bad = [f"{r.doc}: {r.message}" for r in reports if r.status in ("skipped", "error")]
+        text = "Re-indexed: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if any(counts.values()) \
+            else "Re-indexed: nothing changed."
+        return text + ("\n" + "\n".join(bad) if bad else "")
+
+    return commands.Commands(
+        db, answerer, reindex=reindex, adapters_dir=config.get("BOT_ADAPTERS_DIR"),
+        admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
+
+
+def build_tiny_model(cache_dir: Path, docs_dir: Path, *, force: bool = False, log=print) -> Path:
+    """The offline tiny model (bot.llm.tinymodel) pre-trained on the documents under `docs_dir`.
+
+    llm and knowledge never import each other: the documents are read here, by
+    knowledge's reader (chat tokens stripped), and handed to the build, which
+    reads them only when it has to build."""
+    from bot.knowledge import ingest
+    from bot.llm import tinymodel
+
+    return tinymodel.build(cache_dir, lambda: ingest.training_texts(Path(docs_dir)), force=force, log=log)
