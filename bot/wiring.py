@@ -2,7 +2,9 @@
 
 Every entry point (the CLI, `serve`, the tools) builds its parts here, from
 the settings, instead of borrowing another entry point's private helpers, so
-no entry point imports another. The heavy modules (the answering pipeline,
+no entry point imports another. It also adapts the store to the
+small protocols of the layers that must not import it (the outbox poster in
+bot.chat). The heavy modules (the answering pipeline,
 retrieval, the model) are imported inside each builder: importing this
 module, as bot.cli does, loads neither torch nor a chat SDK.
 """
@@ -81,6 +83,23 @@ def build_commands(db=None, answerer=None):
     return commands.Commands(
         db, answerer, reindex=reindex, adapters_dir=config.get("BOT_ADAPTERS_DIR"),
         admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
+
+
+class StoreOutbox:
+    """The store's outbox table as the poster's `bot.chat.outbox.Outbox`: chat never imports the store,
+    so the composition root hands the poster this adapter over the serving process's connection."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def claim(self, platform: str, claimer: str, limit: int, lease_s: float) -> list:
+        return store.claim_outbox(self.db, platform, claimer, limit, lease_s)
+
+    def sent(self, ids: list[int]) -> None:
+        store.mark_outbox_sent(self.db, ids)
+
+    def dropped(self, outbox_id: int, why: str) -> None:
+        store.mark_outbox_dropped(self.db, outbox_id, why)
 
 
 def build_tiny_model(cache_dir: Path, docs_dir: Path, *, force: bool = False, log=print) -> Path:
