@@ -62,26 +62,32 @@ def build_answerer(db, model: str | None = None):
                               timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
 
 
-def build_commands(db=None, answerer=None):
-    """The command layer wired to the database, the answerer and the settings (what `serve` runs)."""
-    from bot import commands
+def reindexer(db, searcher):
+    """`/kb reindex`: index BOT_KNOWLEDGE_DIR again and serve the new index at once; the text it says."""
     from bot.knowledge import ingest
 
-    db = db or connect_db()
-    answerer = answerer or build_answerer(db)
     kdir = config.get("BOT_KNOWLEDGE_DIR")
 
     def reindex() -> str:
         reports = ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"), progress=False)
-        answerer.searcher.reload()  # serve the new index at once
+        searcher.reload()  # serve the new index at once
         counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "removed", "skipped", "error")}
         bad = [f"{r.doc}: {r.message}" for r in reports if r.status in ("skipped", "error")]
         text = "Re-indexed: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if any(counts.values()) \
             else "Re-indexed: nothing changed."
         return text + ("\n" + "\n".join(bad) if bad else "")
 
+    return reindex
+
+
+def build_commands(db=None, answerer=None):
+    """The command layer wired to the database, the answerer and the settings (what `serve` runs)."""
+    from bot import commands
+
+    db = db or connect_db()
+    answerer = answerer or build_answerer(db)
     return commands.Commands(
-        db, answerer, reindex=reindex, adapters_dir=config.get("BOT_ADAPTERS_DIR"),
+        db, answerer, reindex=reindexer(db, answerer.searcher), adapters_dir=config.get("BOT_ADAPTERS_DIR"),
         admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
 
 
