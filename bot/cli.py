@@ -16,55 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot import config
-
-
-def _db():
-    from bot import store
-
-    return store.connect(config.get("BOT_DB"))
-
-
-def _searcher(db, embedder: str | None = None):
-    """The serving index, indexing the bundled knowledge base first on a fresh database."""
-    from bot.knowledge import ingest, retrieval
-    from bot import store
-
-    if not store.documents(db):
-        kdir = config.get("BOT_KNOWLEDGE_DIR")
-        print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
-        ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"))
-    return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
-
-
-def _answerer(db, model: str | None = None):
-    """The answering pipeline with the model loaded lazily, on first question."""
-    from bot.answering import pipeline as answering
-
-    searcher = _searcher(db)
-    preset_name = model or config.get("BOT_MODEL")
-    if preset_name.lower() == "none":
-        return answering.Answerer(db, searcher, None)
-
-    def load():
-        from bot.llm import generation
-
-        # This process only serves: keep bitsandbytes' fast CPU inference layout.
-        gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
-                              adapters_dir=config.get("BOT_ADAPTERS_DIR"), trainable=False)
-        return generation.ModelWorker(gen)
-
-    budgets = {}
-    try:
-        from bot.llm import presets
-
-        g = presets.load(preset_name).generation
-        budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
-    except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
-        def load(e=e):
-            raise RuntimeError(str(e))
-    return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
-                              timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
+from bot import config, wiring
 
 
 def cmd_ask(args) -> int:
@@ -78,7 +30,7 @@ def cmd_ask(args) -> int:
     if why:
         print(f"ask: {why}", file=sys.stderr)
         return 2
-    answerer = _answerer(_db(), args.model)
+    answerer = wiring.build_answerer(wiring.connect_db(), args.model)
     stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
     # `--user slack:U1` asks as that person (so `forget slack:U1` finds it); a plain name is the operator's.
     platform, user = _who(args.user) if args.user else ("cli", "")
@@ -98,7 +50,7 @@ def cmd_index(args) -> int:
     from bot.knowledge import ingest, retrieval
     from bot import store
 
-    db = _db()
+    db = wiring.connect_db()
     kdir = config.get("BOT_KNOWLEDGE_DIR")
     paths = [Path(p) for p in args.paths] or [kdir]
     t0 = time.perf_counter()
@@ -180,7 +132,7 @@ def cmd_search(args) -> int:
     if not args.batch and not (args.question and args.question.strip()):
         print("search: give a question, or --batch FILE.jsonl", file=sys.stderr)
         return 2
-    searcher = _searcher(_db())
+    searcher = wiring.build_searcher(wiring.connect_db())
     if args.batch:
         return _batch(searcher, args.batch, k)
     _print_hits(searcher.search(args.question, k), args.json)
@@ -196,8 +148,8 @@ def cmd_eval_retrieval(args) -> int:
         return 2
     rows = retrieval_eval.load_questions(path)
     if args.compare:
-        db = _db()
-        _searcher(db, "none")  # indexes a fresh database
+        db = wiring.connect_db()
+        wiring.build_searcher(db, "none")  # indexes a fresh database
         results = retrieval_eval.compare(db, rows, args.k)
         if args.json:
             print(json.dumps({name: {k: v for k, v in r.items() if k != "misses"} for name, r in results.items()}))
@@ -205,7 +157,7 @@ def cmd_eval_retrieval(args) -> int:
             print(path)
             print(retrieval_eval.format_comparison(results, args.k))
         return 0
-    searcher = _searcher(_db(), args.embedder)
+    searcher = wiring.build_searcher(wiring.connect_db(), args.embedder)
     result = retrieval_eval.evaluate(searcher, rows, args.k)
     result["load_ms"] = searcher.load_ms
     result["embedder"] = searcher.embedder_name
@@ -216,7 +168,7 @@ def cmd_eval_retrieval(args) -> int:
 def cmd_chat(args) -> int:
     from bot.chat import console
 
-    return console.run(_answerer(_db(), args.model))
+    return console.run(wiring.build_answerer(wiring.connect_db(), args.model))
 
 
 def cmd_models(args) -> int:
@@ -238,11 +190,9 @@ def cmd_models(args) -> int:
                       f"{'4-bit NF4' if r['4bit'] else r['dtype']}  {r['description']}")
         return 0
     if args.action == "build-tiny":
-        from bot.llm import tinymodel
-
         t0 = time.perf_counter()
-        folder = tinymodel.build(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"), force=args.force,
-                                 log=lambda msg: print(msg, file=sys.stderr))
+        folder = wiring.build_tiny_model(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"),
+                                         force=args.force, log=lambda msg: print(msg, file=sys.stderr))
         meta = json.loads((folder / "meta.json").read_text())
         if args.json:
             print(json.dumps({"path": str(folder), **meta}))
@@ -284,7 +234,7 @@ def cmd_discord_sync(args) -> int:
         return 2
     from bot.chat.discord import app as discord_app
 
-    names = asyncio.run(discord_app.sync_commands(token, args.guild))
+    names = asyncio.run(discord_app.syncwiring.operator_commands(token, args.guild))
     print("registered: " + ", ".join("/" + n for n in names))
     return 0
 
@@ -306,14 +256,6 @@ def _operator(user: str | None = None):
     return Caller("cli", user or "operator")
 
 
-def _commands(db=None, *, enqueue: bool = True):
-    """The command layer for the operator's twins (no answering: none of them asks the model)."""
-    from bot import commands
-
-    return commands.Commands(db if db is not None else _db(), None, adapters_dir=config.get("BOT_ADAPTERS_DIR"),
-                             enqueue=enqueue)
-
-
 def _failed(prog: str, reply) -> int:
     """A refused or failed Reply on stderr as `prog: what went wrong` (exit 1)."""
     print(f"{prog}: {reply.text[:1].lower()}{reply.text[1:]}".rstrip("."), file=sys.stderr)
@@ -325,7 +267,7 @@ def cmd_feedback(args) -> int:
     from bot import guard
 
     if args.target == "review":
-        cmds = _commands()
+        cmds = wiring.operator_commands()
         if args.accept is not None or args.reject is not None:
             cid, action = (args.accept, "accept") if args.accept is not None else (args.reject, "reject")
             reply = cmds.review(_operator(args.user), action, cid)
@@ -342,7 +284,7 @@ def cmd_feedback(args) -> int:
         return 0
     # A vote or a correction is no privileged action: the operator records one on any answer, as any
     # person (`--user slack:U1`), and the learning layer takes it directly.
-    db = _db()
+    db = wiring.connect_db()
     try:
         if args.up == args.down and args.correction is None:
             print("feedback: give --up or --down, and/or --correction TEXT", file=sys.stderr)
@@ -379,7 +321,7 @@ def cmd_forget(args) -> int:
         print(f"forget: {why}", file=sys.stderr)
         return 2
     platform, user = _who(args.user.strip())
-    reply = _commands().forget(_operator(), person=(platform, user))
+    reply = wiring.operator_commands().forget(_operator(), person=(platform, user))
     if not reply.ok:
         return _failed("forget", reply)
     counts = reply.forgotten
@@ -415,11 +357,11 @@ def cmd_train(args) -> int:
     from bot.learning import jobs
     from bot import store
 
-    db = _db()
-    _searcher(db)  # evaluation answers through the real index: make sure there is one
+    db = wiring.connect_db()
+    wiring.build_searcher(db)  # evaluation answers through the real index: make sure there is one
     alive = jobs.worker_alive(db)
     # Queued for the worker, unless --wait finds none: then it runs here, below.
-    reply = _commands(db, enqueue=alive or not args.wait).train(_operator(args.user))
+    reply = wiring.operator_commands(db, enqueue=alive or not args.wait).train(_operator(args.user))
     if not reply.ok:
         return _failed("train", reply)
     job_id = reply.job.id
@@ -457,7 +399,7 @@ def cmd_train(args) -> int:
 def cmd_jobs(args) -> int:
     from bot import commands
 
-    cmds = _commands()
+    cmds = wiring.operator_commands()
     if args.action == "cancel":
         if args.id is None:
             print("jobs cancel: which job? `jobs cancel ID`", file=sys.stderr)
@@ -476,7 +418,7 @@ def cmd_jobs(args) -> int:
 def cmd_adapters(args) -> int:
     from bot import commands
 
-    cmds, me = _commands(), _operator()
+    cmds, me = wiring.operator_commands(), _operator()
     if args.action == "list":
         info = cmds.adapter_list(me).adapters
         # The same lines as the chat's /adapter list (one renderer: ▶ marks the version in service).
@@ -508,9 +450,9 @@ def cmd_adapters(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from bot.learning import jobs
+    from bot.ops import worker
 
-    return jobs.run_worker()
+    return worker.main()
 
 
 def cmd_purge(args) -> int:
@@ -524,7 +466,8 @@ def cmd_purge(args) -> int:
         _out(args, {"days": 0, "answers": 0, "votes": 0, "corrections": 0},
              "BOT_RETENTION_DAYS=0 keeps everything; nothing purged (give --days N to purge anyway)")
         return 0
-    done = retention.purge(_db(), days, by=("cli", "operator"), adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+    done = retention.purge(wiring.connect_db(), days, by=("cli", "operator"),
+                           adapters_dir=config.get("BOT_ADAPTERS_DIR"))
     _out(args, done, f"deleted {done['answers']} question(s), {done['votes']} vote(s) and "
                      f"{done['corrections']} correction(s) older than {days} days")
     return 0

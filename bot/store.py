@@ -807,7 +807,7 @@ def purge_before(db, cutoff: float) -> dict:
     return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
 
 
-# --- operations: health and metrics (bot/ops/serve.py, bot/ops/metrics.py) ------------
+# --- operations: health and metrics (bot/ops/health.py, bot/ops/metrics.py) ------------
 
 def ping(path: Path | str, timeout: float = 2.0) -> int:
     """Open the database file afresh, read-only, and run a real query: the number of migrations applied.

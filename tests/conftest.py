@@ -72,10 +72,10 @@ def tiny_model_dir() -> Path:
     sessions (about 20 s the first time): `BOT_CACHE_DIR`, default `.cache/models`."""
     import os
 
-    from bot.llm import tinymodel
+    from bot import wiring
 
     cache = Path(os.environ.get("BOT_CACHE_DIR") or ROOT / ".cache" / "models")
-    return tinymodel.build(cache, DOCS, log=lambda *a: None)
+    return wiring.build_tiny_model(cache, DOCS, log=lambda *a: None)
 
 
 @pytest.fixture()

@@ -21,8 +21,10 @@ import pytest
 
 from bot.learning import feedback
 from bot.answering import inflight
+from bot.chat.discord.send import discord_sender
+from bot.chat.outbox import post_outbox_once
 from bot.ops import serve
-from bot import store
+from bot import store, wiring
 from bot.commands import Caller
 from slack_recorder import Recorder
 from chat_harness import (copy_db, deliver, discord_served, make_commands, said, slack_fixture,
@@ -214,7 +216,7 @@ async def test_discord_recovery_edits_the_deferred_reply_or_posts_when_its_token
             store.add_inflight(cmds.db, "discord", "1300000000000000200", "1300000000000000200", "42",
                                "什么是边缘计算？", _dead_owner(), interaction=f"{APP_ID}/{token}")
         inflight.recover(cmds.db, cmds.answerer.searcher)
-        assert await serve.post_outbox_once(cmds.db, "discord", serve.discord_sender(client), "test") == 2
+        assert await post_outbox_once(wiring.StoreOutbox(cmds.db), "discord", discord_sender(client), "test") == 2
     edits = [r for r in rec.requests if r.method == "PATCH"]
     posts = rec.find("POST", r"/channels/1300000000000000200/messages")
     assert [r.path for r in edits] == [f"/webhooks/{APP_ID}/live-token/messages/@original",

@@ -568,7 +568,9 @@ async def test_jobs_cancel_cancels_a_queued_job_for_its_requester_or_an_admin(re
 
 @pytest.mark.asyncio
 async def test_the_outbox_reaches_the_thread_that_asked_once_split_at_2000(rec, bot):
-    from bot.ops import serve
+    from bot import wiring
+    from bot.chat.discord.send import discord_sender
+    from bot.chat.outbox import post_outbox
 
     client = await bot()
     db = client.kb.db
@@ -581,8 +583,8 @@ async def test_the_outbox_reaches_the_thread_that_asked_once_split_at_2000(rec, 
            store.post_outbox(db, job, "discord", "general", "", "not an id: dropped")]
     store.post_outbox(db, job, "slack", "C1", "", "not for Discord")
     stop = asyncio.Event()
-    poster = asyncio.create_task(serve.post_outbox(db, "discord", serve.discord_sender(client), 0.05, stop,
-                                                   ready=lambda: client.user is not None))
+    poster = asyncio.create_task(post_outbox(wiring.StoreOutbox(db), "discord", discord_sender(client), 0.05, stop,
+                                             ready=lambda: client.user is not None))
     sent = lambda: rec.find("POST", r"/channels/\d+/messages")  # noqa: E731
     try:
         await rec.wait_for(lambda: len(sent()) >= 4)

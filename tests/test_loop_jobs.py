@@ -18,6 +18,7 @@ from loop_harness import tiny_loop
 
 from bot.answering import pipeline
 from bot.learning import feedback, registry
+from bot.learning.queue import _SqliteHuey
 from bot.llm import generation
 from bot import store
 
@@ -121,11 +122,11 @@ def _wait(what, check, proc, timeout=90.0):
 
 
 def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
-    """The real thing: a huey consumer (`jobs.run_worker`) in another process, the job sent
+    """The real thing: a huey consumer (`bot.ops.worker.main`) in another process, the job sent
     through the SQLite queue, SIGKILL while it trains, then a new worker recovers at start."""
     _feedback(loop.db, 1)
     env = {**os.environ, **loop.env, "BOT_TRAIN_STEPS": "100000"}
-    worker = [sys.executable, "-c", "from bot.learning import jobs; jobs.run_worker()"]
+    worker = [sys.executable, "-c", "from bot.ops import worker; worker.main()"]
     run = dict(env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = subprocess.Popen(worker, **run)
     try:
@@ -141,7 +142,7 @@ def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
         first.wait(30)
     assert store.job(loop.db, job_id)["state"] == "training"
     assert (loop.adapters / ".tmp-v0001").is_dir() and registry.versions(loop.adapters) == []
-    queue = loop.jobs._SqliteHuey("bot", filename=loop.env["BOT_HUEY_DB"])
+    queue = _SqliteHuey("bot", filename=loop.env["BOT_HUEY_DB"])
     assert queue.is_locked("gpu")  # the killed worker still holds the GPU lock
 
     second = subprocess.Popen(worker, **run)

@@ -82,7 +82,7 @@ def test_tiny_build_is_cached_with_its_meta(tiny_model_dir):
     assert meta["steps"] == 300 and meta["final_loss"] < 0.6 * meta["first_loss"]
     assert 200_000 < meta["params"] < 1_000_000 and len(meta["data_hash"]) == 64
     t0 = time.perf_counter()
-    assert tinymodel.build(tiny_model_dir.parent, Path("unused")) == tiny_model_dir
+    assert tinymodel.build(tiny_model_dir.parent, lambda: pytest.fail("an existing build reads no documents")) == tiny_model_dir
     assert time.perf_counter() - t0 < 0.5  # built once: a second call only checks
     assert not list(tiny_model_dir.parent.glob(".tiny-*")), "a temporary build folder was left behind"
 

@@ -1,6 +1,6 @@
 """The serving process: the outbox poster (what training jobs say, never lost, never twice), and health.
 
-The loop (`serve.post_outbox`) runs over a real SQLite outbox with a scripted
+The loop (`outbox.post_outbox`) runs over a real SQLite outbox with a scripted
 `send`; `serve.main_async` runs itself with Slack pointed at the loopback
 recorder (tests/slack_recorder.py), as `python -m bot serve` does. /healthz and
 /readyz are asked over real HTTP on loopback, with a real answerer and
@@ -19,8 +19,9 @@ import time
 import aiohttp
 import pytest
 
-from bot.ops import serve
-from bot import store
+from bot.chat import outbox
+from bot.ops import health, serve
+from bot import store, wiring
 from slack_recorder import Recorder
 
 
@@ -53,10 +54,10 @@ async def test_posts_in_order_marks_sent_and_leaves_other_platforms(db, job):
         store.post_outbox(db, job, "slack", "C1", "1.1", text)
     store.post_outbox(db, job, "discord", "7", "7", "for discord")
     send = Sender()
-    assert await serve.post_outbox_once(db, "slack", send, "test") == 3
+    assert await outbox.post_outbox_once(wiring.StoreOutbox(db), "slack", send, "test") == 3
     assert send.posted == ["queued", "step 10/60", "promoted"] and unsent(db) == []
     assert unsent(db, "discord") == ["for discord"]
-    assert await serve.post_outbox_once(db, "slack", send, "test") == 0 and len(send.posted) == 3
+    assert await outbox.post_outbox_once(wiring.StoreOutbox(db), "slack", send, "test") == 0 and len(send.posted) == 3
 
 
 @pytest.mark.asyncio
@@ -65,13 +66,13 @@ async def test_a_failed_post_is_retried_after_the_lease_and_its_thread_keeps_its
         store.post_outbox(db, job, "slack", channel, "1.1", text)
     send = Sender()
     send.fail["a2"] = ConnectionResetError("network down")
-    assert await serve.post_outbox_once(db, "slack", send, "test", lease_s=0.3) == 2
+    assert await outbox.post_outbox_once(wiring.StoreOutbox(db), "slack", send, "test", lease_s=0.3) == 2
     assert send.posted == ["a1", "b1"] and unsent(db) == ["a2", "a3"]  # a3 waits behind a2
     assert "not posted" in caplog.text and "network down" in caplog.text
-    assert await serve.post_outbox_once(db, "slack", send, "test", lease_s=0.3) == 0  # still leased
+    assert await outbox.post_outbox_once(wiring.StoreOutbox(db), "slack", send, "test", lease_s=0.3) == 0  # still leased
     del send.fail["a2"]
     await asyncio.sleep(0.35)
-    assert await serve.post_outbox_once(db, "slack", send, "test", lease_s=0.3) == 2
+    assert await outbox.post_outbox_once(wiring.StoreOutbox(db), "slack", send, "test", lease_s=0.3) == 2
     assert send.posted == ["a1", "b1", "a2", "a3"] and unsent(db) == []
 
 
@@ -80,8 +81,8 @@ async def test_an_undeliverable_message_is_dropped_not_retried_forever(db, job, 
     store.post_outbox(db, job, "slack", "G0GONE", "", "lost")
     store.post_outbox(db, job, "slack", "G0GONE", "", "after it")
     send = Sender()
-    send.fail["lost"] = serve.Undeliverable("Slack answered channel_not_found")
-    assert await serve.post_outbox_once(db, "slack", send, "test", lease_s=0) == 1
+    send.fail["lost"] = outbox.Undeliverable("Slack answered channel_not_found")
+    assert await outbox.post_outbox_once(wiring.StoreOutbox(db), "slack", send, "test", lease_s=0) == 1
     assert send.posted == ["after it"] and unsent(db) == []
     assert "dropped" in caplog.text and "channel_not_found" in caplog.text
     lost, after = store.outbox(db, job)
@@ -102,7 +103,7 @@ async def test_the_loop_survives_errors_waits_until_ready_and_stops_at_once(db, 
 
     monkeypatch.setattr(store, "claim_outbox", flaky)
     send, ready, stop = Sender(), [False], asyncio.Event()
-    task = asyncio.create_task(serve.post_outbox(db, "slack", send, 0.02, stop, ready=lambda: ready[0]))
+    task = asyncio.create_task(outbox.post_outbox(wiring.StoreOutbox(db), "slack", send, 0.02, stop, ready=lambda: ready[0]))
     await asyncio.sleep(0.15)
     assert calls == [] and not task.done()  # not ready: nothing claimed
     ready[0] = True
@@ -154,9 +155,9 @@ async def test_serve_posts_the_slack_outbox_to_the_thread_that_asked(env, kb_db,
 
 
 class Ops:
-    """`serve.Ops` routes on a loopback port, and a client for them."""
+    """`health.Health` routes on a loopback port, and a client for them."""
 
-    def __init__(self, ops: serve.Ops):
+    def __init__(self, ops: health.Health):
         self.ops = ops
 
     async def __aenter__(self):
@@ -192,8 +193,8 @@ def _answerer(db, generator):
 def _ops(db, answerer, tmp_path, **platforms):
     from bot import commands
 
-    return serve.Ops(commands.Commands(db, answerer), {"slack": "off", "discord": "off", **platforms},
-                     tmp_path / "bot.db", tmp_path / "adapters")
+    return health.Health(commands.Commands(db, answerer), {"slack": "off", "discord": "off", **platforms},
+                         tmp_path / "bot.db", tmp_path / "adapters")
 
 
 async def _until(check, timeout: float = 5.0):

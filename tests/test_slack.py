@@ -504,7 +504,9 @@ async def test_train_queues_a_job_for_the_channel_and_jobs_cancels_it(slack):
 
 @pytest.mark.asyncio
 async def test_the_outbox_reaches_the_thread_that_asked_once_and_is_marked_sent(slack):
-    from bot.ops import serve
+    from bot import wiring
+    from bot.chat.outbox import post_outbox
+    from bot.chat.slack.send import slack_sender
 
     job = store.create_job(slack.db, "train", f"slack:{ADMIN}", "slack", "C1", "123.456")
     first = store.post_outbox(slack.db, job, "slack", "C1", "123.456", "Job #1: v0001 promoted")
@@ -513,7 +515,8 @@ async def test_the_outbox_reaches_the_thread_that_asked_once_and_is_marked_sent(
     slack.recorder.errors[("chat.postMessage", "G0GONE")] = "channel_not_found"
     gone = store.post_outbox(slack.db, job, "slack", "G0GONE", "", "never deliverable")
     stop = asyncio.Event()
-    poster = asyncio.create_task(serve.post_outbox(slack.db, "slack", serve.slack_sender(slack.app.client), 0.05, stop))
+    poster = asyncio.create_task(post_outbox(wiring.StoreOutbox(slack.db), "slack", slack_sender(slack.app.client), 0.05,
+                                             stop))
     try:
         await slack.recorder.wait_for(lambda r: r.count("chat.postMessage") >= 3)
         await asyncio.sleep(0.3)  # several more rounds: nothing is posted twice

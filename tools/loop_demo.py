@@ -55,14 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     from bot.answering import pipeline
     from bot.learning import evaluation, feedback, registry
-    from bot.llm import generation, presets, tinymodel
+    from bot import wiring
+    from bot.llm import generation, presets
     from bot.knowledge import ingest, retrieval
     from bot import store
 
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_all = time.perf_counter()
     cache = config.get("BOT_CACHE_DIR")
-    tinymodel.build(cache, config.ROOT / "knowledge" / "docs", log=lambda *a: None)
+    wiring.build_tiny_model(cache, config.ROOT / "knowledge" / "docs", log=lambda *a: None)
     db = store.connect(work / "bot.db")
     adapters = work / "adapters"
     ingest.index_paths(db, [config.ROOT / "knowledge" / "docs"], config.ROOT / "knowledge" / "docs", progress=False)

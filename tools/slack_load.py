@@ -1,7 +1,7 @@
 """Slack under load: `python -m tools.slack_load [--users 20] [--requests 200] [--new-tokens N] [--json]`.
 
 Serves the Slack app on loopback in its own thread and event loop, built as
-`serve` builds it (`serve.build_commands`, the answering pipeline of
+`serve` builds it (`wiring.build_commands`, the answering pipeline of
 `python -m bot ask` with its model worker), with `slack_recorder`
 standing in for Slack's servers, over the bundled knowledge base indexed
 into a temporary database, and the tiny model (built under BOT_CACHE_DIR if
@@ -128,17 +128,15 @@ def _env(**values):
 def _answerer(db, model: str):
     """(answerer as `serve` builds it, the timing wrapper, words saying what generates)."""
     from bot.answering import pipeline as answering
-    from bot import cli
+    from bot import wiring
     from bot.knowledge import retrieval
 
     reason = "asked for with --model scripted"
     if model == "tiny":
         try:
-            from bot.llm import tinymodel
-
             cache = config.get("BOT_CACHE_DIR")
-            tinymodel.build(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
-            answerer = cli._answerer(db, "tiny")
+            wiring.build_tiny_model(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
+            answerer = wiring.build_answerer(db, "tiny")
             source = answerer.generator()  # loaded before the clock starts, as `serve` does at start-up
             if source is None:
                 raise RuntimeError(answerer.unavailable_reason)
@@ -384,8 +382,7 @@ def run(users: int = 20, requests: int = 200, *, concurrency: int | None = None,
         timeout: float = 300.0, grace: float = 1.0) -> dict:
     """Measure; returns the figures as a dict (what `--json` prints), `per_request` included."""
     from bot.knowledge import ingest
-    from bot.ops import serve
-    from bot import store
+    from bot import store, wiring
     from slack_recorder import Recorder
 
     concurrency = concurrency or users
@@ -401,7 +398,7 @@ def run(users: int = 20, requests: int = 200, *, concurrency: int | None = None,
             answerer.max_new_tokens = new_tokens
         if context_budget:
             answerer.context_budget = context_budget
-        cmds = serve.build_commands(db, answerer)
+        cmds = wiring.build_commands(db, answerer)
 
         async def main():
             recorder = await Recorder().start()

@@ -76,6 +76,16 @@ def read_text(path: Path) -> str:
     return text
 
 
+def training_texts(docs_dir: Path) -> list[tuple[str, str]]:
+    """`(file name, text)` of each .md/.markdown/.txt file under `docs_dir`, sorted, chat tokens removed:
+    the documents as text to train on (bot.llm.tinymodel's pre-training, through bot.wiring)."""
+    files = sorted(p for p in docs_dir.rglob("*") if p.suffix.lower() in (".md", ".markdown", ".txt") and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no .md/.txt documents under {docs_dir} to build the tiny model from")
+    # Chat tokens must never reach training text.
+    return [(p.name, strip_chat_tokens(p.read_text(encoding="utf-8", errors="replace"))) for p in files]
+
+
 def _lines(text: str) -> list[str]:
     # A chat token is a hard break: in the bundled docs `<|im_end|>### Heading`
     # glues a heading onto the end of a paragraph.

@@ -205,16 +205,25 @@ class Searcher:
     """The knowledge base as loaded for serving: built once, then searched in milliseconds."""
 
     def __init__(self, db, embedder: str = "none"):
+        self.db, self.embedder_name = db, embedder
+        self.reload()
+
+    def reload(self) -> None:
+        """Load the index from the database again (after a re-index): the next search serves it.
+
+        The new index is built aside and put in place at the end, so a search
+        running meanwhile finishes on the old one instead of a half-built one."""
         t0 = time.perf_counter()
-        self.rows = store.passages(db)
-        self.retrievers: list[Retriever] = [
-            LexicalRetriever([r["tokens"].split(" ") if r["tokens"] else [] for r in self.rows], store.lexicon(db),
-                             docs=[r["doc"] for r in self.rows], order=[r.get("ord", r["id"]) for r in self.rows])
+        db, embedder = self.db, self.embedder_name
+        rows = store.passages(db)
+        retrievers: list[Retriever] = [
+            LexicalRetriever([r["tokens"].split(" ") if r["tokens"] else [] for r in rows], store.lexicon(db),
+                             docs=[r["doc"] for r in rows], order=[r.get("ord", r["id"]) for r in rows])
         ]
-        self.embedder_name = embedder
         model = load_embedder(embedder)
         if model is not None:
-            self.retrievers.append(DenseRetriever(model, ensure_embeddings(db, model, embedder, self.rows)))
+            retrievers.append(DenseRetriever(model, ensure_embeddings(db, model, embedder, rows)))
+        self.rows, self.retrievers = rows, retrievers
         self.load_ms = (time.perf_counter() - t0) * 1000
 
     def __len__(self) -> int:

@@ -1,6 +1,7 @@
 """Training jobs on huey: submit, run once under the GPU lock, cancel, recover, and the scheduled retrain.
 
-Run the worker as `python -m bot worker` (or `huey_consumer bot.learning.jobs.huey -w 1`).
+Run the worker as `python -m bot worker` (or `huey_consumer bot.ops.worker.huey -w 1`): the huey
+instance is bot.learning.queue's, shared with the retention purge, and bot.ops.worker registers both.
 
 A job is a row in `jobs` (queued -> running -> training -> evaluating ->
 promoted | rejected | skipped | failed | cancelled) and a huey task that
@@ -8,8 +9,7 @@ carries only its id. The task claims the row (queued -> running) before it
 does anything, so a job id enqueued twice, or run inline and by a worker,
 runs once. The "gpu" lock keeps two trainings off one GPU. What a job has to
 say goes to the `outbox` table, which the bot process posts to the thread
-that asked, so the worker never holds a chat token. The queue is huey's
-SQLite file (BOT_HUEY_DB) or Redis (BOT_REDIS_URL).
+that asked, so the worker never holds a chat token.
 """
 from __future__ import annotations
 
@@ -21,60 +21,19 @@ import socket
 import time
 from pathlib import Path
 
-from huey import RedisHuey, SqliteHuey, crontab
+from huey import crontab
 from huey.exceptions import TaskLockedException
-from huey.storage import SqliteStorage
 
 from bot import config, store
 from bot.learning import evaluation, fitting, forgetting, registry, retrain, snapshot
+from bot.learning.queue import LOCK, cron, huey
 
 log = logging.getLogger(__name__)
-LOCK = "gpu"
 HEARTBEAT_KEY = "worker_seen_at"
 
 
 class JobError(Exception):
     """A job request that cannot be done; the message says why."""
-
-
-class _LazySqliteStorage(SqliteStorage):
-    """huey's SQLite storage, creating its file and tables on first use instead of at import:
-    importing bot.learning.jobs (the CLI does, for `jobs`) must not create files."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **{**kwargs, "create_tables": False})
-
-    def _create_connection(self):
-        Path(self.filename).parent.mkdir(parents=True, exist_ok=True)
-        conn = super()._create_connection()
-        for sql in self.ddl:
-            conn.execute(sql)
-        return conn
-
-
-class _SqliteHuey(SqliteHuey):
-    storage_class = _LazySqliteStorage
-
-
-def make_huey():
-    """RedisHuey when BOT_REDIS_URL is set, else SQLite at BOT_HUEY_DB; cron in the worker's local time."""
-    if url := config.get("BOT_REDIS_URL"):
-        return RedisHuey("bot", url=url, utc=False)
-    # timeout: seconds to wait for the queue file's lock; a submit should wait out a busy worker, not fail.
-    return _SqliteHuey("bot", filename=str(config.get("BOT_HUEY_DB")), utc=False, timeout=30)
-
-
-def cron(expr: str) -> dict:
-    """The five crontab fields (minute hour day month weekday) as huey.crontab arguments."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"BOT_RETRAIN_CRON={expr!r}: expected 5 fields (minute hour day month weekday)")
-    spec = dict(zip(("minute", "hour", "day", "month", "day_of_week"), fields))
-    crontab(**spec, strict=True)  # refuse a bad field now, not at 3 a.m.
-    return spec
-
-
-huey = make_huey()
 
 
 def _db():
@@ -310,19 +269,3 @@ def worker_alive(db, within_s: float = 150.0) -> bool:
     seen = store.get_meta(db, HEARTBEAT_KEY)
     busy = any(_alive(r["runner"]) for r in store.list_jobs(db, states=store.ACTIVE_STATES))
     return busy or (bool(seen) and time.time() - float(seen) < within_s)
-
-
-def run_worker() -> int:
-    """The `worker` process: one consumer thread (one GPU), the schedule, recovery at start."""
-    from huey.consumer import Consumer
-
-    from bot.ops import logs
-
-    logs.setup()  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
-    Consumer(huey, workers=1, periodic=True).run()
-    return 0
-
-
-# The daily retention purge is a periodic task on this same huey: importing it here registers it
-# wherever the queue is (`worker`, `huey_consumer bot.learning.jobs.huey`), after `huey` exists above.
-from bot.ops import retention  # noqa: E402,F401

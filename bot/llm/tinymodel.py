@@ -18,6 +18,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
+
+# `(name, text)` of each document, chat tokens already removed. A callable, so an existing build
+# reads no documents; the caller (bot.wiring) reads them: llm and knowledge never import each other.
+Documents = Callable[[], list[tuple[str, str]]]
 
 # The same ChatML layout Qwen uses, minus its default system prompt.
 CHAT_TEMPLATE = (
@@ -36,15 +41,6 @@ ARCH = dict(
 )
 # Batch 8 x 128 tokens, 300 steps: about 20 s on 2 cores, loss 8.0 -> about 4.
 SEQ_LEN, BATCH, LR, SEED = 128, 8, 5e-3, 0
-
-
-def _doc_texts(docs_dir: Path) -> list[tuple[str, str]]:
-    from bot.knowledge.ingest import strip_chat_tokens  # chat tokens must never reach training text
-
-    files = sorted(p for p in docs_dir.rglob("*") if p.suffix.lower() in (".md", ".markdown", ".txt") and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no .md/.txt documents under {docs_dir} to build the tiny model from")
-    return [(p.name, strip_chat_tokens(p.read_text(encoding="utf-8", errors="replace"))) for p in files]
 
 
 def _chat_samples(text: str) -> list[str]:
@@ -114,14 +110,14 @@ def _pretrain(model, ids, steps: int, log) -> tuple[float, float]:
     return first, last
 
 
-def build(cache_dir: Path, docs_dir: Path, force: bool = False, steps: int = 300, log=print) -> Path:
-    """Build (once) the tiny model under `cache_dir/tiny` and return that folder.
+def build(cache_dir: Path, documents: Documents, force: bool = False, steps: int = 300, log=print) -> Path:
+    """Build (once) the tiny model under `cache_dir/tiny` from `documents()` and return that folder.
 
     An existing build with its meta.json is returned at once unless `force`.
     The model is written to a temporary folder and renamed into place at the
     end, so a crash or a concurrent build never leaves a half model behind.
     """
-    cache_dir, docs_dir = Path(cache_dir), Path(docs_dir)
+    cache_dir = Path(cache_dir)
     target = cache_dir / "tiny"
     if (target / "meta.json").is_file() and not force:
         return target
@@ -130,7 +126,7 @@ def build(cache_dir: Path, docs_dir: Path, force: bool = False, steps: int = 300
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t0 = time.perf_counter()
-    docs = _doc_texts(docs_dir)
+    docs = documents()
     chats = [s for _, text in docs for s in _chat_samples(text)]
     tokenizer = _tokenizer([text for _, text in docs] + chats)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id

@@ -97,7 +97,7 @@ class StoreCollector:
 
     def __init__(self, db, live: Callable[[], dict] | None = None):
         """`live()` returns `{"queue_depth", "in_flight", "model_loaded", "adapter": {"in_service", "serving"}}`
-        (serve.Ops.live; any may be missing)."""
+        (health.Health.live; any may be missing)."""
         self.db, self.live = db, live or dict
 
     def collect(self):

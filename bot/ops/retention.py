@@ -1,7 +1,7 @@
 """Privacy retention: questions, answers and the feedback on them are deleted after BOT_RETENTION_DAYS.
 
-The worker runs `purge_old` daily (a huey periodic task, registered when
-bot.learning.jobs is imported); `python -m bot purge` does the same now. Each purge
+The worker runs `purge_old` daily (a huey periodic task on bot.learning.queue's
+huey, registered in the consumer by bot.ops.worker); `python -m bot purge` does the same now. Each purge
 deletes in one transaction (store.purge_before), keeps the answer counters of
 /metrics whole (metrics.record_purged), and writes an audit row with the
 counts only: what was deleted was chat text, and the audit trail must not
@@ -19,7 +19,7 @@ import time
 from huey import crontab
 
 from bot import config, store
-from bot.learning.jobs import huey
+from bot.learning.queue import huey
 
 log = logging.getLogger(__name__)
 DAY_S = 86400.0

@@ -282,9 +282,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.model == "tiny":
         from bot import config
-        from bot.llm import tinymodel
+        from bot import wiring
 
-        tinymodel.build(config.get("BOT_CACHE_DIR"), ROOT / "knowledge" / "docs", log=lambda *a: None)
+        wiring.build_tiny_model(config.get("BOT_CACHE_DIR"), ROOT / "knowledge" / "docs", log=lambda *a: None)
     results = []
     for run in range(1, args.runs + 1):
         out = asyncio.run(one_run(run, args.clicks, args.questions, args.model, args.seed))

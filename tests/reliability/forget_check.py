@@ -73,7 +73,8 @@ def run(work: Path, steps: int) -> dict:
     from bot.answering import pipeline
     from bot import config, store
     from bot.learning import feedback, forgetting, jobs, privacy, registry
-    from bot.llm import generation, presets, tinymodel
+    from bot import wiring
+    from bot.llm import generation, presets
     from bot.knowledge import ingest, retrieval
 
     t0 = time.perf_counter()
@@ -85,7 +86,7 @@ def run(work: Path, steps: int) -> dict:
     (work / "golden.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in golden),
                                        encoding="utf-8")
     cache, docs, adapters = config.get("BOT_CACHE_DIR"), ROOT / "knowledge" / "docs", work / "adapters"
-    tinymodel.build(cache, docs, log=lambda *a: None)
+    wiring.build_tiny_model(cache, docs, log=lambda *a: None)
     db = store.connect(work / "bot.db")
     ingest.index_paths(db, [docs], docs, progress=False)
     served = generation.load("tiny", cache_dir=cache, adapters_dir=adapters, trainable=False)

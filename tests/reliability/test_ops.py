@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import cli, store
+from bot import cli, store, wiring
 from bot.learning import feedback, jobs
 from bot.ops import logs, retention, serve
 from bot.answering.pipeline import Context
@@ -86,7 +86,7 @@ async def test_metrics_count_answers_votes_corrections_and_jobs_and_a_purge_neve
 
             # Three answers through the real pipeline (as `ask` gives them), three older Slack ones recorded
             # by the store with chosen latencies, so the histogram's buckets can be checked.
-            answerer = cli._answerer(kb_db)
+            answerer = wiring.build_answerer(kb_db)
             ids = [answerer.ask(q, Context(platform="cli", user="op")).id
                    for q in ("什么是边缘计算？", "How do startups manage financial risk?", "融资")]
             old = time.time() - 40 * DAY

@@ -1,0 +1,129 @@
+"""The composition root: where the store, the searcher, the answerer and the command layer are built.
+
+Every entry point (the CLI, `serve`, the tools) builds its parts here, from
+the settings, instead of borrowing another entry point's private helpers, so
+no entry point imports another. It also adapts the store to the
+small protocols of the layers that must not import it (the outbox poster in
+bot.chat). The heavy modules (the answering pipeline,
+retrieval, the model) are imported inside each builder: importing this
+module, as bot.cli does, loads neither torch nor a chat SDK.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bot import config, store
+
+
+def connect_db():
+    """The database at BOT_DB."""
+    return store.connect(config.get("BOT_DB"))
+
+
+def build_searcher(db, embedder: str | None = None):
+    """The serving index, indexing the bundled knowledge base first on a fresh database."""
+    from bot.knowledge import ingest, retrieval
+
+    if not store.documents(db):
+        kdir = config.get("BOT_KNOWLEDGE_DIR")
+        print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
+        ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"))
+    return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
+
+
+def build_answerer(db, model: str | None = None):
+    """The answering pipeline with the model loaded lazily, on first question."""
+    from bot.answering import pipeline as answering
+
+    searcher = build_searcher(db)
+    preset_name = model or config.get("BOT_MODEL")
+    if preset_name.lower() == "none":
+        return answering.Answerer(db, searcher, None)
+
+    def load():
+        from bot.llm import generation
+
+        # This process only serves: keep bitsandbytes' fast CPU inference layout.
+        gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
+                              adapters_dir=config.get("BOT_ADAPTERS_DIR"), trainable=False)
+        return generation.ModelWorker(gen)
+
+    budgets = {}
+    try:
+        from bot.llm import presets
+
+        g = presets.load(preset_name).generation
+        budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
+    except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
+        def load(e=e):
+            raise RuntimeError(str(e))
+    return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
+                              timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
+
+
+def reindexer(db, searcher):
+    """`/kb reindex`: index BOT_KNOWLEDGE_DIR again and serve the new index at once; the text it says."""
+    from bot.knowledge import ingest
+
+    kdir = config.get("BOT_KNOWLEDGE_DIR")
+
+    def reindex() -> str:
+        reports = ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"), progress=False)
+        searcher.reload()  # serve the new index at once
+        counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "removed", "skipped", "error")}
+        bad = [f"{r.doc}: {r.message}" for r in reports if r.status in ("skipped", "error")]
+        text = "Re-indexed: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if any(counts.values()) \
+            else "Re-indexed: nothing changed."
+        return text + ("\n" + "\n".join(bad) if bad else "")
+
+    return reindex
+
+
+def build_commands(db=None, answerer=None):
+    """The command layer wired to the database, the answerer and the settings (what `serve` runs)."""
+    from bot import commands
+
+    db = db or connect_db()
+    answerer = answerer or build_answerer(db)
+    return commands.Commands(
+        db, answerer, reindex=reindexer(db, answerer.searcher), adapters_dir=config.get("BOT_ADAPTERS_DIR"),
+        admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
+
+
+def operator_commands(db=None, *, enqueue: bool = True):
+    """The command layer for the CLI's operator commands (review, forget, train, jobs, adapters): the
+    same audit trail and messages as chat, and no answerer, since none of them asks the model."""
+    from bot import commands
+
+    return commands.Commands(db if db is not None else connect_db(), None,
+                             adapters_dir=config.get("BOT_ADAPTERS_DIR"), enqueue=enqueue)
+
+
+class StoreOutbox:
+    """The store's outbox table as the poster's `bot.chat.outbox.Outbox`: chat never imports the store,
+    so the composition root hands the poster this adapter over the serving process's connection."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def claim(self, platform: str, claimer: str, limit: int, lease_s: float) -> list:
+        return store.claim_outbox(self.db, platform, claimer, limit, lease_s)
+
+    def sent(self, ids: list[int]) -> None:
+        store.mark_outbox_sent(self.db, ids)
+
+    def dropped(self, outbox_id: int, why: str) -> None:
+        store.mark_outbox_dropped(self.db, outbox_id, why)
+
+
+def build_tiny_model(cache_dir: Path, docs_dir: Path, *, force: bool = False, log=print) -> Path:
+    """The offline tiny model (bot.llm.tinymodel) pre-trained on the documents under `docs_dir`.
+
+    llm and knowledge never import each other: the documents are read here, by
+    knowledge's reader (chat tokens stripped), and handed to the build, which
+    reads them only when it has to build."""
+    from bot.knowledge import ingest
+    from bot.llm import tinymodel
+
+    return tinymodel.build(cache_dir, lambda: ingest.training_texts(Path(docs_dir)), force=force, log=log)
