@@ -30,7 +30,9 @@ index: setup
 run: index
 	$(BIN)/python -m bot chat
 
+# The import contracts (pyproject.toml [tool.importlinter]) first: a second, then the suite.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

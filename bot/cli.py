@@ -234,7 +234,7 @@ def cmd_discord_sync(args) -> int:
         return 2
     from bot.chat.discord import app as discord_app
 
-    names = asyncio.run(discord_app.syncwiring.operator_commands(token, args.guild))
+    names = asyncio.run(discord_app.sync_commands(token, args.guild))
     print("registered: " + ", ".join("/" + n for n in names))
     return 0
 

@@ -41,3 +41,24 @@ def test_every_procfile_process_is_in_the_readme():
 
 def test_quick_start_names_the_two_commands():
     assert "make run" in README and "make test" in README
+
+
+def test_the_architecture_tree_names_every_module_and_no_other():
+    tree = README.split("## Architecture", 1)[1].split("```", 2)[1]
+    bot = ROOT / "bot"
+    listed_top = set(re.findall(r"^  (\w+)\.py\b", tree, re.M))
+    actual_top = {p.stem for p in bot.glob("*.py")} - {"__init__", "__main__"}
+    assert listed_top == actual_top, (listed_top ^ actual_top)
+    packages = {}
+    for indent, name, rest in re.findall(r"^( +)(\w+)/ +(.*)$", tree, re.M):
+        if indent == "  ":
+            parent = name
+        path = bot / (name if indent == "  " else f"{parent}/{name}")
+        modules = rest.split(":", 1)[1] if ":" in rest else rest
+        packages[path] = {m.removesuffix(".py") for m in modules.split() if re.fullmatch(r"\w+(\.py)?", m)}
+    for path in {p.parent for p in bot.rglob("__init__.py")} - {bot}:
+        actual = {p.stem for p in path.glob("*.py")} - {"__init__"}
+        subpackages = {p.parent.name for p in path.glob("*/__init__.py")}
+        assert path in packages, f"{path.relative_to(ROOT)} is not in the README's Architecture tree"
+        assert packages[path] == actual, (path.relative_to(ROOT), packages[path] ^ actual)
+        assert subpackages <= {p.name for p in packages if p.parent == path}
