@@ -30,7 +30,7 @@ def cmd_ask(args) -> int:
     if why:
         print(f"ask: {why}", file=sys.stderr)
         return 2
-    answerer = wiring.build_answerer(wiring.connect_db(), args.model)
+    answerer = wiring.build_answerer(args.settings, wiring.connect_db(args.settings), args.model)
     stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
     # `--user slack:U1` asks as that person (so `forget slack:U1` finds it); a plain name is the operator's.
     platform, user = _who(args.user) if args.user else ("cli", "")
@@ -50,12 +50,12 @@ def cmd_index(args) -> int:
     from bot.knowledge import ingest, retrieval
     from bot import store
 
-    db = wiring.connect_db()
-    kdir = config.get("BOT_KNOWLEDGE_DIR")
+    db = wiring.connect_db(args.settings)
+    kdir = args.settings.knowledge_dir
     paths = [Path(p) for p in args.paths] or [kdir]
     t0 = time.perf_counter()
-    reports = ingest.index_paths(db, paths, kdir, config.get("BOT_CHUNK_CHARS"), progress=not args.json)
-    embedder = config.get("BOT_EMBEDDER")
+    reports = ingest.index_paths(db, paths, kdir, args.settings.chunk_chars, progress=not args.json)
+    embedder = args.settings.embedder
     if embedder.lower() != "none":
         model = retrieval.load_embedder(embedder)
         retrieval.ensure_embeddings(db, model, embedder, store.passages(db))
@@ -125,14 +125,14 @@ def _batch(searcher, path: str, k: int) -> int:
 
 
 def cmd_search(args) -> int:
-    k = args.k if args.k is not None else config.get("BOT_SEARCH_K")  # `--k 0` is an error, not the default
+    k = args.k if args.k is not None else args.settings.search_k  # `--k 0` is an error, not the default
     if k < 1:
         print("search: --k must be at least 1", file=sys.stderr)
         return 2
     if not args.batch and not (args.question and args.question.strip()):
         print("search: give a question, or --batch FILE.jsonl", file=sys.stderr)
         return 2
-    searcher = wiring.build_searcher(wiring.connect_db())
+    searcher = wiring.build_searcher(args.settings, wiring.connect_db(args.settings))
     if args.batch:
         return _batch(searcher, args.batch, k)
     _print_hits(searcher.search(args.question, k), args.json)
@@ -148,8 +148,8 @@ def cmd_eval_retrieval(args) -> int:
         return 2
     rows = retrieval_eval.load_questions(path)
     if args.compare:
-        db = wiring.connect_db()
-        wiring.build_searcher(db, "none")  # indexes a fresh database
+        db = wiring.connect_db(args.settings)
+        wiring.build_searcher(args.settings, db, "none")  # indexes a fresh database
         results = retrieval_eval.compare(db, rows, args.k)
         if args.json:
             print(json.dumps({name: {k: v for k, v in r.items() if k != "misses"} for name, r in results.items()}))
@@ -157,7 +157,7 @@ def cmd_eval_retrieval(args) -> int:
             print(path)
             print(retrieval_eval.format_comparison(results, args.k))
         return 0
-    searcher = wiring.build_searcher(wiring.connect_db(), args.embedder)
+    searcher = wiring.build_searcher(args.settings, wiring.connect_db(args.settings), args.embedder)
     result = retrieval_eval.evaluate(searcher, rows, args.k)
     result["load_ms"] = searcher.load_ms
     result["embedder"] = searcher.embedder_name
@@ -168,7 +168,7 @@ def cmd_eval_retrieval(args) -> int:
 def cmd_chat(args) -> int:
     from bot.chat import console
 
-    return console.run(wiring.build_answerer(wiring.connect_db(), args.model))
+    return console.run(wiring.build_answerer(args.settings, wiring.connect_db(args.settings), args.model))
 
 
 def cmd_models(args) -> int:
@@ -183,7 +183,7 @@ def cmd_models(args) -> int:
         if args.json:
             print(json.dumps(rows, ensure_ascii=False))
         else:
-            current = config.get("BOT_MODEL")
+            current = args.settings.model
             for r in rows:
                 mark = "*" if r["name"] == current else " "
                 print(f"{mark} {r['name']:<24} {r['hub_id']}@{r['revision'][:12]}  "
@@ -191,7 +191,7 @@ def cmd_models(args) -> int:
         return 0
     if args.action == "build-tiny":
         t0 = time.perf_counter()
-        folder = wiring.build_tiny_model(config.get("BOT_CACHE_DIR"), config.get("BOT_KNOWLEDGE_DIR"),
+        folder = wiring.build_tiny_model(args.settings.cache_dir, args.settings.knowledge_dir,
                                          force=args.force, log=lambda msg: print(msg, file=sys.stderr))
         meta = json.loads((folder / "meta.json").read_text())
         if args.json:
@@ -203,7 +203,7 @@ def cmd_models(args) -> int:
     if args.action == "bench-train":
         from bot.llm import bench as model_bench
 
-        preset = args.preset or config.get("BOT_MODEL")
+        preset = args.preset or args.settings.model
         result = model_bench.run_train(preset, args.device, steps=args.steps, seq_len=args.seq_len,
                                        log=lambda msg: print(msg, file=sys.stderr))
         print(json.dumps(result) if args.json else model_bench.format_train_text(result))
@@ -211,7 +211,7 @@ def cmd_models(args) -> int:
     if args.action == "bench":
         from bot.llm import bench as model_bench
 
-        preset = args.preset or config.get("BOT_MODEL")
+        preset = args.preset or args.settings.model
         result = model_bench.run(preset, args.device, new_tokens=args.new_tokens, concurrency=args.concurrency,
                                  log=lambda msg: print(msg, file=sys.stderr))
         print(json.dumps(result) if args.json else model_bench.format_text(result))
@@ -222,13 +222,13 @@ def cmd_models(args) -> int:
 def cmd_serve(args) -> int:
     from bot.ops import serve
 
-    return serve.main()
+    return serve.main(args.settings)
 
 
 def cmd_discord_sync(args) -> int:
     import asyncio
 
-    token = config.get("DISCORD_TOKEN")
+    token = args.settings.discord_token
     if not token:
         print("discord-sync: DISCORD_TOKEN is not set", file=sys.stderr)
         return 2
@@ -267,7 +267,7 @@ def cmd_feedback(args) -> int:
     from bot import guard
 
     if args.target == "review":
-        cmds = wiring.operator_commands()
+        cmds = wiring.operator_commands(args.settings)
         if args.accept is not None or args.reject is not None:
             cid, action = (args.accept, "accept") if args.accept is not None else (args.reject, "reject")
             reply = cmds.review(_operator(args.user), action, cid)
@@ -284,7 +284,7 @@ def cmd_feedback(args) -> int:
         return 0
     # A vote or a correction is no privileged action: the operator records one on any answer, as any
     # person (`--user slack:U1`), and the learning layer takes it directly.
-    db = wiring.connect_db()
+    db = wiring.connect_db(args.settings)
     try:
         if args.up == args.down and args.correction is None:
             print("feedback: give --up or --down, and/or --correction TEXT", file=sys.stderr)
@@ -301,7 +301,7 @@ def cmd_feedback(args) -> int:
         if args.up or args.down:
             out["vote"] = feedback.vote(db, args.target, platform, user, 1 if args.up else -1)["value"]
         if args.correction is not None:
-            fix = feedback.correct(db, args.target, args.correction, platform, user)
+            fix = feedback.correct(db, args.target, args.correction, platform, user, args.settings.trusted_reviewers)
             out["correction"] = fix
         text = [f"vote {'+1' if out.get('vote') == 1 else '-1'} recorded" if "vote" in out else "",
                 f"correction #{out['correction']['id']} {out['correction']['status']}" if "correction" in out else ""]
@@ -321,7 +321,7 @@ def cmd_forget(args) -> int:
         print(f"forget: {why}", file=sys.stderr)
         return 2
     platform, user = _who(args.user.strip())
-    reply = wiring.operator_commands().forget(_operator(), person=(platform, user))
+    reply = wiring.operator_commands(args.settings).forget(_operator(), person=(platform, user))
     if not reply.ok:
         return _failed("forget", reply)
     counts = reply.forgotten
@@ -357,11 +357,11 @@ def cmd_train(args) -> int:
     from bot.learning import jobs
     from bot import store
 
-    db = wiring.connect_db()
-    wiring.build_searcher(db)  # evaluation answers through the real index: make sure there is one
+    db = wiring.connect_db(args.settings)
+    wiring.build_searcher(args.settings, db)  # evaluation answers through the real index: make sure there is one
     alive = jobs.worker_alive(db)
     # Queued for the worker, unless --wait finds none: then it runs here, below.
-    reply = wiring.operator_commands(db, enqueue=alive or not args.wait).train(_operator(args.user))
+    reply = wiring.operator_commands(args.settings, db, enqueue=alive or not args.wait).train(_operator(args.user))
     if not reply.ok:
         return _failed("train", reply)
     job_id = reply.job.id
@@ -378,7 +378,7 @@ def cmd_train(args) -> int:
             row = jobs.wait(db, job_id, timeout=args.timeout)
         else:
             print(f"job #{job_id}: no worker is running, training in this process", file=sys.stderr)
-            row = jobs.run_inline(db, job_id)
+            row = jobs.run_inline(db, job_id, args.settings)
     except jobs.JobError as e:
         print(f"train: {e}", file=sys.stderr)
         return 1
@@ -399,7 +399,7 @@ def cmd_train(args) -> int:
 def cmd_jobs(args) -> int:
     from bot import commands
 
-    cmds = wiring.operator_commands()
+    cmds = wiring.operator_commands(args.settings)
     if args.action == "cancel":
         if args.id is None:
             print("jobs cancel: which job? `jobs cancel ID`", file=sys.stderr)
@@ -418,7 +418,7 @@ def cmd_jobs(args) -> int:
 def cmd_adapters(args) -> int:
     from bot import commands
 
-    cmds, me = wiring.operator_commands(), _operator()
+    cmds, me = wiring.operator_commands(args.settings), _operator()
     if args.action == "list":
         info = cmds.adapter_list(me).adapters
         # The same lines as the chat's /adapter list (one renderer: ▶ marks the version in service).
@@ -458,7 +458,7 @@ def cmd_worker(args) -> int:
 def cmd_purge(args) -> int:
     from bot.ops import retention
 
-    days = args.days if args.days is not None else config.get("BOT_RETENTION_DAYS")
+    days = args.days if args.days is not None else args.settings.retention_days
     if days < 0 or (args.days is not None and days == 0):
         print("purge: --days must be at least 1", file=sys.stderr)
         return 2
@@ -466,8 +466,8 @@ def cmd_purge(args) -> int:
         _out(args, {"days": 0, "answers": 0, "votes": 0, "corrections": 0},
              "BOT_RETENTION_DAYS=0 keeps everything; nothing purged (give --days N to purge anyway)")
         return 0
-    done = retention.purge(wiring.connect_db(), days, by=("cli", "operator"),
-                           adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+    done = retention.purge(wiring.connect_db(args.settings), days, by=("cli", "operator"),
+                           adapters_dir=args.settings.adapters_dir)
     _out(args, done, f"deleted {done['answers']} question(s), {done['votes']} vote(s) and "
                      f"{done['corrections']} correction(s) older than {days} days")
     return 0
@@ -476,12 +476,13 @@ def cmd_purge(args) -> int:
 def cmd_dashboard(args) -> int:
     from bot.ops import dashboard
 
-    return dashboard.serve(config.get("BOT_DB"), host=args.host, port=args.port, allow=args.allow_host)
+    return dashboard.serve(args.settings.db, host=args.host, port=args.port, allow=args.allow_host)
 
 
 def cmd_settings(args) -> int:
     def shown(s):  # secrets are never printed, only whether they are set
-        value = config.get(s.name)
+        value = args.settings.value(s.name)
+        value = list(value) if isinstance(value, tuple) else value  # a list setting prints as it always has
         if value is None and s.default == config.PRESET:
             return config.PRESET  # not set: the model preset's value applies
         return ("(set)" if value else "(not set)") if s.kind == "secret" else str(value)
@@ -619,7 +620,12 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return 2
     try:
+        # Read once per invocation, here at the entry point, and handed to whatever the command builds.
+        args.settings = config.Settings.load()
         return args.fn(args)
+    except config.SettingError as e:  # a bad setting (or one a builder refuses): its name, on one line
+        print(e, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

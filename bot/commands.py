@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Literal
 
 from bot.answering import inflight, pipeline
 from bot.learning import feedback
-from bot import guard, messages, store
+from bot import config, guard, messages, store
 from bot.guard import MAX_CORRECTION_CHARS, MAX_QUESTION_CHARS  # noqa: F401  (re-exported: transports and tests name them here)
 from bot.guard import Admission, Busy
 from bot.messages import ALREADY, SORRY  # noqa: F401  (re-exported: transports and tests name them here)
@@ -143,14 +143,15 @@ class Reply:
 class Commands:
     def __init__(self, db, answerer: pipeline.Answerer | None, *, admins: dict[str, list[str]] | None = None,
                  reindex: Callable[[], str] | None = None, adapters_dir=None, enqueue: bool = True,
-                 guard: Admission | None = None):
+                 guard: Admission | None = None, settings: config.Settings):
         self.db, self.answerer = db, answerer  # None: a command layer that answers nothing (the CLI's twins)
         self.admins = {k: set(v) for k, v in (admins or {}).items()}
         self._reindex, self.adapters_dir = reindex, adapters_dir
         self.enqueue = enqueue  # False: /train records the job but leaves running it to the caller (tests)
         # Rate limits and the queue bound: from the settings unless a caller (a test, a load script) brings its own.
         self.guard = guard if guard is not None else Admission.from_settings(
-            depth=getattr(answerer, "queue_depth", None))
+            settings, depth=getattr(answerer, "queue_depth", None))
+        self.reviewers = settings.trusted_reviewers  # whose corrections are accepted without a review
 
     # -- de-duplication: each platform calls this once per delivery (a Slack middleware, a Discord helper) --
 
@@ -285,7 +286,8 @@ class Commands:
         if bad:
             return Reply(bad, ok=False, private=True)
         try:
-            done = feedback.correct(self.db, answer_id, text, caller.platform, caller.user, delivery=delivery)
+            done = feedback.correct(self.db, answer_id, text, caller.platform, caller.user, self.reviewers,
+                                    delivery=delivery)
         except feedback.Duplicate:
             return _already()
         except feedback.FeedbackError as e:

@@ -106,8 +106,6 @@ class Settings:
 SETTINGS: tuple[Setting, ...] = tuple(f.metadata["setting"] for f in fields(Settings))
 _FIELD_BY_NAME = {f.metadata["setting"].name: f.name for f in fields(Settings)}
 
-_BY_NAME = {s.name: s for s in SETTINGS}
-
 
 def _dotenv() -> dict[str, str]:
     path = Path(".env")
@@ -143,11 +141,3 @@ def _typed(setting: Setting, raw: str | None):
             raise SettingError(f"setting {name}={raw!r} is not a number") from None
     return raw
 
-
-def get(name: str, env: dict[str, str] | None = None):
-    """Transitional: one setting's value. Call sites move to a Settings passed in."""
-    try:
-        value = _typed(_BY_NAME[name], (os.environ if env is None else env).get(name, _dotenv().get(name)))
-        return list(value) if isinstance(value, tuple) else value
-    except SettingError as e:
-        raise SystemExit(str(e)) from None

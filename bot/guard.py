@@ -34,6 +34,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from bot import config
+
 MAX_QUESTION_CHARS = 4000
 MAX_CORRECTION_CHARS = 8000
 ANSWER_ID = re.compile(r"[0-9a-f]{6,32}")  # answering makes 12 hex digits; Discord's button template allows 6-32
@@ -169,20 +171,19 @@ class Admission:
         self._admits = 0
 
     @classmethod
-    def from_settings(cls, depth: Callable[[], int] | None = None) -> "Admission":
-        """Built from BOT_RATE_USER, BOT_RATE_CHANNEL and BOT_QUEUE_MAX; a bad value stops start-up with its name."""
-        from bot import config
-
+    def from_settings(cls, settings: config.Settings, depth: Callable[[], int] | None = None) -> "Admission":
+        """Built from BOT_RATE_USER, BOT_RATE_CHANNEL and BOT_QUEUE_MAX; a bad value is a SettingError naming
+        it, which the entry point reports as it stops."""
         rates = {}
         for name in ("BOT_RATE_USER", "BOT_RATE_CHANNEL"):
             try:
-                rates[name] = parse_rate(config.get(name))
+                rates[name] = parse_rate(settings.value(name))
             except ValueError as e:
-                raise SystemExit(f"setting {name}: {e}") from None
-        queue_max = config.get("BOT_QUEUE_MAX")
+                raise config.SettingError(f"setting {name}: {e}") from None
+        queue_max = settings.queue_max
         if queue_max < 1:
-            raise SystemExit(f"setting BOT_QUEUE_MAX={queue_max} must be at least 1")
-        hold = config.get("BOT_GENERATION_TIMEOUT") + 600  # no answer holds a slot longer than its timeout
+            raise config.SettingError(f"setting BOT_QUEUE_MAX={queue_max} must be at least 1")
+        hold = settings.generation_timeout + 600  # no answer holds a slot longer than its timeout
         return cls(rates["BOT_RATE_USER"], rates["BOT_RATE_CHANNEL"], queue_max, depth=depth, hold_s=hold)
 
     # -- the counts ------------------------------------------------------------

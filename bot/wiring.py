@@ -1,7 +1,7 @@
 """The composition root: where the store, the searcher, the answerer and the command layer are built.
 
-Every entry point (the CLI, `serve`, the tools) builds its parts here, from
-the settings, instead of borrowing another entry point's private helpers, so
+Every entry point (the CLI, `serve`, the tools) loads the `Settings` once and
+builds its parts here, handing them in as each builder's first argument, instead of borrowing another entry point's private helpers, so
 no entry point imports another. It also adapts the store to the
 small protocols of the layers that must not import it (the outbox poster in
 bot.chat). The heavy modules (the answering pipeline,
@@ -16,28 +16,28 @@ from pathlib import Path
 from bot import config, store
 
 
-def connect_db():
+def connect_db(settings: config.Settings):
     """The database at BOT_DB."""
-    return store.connect(config.get("BOT_DB"))
+    return store.connect(settings.db)
 
 
-def build_searcher(db, embedder: str | None = None):
+def build_searcher(settings: config.Settings, db, embedder: str | None = None):
     """The serving index, indexing the bundled knowledge base first on a fresh database."""
     from bot.knowledge import ingest, retrieval
 
     if not store.documents(db):
-        kdir = config.get("BOT_KNOWLEDGE_DIR")
+        kdir = settings.knowledge_dir
         print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
-        ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"))
-    return retrieval.Searcher(db, embedder or config.get("BOT_EMBEDDER"))
+        ingest.index_paths(db, [kdir], kdir, settings.chunk_chars)
+    return retrieval.Searcher(db, embedder or settings.embedder)
 
 
-def build_answerer(db, model: str | None = None):
+def build_answerer(settings: config.Settings, db, model: str | None = None):
     """The answering pipeline with the model loaded lazily, on first question."""
     from bot.answering import pipeline as answering
 
-    searcher = build_searcher(db)
-    preset_name = model or config.get("BOT_MODEL")
+    searcher = build_searcher(settings, db)
+    preset_name = model or settings.model
     if preset_name.lower() == "none":
         return answering.Answerer(db, searcher, None)
 
@@ -45,8 +45,8 @@ def build_answerer(db, model: str | None = None):
         from bot.llm import generation
 
         # This process only serves: keep bitsandbytes' fast CPU inference layout.
-        gen = generation.load(preset_name, cache_dir=config.get("BOT_CACHE_DIR"),
-                              adapters_dir=config.get("BOT_ADAPTERS_DIR"), trainable=False)
+        gen = generation.load(preset_name, cache_dir=settings.cache_dir,
+                              adapters_dir=settings.adapters_dir, trainable=False)
         return generation.ModelWorker(gen)
 
     budgets = {}
@@ -58,18 +58,18 @@ def build_answerer(db, model: str | None = None):
     except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
         def load(e=e):
             raise RuntimeError(str(e))
-    return answering.Answerer(db, searcher, load, k=config.get("BOT_SEARCH_K"),
-                              timeout_s=config.get("BOT_GENERATION_TIMEOUT"), **budgets)
+    return answering.Answerer(db, searcher, load, k=settings.search_k,
+                              timeout_s=settings.generation_timeout, **budgets)
 
 
-def reindexer(db, searcher):
+def reindexer(settings: config.Settings, db, searcher):
     """`/kb reindex`: index BOT_KNOWLEDGE_DIR again and serve the new index at once; the text it says."""
     from bot.knowledge import ingest
 
-    kdir = config.get("BOT_KNOWLEDGE_DIR")
+    kdir = settings.knowledge_dir
 
     def reindex() -> str:
-        reports = ingest.index_paths(db, [kdir], kdir, config.get("BOT_CHUNK_CHARS"), progress=False)
+        reports = ingest.index_paths(db, [kdir], kdir, settings.chunk_chars, progress=False)
         searcher.reload()  # serve the new index at once
         counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "removed", "skipped", "error")}
         bad = [f"{r.doc}: {r.message}" for r in reports if r.status in ("skipped", "error")]
@@ -80,24 +80,25 @@ def reindexer(db, searcher):
     return reindex
 
 
-def build_commands(db=None, answerer=None):
+def build_commands(settings: config.Settings, db=None, answerer=None):
     """The command layer wired to the database, the answerer and the settings (what `serve` runs)."""
     from bot import commands
 
-    db = db or connect_db()
-    answerer = answerer or build_answerer(db)
+    db = db or connect_db(settings)
+    answerer = answerer or build_answerer(settings, db)
     return commands.Commands(
-        db, answerer, reindex=reindexer(db, answerer.searcher), adapters_dir=config.get("BOT_ADAPTERS_DIR"),
-        admins={"slack": config.get("BOT_SLACK_ADMINS"), "discord": config.get("BOT_DISCORD_ADMINS")})
+        db, answerer, reindex=reindexer(settings, db, answerer.searcher), adapters_dir=settings.adapters_dir,
+        admins={"slack": list(settings.slack_admins), "discord": list(settings.discord_admins)},
+        settings=settings)
 
 
-def operator_commands(db=None, *, enqueue: bool = True):
+def operator_commands(settings: config.Settings, db=None, *, enqueue: bool = True):
     """The command layer for the CLI's operator commands (review, forget, train, jobs, adapters): the
     same audit trail and messages as chat, and no answerer, since none of them asks the model."""
     from bot import commands
 
-    return commands.Commands(db if db is not None else connect_db(), None,
-                             adapters_dir=config.get("BOT_ADAPTERS_DIR"), enqueue=enqueue)
+    return commands.Commands(db if db is not None else connect_db(settings), None,
+                             adapters_dir=settings.adapters_dir, enqueue=enqueue, settings=settings)
 
 
 class StoreOutbox:

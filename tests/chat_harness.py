@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from bot.answering import pipeline as answering
-from bot import commands, guard, store
+from bot import commands, config, guard, store
 from bot.knowledge import retrieval
 from bot.chat.slack import app as slack_app
 from slack_recorder import Recorder, command_body, post_signed
@@ -56,7 +56,7 @@ def make_commands(db, gen, *, admission: guard.Admission | None = None, adapters
     return commands.Commands(
         db, answerer, admins={"slack": [SLACK_ADMIN], "discord": [DISCORD_ADMIN_USER, DISCORD_ADMIN_ROLE]},
         adapters_dir=adapters_dir, reindex=reindex or (lambda: "Re-indexed: nothing changed."), enqueue=False,
-        guard=admission if admission is not None else unlimited())
+        guard=admission if admission is not None else unlimited(), settings=config.Settings.load())
 
 
 def counts(db) -> dict:

@@ -24,7 +24,7 @@ from bot.answering import inflight
 from bot.chat.discord.send import discord_sender
 from bot.chat.outbox import post_outbox_once
 from bot.ops import serve
-from bot import store, wiring
+from bot import config, store, wiring
 from bot.commands import Caller
 from slack_recorder import Recorder
 from chat_harness import (copy_db, deliver, discord_served, make_commands, said, slack_fixture,
@@ -193,7 +193,7 @@ async def test_serve_replaces_a_dead_processes_thinking_placeholder_with_the_ret
     store.add_inflight(cmds.db, "slack", "C1", "1700000000.000001", "U1", "What is edge computing?",
                        _dead_owner(), message="1700000000.000009")
     stop = asyncio.Event()
-    task = asyncio.create_task(serve.main_async(stop, outbox_every_s=0.05))
+    task = asyncio.create_task(serve.main_async(config.Settings.load(), stop, outbox_every_s=0.05))
     try:
         (update,) = await recorder.wait_for(lambda r: r.of("chat.update"))
         await asyncio.sleep(0.2)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.answering import pipeline
-from bot import commands, store
+from bot import commands, config, store
 from bot.learning import registry
 from bot.knowledge import retrieval
 from bot.chat.slack import parse
@@ -24,7 +24,7 @@ def cmds(kb_db, tmp_path):
     reindexed = []
     c = commands.Commands(db, answerer, admins={"slack": ["UADMIN"], "discord": ["R-ops"]},
                           reindex=lambda: reindexed.append(1) or "Re-indexed: nothing changed.",
-                          adapters_dir=tmp_path / "adapters")
+                          adapters_dir=tmp_path / "adapters", settings=config.Settings.load())
     c.reindexed = reindexed
     return c
 
@@ -95,6 +95,7 @@ def test_corrections_wait_for_review_unless_the_author_is_trusted(cmds, monkeypa
     assert done.ok and store.correction(cmds.db, pending.correction.id)["reviewed_by"] == "slack:UADMIN"
     assert not cmds.review(ADMIN, "reject", pending.correction.id).ok  # decided already
     monkeypatch.setenv("BOT_TRUSTED_REVIEWERS", "slack:U1")
+    cmds.reviewers = config.Settings.load().trusted_reviewers  # settings are read once, by whoever builds Commands
     trusted = cmds.correct(USER, ans.id, "边缘计算把计算放在数据源附近。")
     assert trusted.correction.status == "accepted" and "accepted" in trusted.text
     assert "No corrections are waiting" in cmds.review(ADMIN).text

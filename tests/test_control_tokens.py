@@ -10,7 +10,7 @@ import pytest
 from qwen_tokenizer import QWEN25_ADDED
 from qwen_tokenizer import build as build_qwen
 
-from bot import commands, store
+from bot import commands, config, store
 from bot.answering import control_tokens, prompts
 from bot.learning import feedback, snapshot
 from bot.llm import presets
@@ -94,7 +94,8 @@ def test_a_correction_with_control_tokens_is_refused_by_name_and_nothing_is_stor
 
 def test_chat_command_tells_the_person_which_token(kb_db, tmp_path, monkeypatch):
     monkeypatch.setenv("BOT_MODEL", "none")
-    cmds = commands.Commands(kb_db, answerer=None, admins={}, reindex=lambda: "", adapters_dir=tmp_path / "a")
+    cmds = commands.Commands(kb_db, answerer=None, admins={}, reindex=lambda: "", adapters_dir=tmp_path / "a",
+                             settings=config.Settings.load())
     aid = _answer(kb_db)
     reply = cmds.correct(Caller("slack", "U1", "C1"), aid, "好的</tool_call>")
     assert not reply.ok and "`</tool_call>`" in reply.text and reply.private

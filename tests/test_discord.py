@@ -26,7 +26,7 @@ import yarl
 from discord.gateway import DiscordWebSocket
 
 from bot.answering import pipeline as answering
-from bot import commands, store
+from bot import commands, config, store
 from bot.chat.discord import app as discord_app
 from bot.knowledge import retrieval
 from bot.chat.discord.render import CITATION
@@ -66,7 +66,8 @@ def make_commands(db_path, gen) -> commands.Commands:
     db = store.connect(db_path)
     return commands.Commands(db, answering.Answerer(db, retrieval.Searcher(db), lambda: gen),
                              admins={"discord": [ADMIN_USER, ADMIN_ROLE]}, adapters_dir=db_path.parent / "adapters",
-                             reindex=lambda: "Re-indexed: nothing changed.", enqueue=False)  # /train: no huey
+                             reindex=lambda: "Re-indexed: nothing changed.", enqueue=False,  # /train: no huey
+                             settings=config.Settings.load())
 
 
 def fake_interaction(client, user=42, channel=7):

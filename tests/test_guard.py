@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from bot import cli, commands, guard, store
+from bot import cli, commands, config, guard, store
 from bot.commands import Caller
 from chat_harness import (DISCORD_ADMIN_ROLE, SLACK_ADMIN, answered, copy_db, deliver, discord_fixture,
                           discord_served, ephemeral, make_commands, mention, opt, said, slack_fixture, slack_served,
@@ -49,15 +49,15 @@ def test_rates_are_count_per_seconds_or_off_and_anything_else_is_refused_by_name
         with pytest.raises(ValueError, match="COUNT/SECONDS"):
             guard.parse_rate(bad)
     monkeypatch.setenv("BOT_RATE_USER", "lots")
-    with pytest.raises(SystemExit, match="BOT_RATE_USER"):
-        guard.Admission.from_settings()
+    with pytest.raises(config.SettingError, match="BOT_RATE_USER"):
+        guard.Admission.from_settings(config.Settings.load())
     monkeypatch.setenv("BOT_RATE_USER", "3/30")
     monkeypatch.setenv("BOT_RATE_CHANNEL", "off")
     monkeypatch.setenv("BOT_QUEUE_MAX", "0")
-    with pytest.raises(SystemExit, match="BOT_QUEUE_MAX"):
-        guard.Admission.from_settings()
+    with pytest.raises(config.SettingError, match="BOT_QUEUE_MAX"):
+        guard.Admission.from_settings(config.Settings.load())
     monkeypatch.setenv("BOT_QUEUE_MAX", "4")
-    a = guard.Admission.from_settings()
+    a = guard.Admission.from_settings(config.Settings.load())
     assert (a.user, a.channel, a.queue_max) == (guard.Rate(3, 30.0), None, 4)
 
 

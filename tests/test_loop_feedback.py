@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from bot.learning import feedback, snapshot
-from bot import store
+from bot import config, store
 
 PASSAGES = [{"id": 1, "doc": "a.md", "heading": "第1章", "text": "边缘计算是在靠近数据源的地方进行计算。"},
             {"id": 2, "doc": "b.md", "heading": "第2章", "text": "混合并行结合数据并行和模型并行。"}]
@@ -94,8 +94,9 @@ def test_repeat_corrections_script_50_from_8_threads_make_one_review_item(tmp_pa
 def test_trusted_reviewers_come_from_the_setting(db, monkeypatch):
     monkeypatch.setenv("BOT_TRUSTED_REVIEWERS", "slack:UTRUST, discord:7")
     aid = answer(db, "q")
-    assert feedback.correct(db, aid, "fix", "discord", "7")["status"] == "accepted"
-    assert feedback.correct(db, aid, "fix", "slack", "UOTHER")["status"] == "pending"
+    reviewers = config.Settings.load().trusted_reviewers
+    assert feedback.correct(db, aid, "fix", "discord", "7", reviewers)["status"] == "accepted"
+    assert feedback.correct(db, aid, "fix", "slack", "UOTHER", reviewers)["status"] == "pending"
 
 
 def test_opt_out_keeps_a_person_out_of_the_snapshot_and_forget_deletes_them(db):

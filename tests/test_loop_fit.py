@@ -172,11 +172,11 @@ def test_gate_settings_override_the_preset_only_when_set(monkeypatch):
     for name in ("BOT_GATE_MIN_GAIN", "BOT_GATE_F1_TOLERANCE", "BOT_GATE_NLL_TOLERANCE", "BOT_TRAIN_STEPS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(ROOT / "tests")  # no stray .env
-    s = jobs._settings({})
+    s = jobs._settings(config.Settings.load(), {})
     assert (s["min_gain"], s["f1_tol"], s["nll_tol"], s["steps"]) == (None, None, None, None)
     monkeypatch.setenv("BOT_GATE_NLL_TOLERANCE", "0.25")
     monkeypatch.setenv("BOT_GATE_MIN_GAIN", "preset")
-    assert (config.get("BOT_GATE_NLL_TOLERANCE"), config.get("BOT_GATE_MIN_GAIN")) == (0.25, None)
+    assert (config.Settings.load().gate_nll_tolerance, config.Settings.load().gate_min_gain) == (0.25, None)
     monkeypatch.setenv("BOT_GATE_F1_TOLERANCE", "lots")
-    with pytest.raises(SystemExit, match="BOT_GATE_F1_TOLERANCE"):
-        config.get("BOT_GATE_F1_TOLERANCE")
+    with pytest.raises(config.SettingError, match="BOT_GATE_F1_TOLERANCE"):
+        config.Settings.load()

@@ -20,7 +20,7 @@ from bot.answering import pipeline
 from bot.learning import feedback, registry
 from bot.learning.queue import _SqliteHuey
 from bot.llm import generation
-from bot import store
+from bot import config, store
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = [{"question": "什么是天使投资？", "answer": "天使投资是指个人投资者对初创企业的早期投资。"},
@@ -50,7 +50,7 @@ def test_a_job_id_runs_once_however_often_it_is_enqueued(loop):
     _feedback(loop.db)
     job_id = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
     # QLoRA proper: the base loaded in 4-bit NF4 (the tiny preset's default is float32).
-    first = loop.jobs.run_inline(loop.db, job_id, quantize=True)
+    first = loop.jobs.run_inline(loop.db, job_id, config.Settings.load(), quantize=True)
     second = loop.jobs.train_job(job_id).get()  # the huey task, enqueued for the same id
     third = loop.jobs.train_job(job_id).get()
     assert first["ran"] is True and first["state"] in ("promoted", "rejected")
@@ -72,7 +72,7 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_step(loop, mo
     _feedback(loop.db)
     queued = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
     assert loop.jobs.cancel(loop.db, queued, "cli:op")["state"] == "cancelled"
-    assert loop.jobs.run_inline(loop.db, queued)["ran"] is False
+    assert loop.jobs.run_inline(loop.db, queued, config.Settings.load())["ran"] is False
     with pytest.raises(loop.jobs.JobError, match="already finished"):
         loop.jobs.cancel(loop.db, queued, "cli:op")
 
@@ -80,7 +80,7 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_step(loop, mo
     running = loop.jobs.submit(loop.db, "cli:op", enqueue=False)
     done = {}
     worker = threading.Thread(target=lambda: done.update(
-        loop.jobs.run_inline(store.connect(loop.env["BOT_DB"]), running)))
+        loop.jobs.run_inline(store.connect(loop.env["BOT_DB"]), running, config.Settings.load())))
     worker.start()
     deadline = time.monotonic() + 60
     while (store.job(loop.db, running)["step"] or 0) < 2:
@@ -132,7 +132,7 @@ def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
     try:
         _wait("the worker to start", lambda: store.get_meta(loop.db, loop.jobs.HEARTBEAT_KEY), first)
         out = subprocess.run([sys.executable, "-c", "from bot import config, store; from bot.learning import jobs; "
-                              "print(jobs.submit(store.connect(config.get('BOT_DB')), 'cli:op'))"],
+                              "print(jobs.submit(store.connect(config.Settings.load().db), 'cli:op'))"],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
         job_id = int(out.stdout.strip().splitlines()[-1])

@@ -21,7 +21,7 @@ import pytest
 
 from bot.chat import outbox
 from bot.ops import health, serve
-from bot import store, wiring
+from bot import config, store, wiring
 from slack_recorder import Recorder
 
 
@@ -134,7 +134,7 @@ async def test_serve_posts_the_slack_outbox_to_the_thread_that_asked(env, kb_db,
     job = store.create_job(kb_db, "train", "slack:U0ADMIN", "slack", "C1", "123.456")
     row = store.post_outbox(kb_db, job, "slack", "C1", "123.456", "Job #1: v0001 promoted")
     stop = asyncio.Event()
-    task = asyncio.create_task(serve.main_async(stop, outbox_every_s=0.05))
+    task = asyncio.create_task(serve.main_async(config.Settings.load(), stop, outbox_every_s=0.05))
     try:
         (posted,) = await recorder.wait_for(lambda r: r.of("chat.postMessage"))
         async with aiohttp.ClientSession() as session:
@@ -193,7 +193,7 @@ def _answerer(db, generator):
 def _ops(db, answerer, tmp_path, **platforms):
     from bot import commands
 
-    return health.Health(commands.Commands(db, answerer), {"slack": "off", "discord": "off", **platforms},
+    return health.Health(commands.Commands(db, answerer, settings=config.Settings.load()), {"slack": "off", "discord": "off", **platforms},
                          tmp_path / "bot.db", tmp_path / "adapters")
 
 

@@ -24,7 +24,7 @@ import pytest_asyncio
 import yaml
 
 from bot.answering import pipeline as answering
-from bot import commands, store
+from bot import commands, config, store
 from bot.knowledge import retrieval
 from bot.chat.slack import app as slack_app, render as slack_render
 from bot.commands import Caller
@@ -95,7 +95,8 @@ async def slack(kb_db, searcher, tmp_path):
     gen = ScriptedGenerator(ANSWER, delay=0.05, model_id="scripted/slow")  # takes its time: a piece every 50 ms
     answerer = answering.Answerer(kb_db, searcher, lambda: gen)
     cmds = commands.Commands(kb_db, answerer, admins={"slack": [ADMIN]}, adapters_dir=tmp_path / "adapters",
-                             reindex=lambda: "Re-indexed: nothing changed.", enqueue=False)  # /train: no huey
+                             reindex=lambda: "Re-indexed: nothing changed.", enqueue=False,  # /train: no huey
+                             settings=config.Settings.load())
     app = slack_app.build_app(cmds, token=TOKEN, signing_secret=SECRET, api_url=recorder.api_url,
                               update_every_s=0.2)
     runner = await slack_app.start_http(app, 0, host="127.0.0.1")
@@ -376,8 +377,8 @@ async def test_socket_mode_runs_the_same_listeners(slack):
 
 
 def test_construction_is_offline_and_light():
-    code = ("import sys, bot.chat.slack.app as s, bot.store as st, bot.commands as c;"
-            "app = s.build_app(c.Commands(st.connect(':memory:'), None), token='xoxb-1', signing_secret='x',"
+    code = ("import sys, bot.chat.slack.app as s, bot.store as st, bot.commands as c, bot.config as cf;"
+            "app = s.build_app(c.Commands(st.connect(':memory:'), None, settings=cf.Settings.load()), token='xoxb-1', signing_secret='x',"
             " api_url='http://127.0.0.1:9/api/');"
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')], 'heavy import'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -5,18 +5,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot import store, wiring
+from bot import config, store, wiring
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_reindex_serves_a_new_document_at_once_through_the_same_searcher(env, kb_dir):
-    db = wiring.connect_db()
-    searcher = wiring.build_searcher(db)  # a fresh database: indexes the knowledge dir first
+    settings = config.Settings.load()
+    db = wiring.connect_db(settings)
+    searcher = wiring.build_searcher(settings, db)  # a fresh database: indexes the knowledge dir first
     assert not any(h.doc == "quokka.md" for h in searcher.search("quokkafish migration", 5))
     (kb_dir / "quokka.md").write_text("# Quokkafish migration\n\nThe quokkafish migrates every spring.\n",
                                       encoding="utf-8")
-    reindex = wiring.reindexer(db, searcher)
+    reindex = wiring.reindexer(settings, db, searcher)
     assert reindex() == "Re-indexed: 1 indexed"
     assert searcher.search("quokkafish migration", 5)[0].doc == "quokka.md"  # no new Searcher needed
     assert reindex() == "Re-indexed: nothing changed."

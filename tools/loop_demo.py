@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_all = time.perf_counter()
-    cache = config.get("BOT_CACHE_DIR")
+    settings = config.Settings.load()  # a tool is an entry point: read once, after the demo's own settings above
+    cache = settings.cache_dir
     wiring.build_tiny_model(cache, config.ROOT / "knowledge" / "docs", log=lambda *a: None)
     db = store.connect(work / "bot.db")
     adapters = work / "adapters"
@@ -71,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     served_budgets = presets.load("tiny").generation  # answers as `serve` gives them, with the preset's limits
     served = generation.load("tiny", cache_dir=cache, adapters_dir=adapters, trainable=False)
     worker = generation.ModelWorker(served)
-    answerer = pipeline.Answerer(db, searcher, lambda: worker, k=config.get("BOT_SEARCH_K"),
+    answerer = pipeline.Answerer(db, searcher, lambda: worker, k=settings.search_k,
                                   context_budget=served_budgets.context_budget_tokens,
                                   max_new_tokens=served_budgets.max_new_tokens)
-    golden_path = config.get("BOT_GOLDEN_SET")
+    golden_path = settings.golden_set
     questions, source = _questions()
 
     # 1. Ask, record, correct (operator: accepted at once), train, gate, promote, ask again.

@@ -134,9 +134,9 @@ def _answerer(db, model: str):
     reason = "asked for with --model scripted"
     if model == "tiny":
         try:
-            cache = config.get("BOT_CACHE_DIR")
-            wiring.build_tiny_model(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
-            answerer = wiring.build_answerer(db, "tiny")
+            settings = config.Settings.load()  # a tool is an entry point: it reads the settings itself
+            wiring.build_tiny_model(settings.cache_dir, ROOT / "knowledge" / "docs", log=lambda *a: None)
+            answerer = wiring.build_answerer(settings, db, "tiny")
             source = answerer.generator()  # loaded before the clock starts, as `serve` does at start-up
             if source is None:
                 raise RuntimeError(answerer.unavailable_reason)
@@ -398,7 +398,7 @@ def run(users: int = 20, requests: int = 200, *, concurrency: int | None = None,
             answerer.max_new_tokens = new_tokens
         if context_budget:
             answerer.context_budget = context_budget
-        cmds = wiring.build_commands(db, answerer)
+        cmds = wiring.build_commands(config.Settings.load(), db, answerer)
 
         async def main():
             recorder = await Recorder().start()

@@ -60,7 +60,9 @@ def serving_tokens() -> tuple[str, ...]:
     """The control tokens of the serving preset (BOT_MODEL), or of every preset when it is `none` or unknown."""
     from bot import config
 
-    name = str(config.get("BOT_MODEL") or "none")
+    # TODO(issue 11): still loaded here, not passed in: guard.check_correction and feedback.correct would
+    # have to carry the serving model through every transport; left for a follow-up.
+    name = str(config.Settings.load().model or "none")
     return preset_tokens(name) or all_preset_tokens()
 
 

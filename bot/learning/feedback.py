@@ -16,7 +16,9 @@ processed as new.
 """
 from __future__ import annotations
 
-from bot import config, store
+from collections.abc import Sequence
+
+from bot import store
 from bot.guard import MAX_CORRECTION_CHARS, check_correction  # noqa: F401  (re-exported)
 
 
@@ -32,11 +34,10 @@ def person(platform: str, user: str) -> str:
     return f"{platform}:{user}"
 
 
-def trusted(platform: str, user: str, reviewers: list[str] | None = None) -> bool:
-    """The operator at the CLI, or a `platform:user` listed in BOT_TRUSTED_REVIEWERS."""
+def trusted(platform: str, user: str, reviewers: Sequence[str] = ()) -> bool:
+    """The operator at the CLI, or a `platform:user` in `reviewers` (the caller's BOT_TRUSTED_REVIEWERS)."""
     if platform == "cli":
         return True
-    reviewers = config.get("BOT_TRUSTED_REVIEWERS") if reviewers is None else reviewers
     return person(platform, user) in reviewers
 
 
@@ -57,7 +58,7 @@ def vote(db, answer_id: str, platform: str, user: str, value: int, delivery: str
 
 
 def correct(db, answer_id: str, text: str, platform: str, user: str,
-            reviewers: list[str] | None = None, delivery: str | None = None) -> dict:
+            reviewers: Sequence[str] = (), delivery: str | None = None) -> dict:
     """Store a correction: `{"id", "status"}`, status "accepted" when the author is trusted, else "pending"."""
     _answer(db, answer_id)
     why = check_correction(text)  # the same checks as every transport: size, emptiness, stray characters

@@ -26,6 +26,7 @@ from huey.exceptions import TaskLockedException
 
 from bot import config, store
 from bot.learning import evaluation, fitting, forgetting, registry, retrain, snapshot
+from bot.learning import queue
 from bot.learning.queue import LOCK, cron, huey
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ class JobError(Exception):
     """A job request that cannot be done; the message says why."""
 
 
-def _db():
-    return store.connect(config.get("BOT_DB"))
+def _db(settings: config.Settings):
+    return store.connect(settings.db)
 
 
 def _alive(runner: str | None) -> bool:
@@ -59,16 +60,16 @@ def _say(db, job: dict, text: str) -> None:  # to the thread that asked; the CLI
         store.post_outbox(db, job["id"], job["platform"], job["channel"], job.get("thread") or "", text)
 
 
-def _settings(overrides: dict) -> dict:
-    out = {"preset": config.get("BOT_MODEL"), "adapters_dir": config.get("BOT_ADAPTERS_DIR"),
-           "cache_dir": config.get("BOT_CACHE_DIR"), "golden": config.get("BOT_GOLDEN_SET"),
-           "steps": config.get("BOT_TRAIN_STEPS") or None,
-           "k": config.get("BOT_SEARCH_K"), "min_gain": config.get("BOT_GATE_MIN_GAIN"),
-           "f1_tol": config.get("BOT_GATE_F1_TOLERANCE"), "nll_tol": config.get("BOT_GATE_NLL_TOLERANCE")}
+def _settings(s: config.Settings, overrides: dict) -> dict:
+    out = {"preset": s.model, "adapters_dir": s.adapters_dir,
+           "cache_dir": s.cache_dir, "golden": s.golden_set,
+           "steps": s.train_steps or None,
+           "k": s.search_k, "min_gain": s.gate_min_gain,
+           "f1_tol": s.gate_f1_tolerance, "nll_tol": s.gate_nll_tolerance}
     return {**out, **overrides}
 
 
-def execute(db, job_id: int, **overrides) -> dict:
+def execute(db, job_id: int, settings: config.Settings, **overrides) -> dict:
     """Run job `job_id` in this process if it is still queued; the final job row (plus `ran`)."""
     if not store.claim_job(db, job_id):
         if (row := store.job(db, job_id)) is None:
@@ -76,7 +77,7 @@ def execute(db, job_id: int, **overrides) -> dict:
         return {**row, "ran": False}
     store.update_job(db, job_id, runner=f"{socket.gethostname()}:{os.getpid()}")
     job = store.job(db, job_id)
-    settings = _settings(overrides)
+    settings = _settings(settings, overrides)
     last_write = [0.0]
 
     def progress(event: dict) -> None:
@@ -141,7 +142,9 @@ def execute(db, job_id: int, **overrides) -> dict:
 @huey.task(retries=2880, retry_delay=30)  # only the lock raises: wait up to a day for the GPU
 @huey.lock_task(LOCK)
 def train_job(job_id: int) -> dict:
-    return execute(_db(), job_id)
+    # Task bodies run in the worker's consumer: each is an entry point, so it reads the settings itself.
+    settings = config.Settings.load()
+    return execute(_db(settings), job_id, settings)
 
 
 def retrainer(db, enqueue: bool = True) -> forgetting.Retrain:
@@ -158,11 +161,11 @@ def submit(db, requested_by: str, platform: str = "", channel: str = "", thread:
     return job_id
 
 
-def run_inline(db, job_id: int, **overrides) -> dict:
+def run_inline(db, job_id: int, settings: config.Settings, **overrides) -> dict:
     """Run a queued job in this process, under the same GPU lock as the worker (`train --wait` with no worker)."""
     try:
         with huey.lock_task(LOCK):
-            return execute(db, job_id, **overrides)
+            return execute(db, job_id, settings, **overrides)
     except TaskLockedException:
         raise JobError("another training job holds the GPU lock; the job stays queued") from None
 
@@ -196,11 +199,11 @@ def listing(db, limit: int = 20) -> list[dict]:
     return [{k: r[k] for k in keep} for r in store.list_jobs(db, limit)]
 
 
-def recover(db=None, adapters_dir: Path | None = None) -> list[dict]:
+def recover(db, adapters_dir: Path) -> list[dict]:
     """At worker start: jobs left running by a killed process become failed, their temporary folders go.
 
     A job whose process still runs (an inline `train --wait` beside the worker) is left alone."""
-    db, adapters_dir = db or _db(), Path(adapters_dir or config.get("BOT_ADAPTERS_DIR"))
+    adapters_dir = Path(adapters_dir)
     failed, live = [], set()
     for row in store.list_jobs(db, limit=1000, states=store.ACTIVE_STATES):
         if _alive(row["runner"]):
@@ -226,10 +229,9 @@ def recover(db=None, adapters_dir: Path | None = None) -> list[dict]:
     return failed
 
 
-def nightly(db, adapters_dir: Path | None = None, min_feedback: int | None = None) -> dict:
+def nightly(db, adapters_dir: Path, min_feedback: int) -> dict:
     """The scheduled retrain's decision: `{"ran", "reason", "job"}`; submits a job when it should run."""
-    adapters_dir = Path(adapters_dir or config.get("BOT_ADAPTERS_DIR"))
-    need = config.get("BOT_RETRAIN_MIN_FEEDBACK") if min_feedback is None else min_feedback
+    adapters_dir, need = Path(adapters_dir), min_feedback
     busy = store.list_jobs(db, limit=1, states=("queued",) + store.ACTIVE_STATES)
     if busy:
         return {"ran": False, "job": None, "reason": f"job #{busy[0]['id']} is already {busy[0]['state']}"}
@@ -244,23 +246,31 @@ def nightly(db, adapters_dir: Path | None = None, min_feedback: int | None = Non
     return {"ran": True, "job": job_id, "reason": f"{snap.new} new accepted examples"}
 
 
-@huey.periodic_task(crontab(**cron(config.get("BOT_RETRAIN_CRON"))))
+def _retrain_due(when) -> bool:
+    """BOT_RETRAIN_CRON, asked by the consumer each minute: the schedule is a setting, so it is read from
+    the queue's settings when asked, not when this module is imported (the worker checks it at start)."""
+    return crontab(**cron(queue.settings().retrain_cron))(when)
+
+
+@huey.periodic_task(_retrain_due)
 def scheduled_retrain() -> dict:
-    result = nightly(_db())
+    settings = config.Settings.load()  # a task: an entry point in the consumer
+    result = nightly(_db(settings), settings.adapters_dir, settings.retrain_min_feedback)
     log.info("scheduled retrain: %s", result)
     return result
 
 
 @huey.periodic_task(crontab())  # every minute: `worker_alive` tells the CLI whether to wait or run inline
 def heartbeat() -> None:
-    store.set_meta(_db(), HEARTBEAT_KEY, str(time.time()))
+    store.set_meta(_db(config.Settings.load()), HEARTBEAT_KEY, str(time.time()))  # a task: an entry point
 
 
 @huey.on_startup()
 def _on_start() -> None:
-    db = _db()
+    settings = config.Settings.load()  # the consumer's start hook: an entry point
+    db = _db(settings)
     store.set_meta(db, HEARTBEAT_KEY, str(time.time()))
-    for row in recover(db):
+    for row in recover(db, settings.adapters_dir):
         log.warning("job %s marked failed: %s", row["id"], row["error"])
 
 

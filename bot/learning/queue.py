@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huey import RedisHuey, SqliteHuey, crontab
-from huey.storage import SqliteStorage
+from huey import Huey, SqliteHuey, crontab
+from huey.storage import RedisStorage, SqliteStorage
 
 from bot import config
 
@@ -38,12 +38,55 @@ class _SqliteHuey(SqliteHuey):
     storage_class = _LazySqliteStorage
 
 
+_settings: config.Settings | None = None
+
+
+def configure(settings: config.Settings) -> None:
+    """Hand the queue the entry point's settings (the worker does, at start) before its first use."""
+    global _settings
+    _settings = settings
+
+
+def settings() -> config.Settings:
+    """The settings the queue was configured with; loaded once here when no entry point configured it
+    (a process that only submits, e.g. the CLI's `train`, or a test)."""
+    global _settings
+    if _settings is None:
+        _settings = config.Settings.load()
+    return _settings
+
+
+class _DeferredStorage:
+    """The storage, chosen and opened on first use from `settings()`: Redis when BOT_REDIS_URL is set,
+    else SQLite at BOT_HUEY_DB.
+
+    The huey instance must exist at import, because the task decorators register on it then; its
+    storage is the only part that needs the settings, so it waits until something touches the queue,
+    by which time the entry point has loaded them. Importing creates no file and reads no setting."""
+
+    def __init__(self, name: str):
+        self.name, self._real = name, None
+
+    def _storage(self):
+        if self._real is None:
+            s = settings()
+            # timeout: seconds to wait for the queue file's lock; a submit should wait out a busy worker, not fail.
+            self._real = RedisStorage(self.name, url=s.redis_url) if s.redis_url else \
+                _LazySqliteStorage(self.name, filename=str(s.huey_db), timeout=30)
+        return self._real
+
+    def __getattr__(self, attr):
+        return getattr(self._storage(), attr)
+
+
+class _Huey(Huey):
+    def create_storage(self):
+        return _DeferredStorage(self.name)
+
+
 def make_huey():
-    """RedisHuey when BOT_REDIS_URL is set, else SQLite at BOT_HUEY_DB; cron in the worker's local time."""
-    if url := config.get("BOT_REDIS_URL"):
-        return RedisHuey("bot", url=url, utc=False)
-    # timeout: seconds to wait for the queue file's lock; a submit should wait out a busy worker, not fail.
-    return _SqliteHuey("bot", filename=str(config.get("BOT_HUEY_DB")), utc=False, timeout=30)
+    """The queue, its storage deferred to first use (see _DeferredStorage); cron in the worker's local time."""
+    return _Huey("bot", utc=False)
 
 
 def cron(expr: str) -> dict:

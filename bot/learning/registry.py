@@ -61,7 +61,9 @@ def serving_base() -> tuple | None:
     from bot.llm import generation
 
     try:
-        return generation.identity(config.get("BOT_MODEL"), config.get("BOT_CACHE_DIR"))
+        # TODO(issue 11): still loaded here, not passed in (promote/rollback would need the base from callers).
+        settings = config.Settings.load()
+        return generation.identity(settings.model, settings.cache_dir)
     except Exception:  # a bad setting is the serving process's to report; the folder checks still run
         return None
 

@@ -46,14 +46,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup(fmt: str | None = None, level: int = logging.INFO, stream=None) -> logging.Handler:
-    """Send every logger's records to `stream` (stderr) in `fmt` (default: BOT_LOG_FORMAT); the handler.
+def setup(fmt: str, level: int = logging.INFO, stream=None) -> logging.Handler:
+    """Send every logger's records to `stream` (stderr) in `fmt` (the caller's BOT_LOG_FORMAT); the handler.
 
     Replaces the root logger's handlers, so calling it again (a test, a
     re-exec) never prints a line twice."""
-    fmt = (fmt or config.get("BOT_LOG_FORMAT")).strip().lower()
+    fmt = fmt.strip().lower()
     if fmt not in FORMATS:
-        raise SystemExit(f"setting BOT_LOG_FORMAT={fmt!r} is not one of: {', '.join(FORMATS)}")
+        raise config.SettingError(f"setting BOT_LOG_FORMAT={fmt!r} is not one of: {', '.join(FORMATS)}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()

@@ -57,11 +57,13 @@ def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now
 @huey.periodic_task(crontab(**PURGE_AT))
 def purge_old() -> dict | None:
     """The daily purge at BOT_RETENTION_DAYS; nothing when it is 0 (keep everything)."""
-    days = config.get("BOT_RETENTION_DAYS")
+    # A task runs in the worker's consumer: it is an entry point, so it reads the settings itself.
+    settings = config.Settings.load()
+    days = settings.retention_days
     if days <= 0:
         log.info("retention purge skipped: BOT_RETENTION_DAYS=0 keeps everything")
         return None
-    result = purge(store.connect(config.get("BOT_DB")), days, adapters_dir=config.get("BOT_ADAPTERS_DIR"))
+    result = purge(store.connect(settings.db), days, adapters_dir=settings.adapters_dir)
     log.info("retention purge: %d answers, %d votes, %d corrections older than %s days deleted",
              result["answers"], result["votes"], result["corrections"], days,
              extra={k: result[k] for k in ("days", "answers", "votes", "corrections")})

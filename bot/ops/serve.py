@@ -39,29 +39,29 @@ def _watch(task: asyncio.Task, name: str, state: dict) -> asyncio.Task:
     return task
 
 
-async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = OUTBOX_EVERY_S) -> None:
+async def main_async(settings: config.Settings, stop: asyncio.Event | None = None, outbox_every_s: float = OUTBOX_EVERY_S) -> None:
     from aiohttp import web
 
     from bot.answering import inflight
 
-    cmds = wiring.build_commands()
+    cmds = wiring.build_commands(settings)
     stop = stop or asyncio.Event()
     # Before any platform starts: what a killed process of this host left "Thinking…" goes to the
     # outbox now, answered from retrieval (no model needed), and the posters put it in place.
     await asyncio.to_thread(inflight.recover, cmds.db, cmds.answerer.searcher)
     state = {"slack": "off", "discord": "off"}  # the platforms, as they start and stop
-    ops = Health(cmds, state, config.get("BOT_DB"), config.get("BOT_ADAPTERS_DIR"))
+    ops = Health(cmds, state, settings.db, settings.adapters_dir)
     outbox = wiring.StoreOutbox(cmds.db)
     tasks = []
-    port = config.get("PORT")
-    slack_token, app_token = config.get("SLACK_BOT_TOKEN"), config.get("SLACK_APP_TOKEN")
+    port = settings.port
+    slack_token, app_token = settings.slack_bot_token, settings.slack_app_token
     runner = None
     if slack_token:
         from bot.chat.slack import app as slack_app
         from bot.chat.slack.send import slack_sender
 
-        app = slack_app.build_app(cmds, token=slack_token, signing_secret=config.get("SLACK_SIGNING_SECRET"),
-                                  api_url=config.get("SLACK_API_URL"))
+        app = slack_app.build_app(cmds, token=slack_token, signing_secret=settings.slack_signing_secret,
+                                  api_url=settings.slack_api_url)
         if app_token:
             tasks.append(_watch(asyncio.create_task(slack_app.start_socket_mode(app, app_token)), "slack", state))
             state["slack"] = "socket mode"
@@ -76,12 +76,12 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
         runner = web.AppRunner(webapp)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()
-    if config.get("DISCORD_TOKEN"):
+    if settings.discord_token:
         from bot.chat.discord import app as discord_app
         from bot.chat.discord.send import discord_sender
 
         client = discord_app.build_client(cmds)
-        tasks.append(_watch(asyncio.create_task(discord_app.start(client, config.get("DISCORD_TOKEN"))), "discord", state))
+        tasks.append(_watch(asyncio.create_task(discord_app.start(client, settings.discord_token)), "discord", state))
         tasks.append(_watch(asyncio.create_task(post_outbox(
             outbox, "discord", discord_sender(client), outbox_every_s, stop,
             ready=lambda: client.user is not None and not client.is_closed())), "discord outbox", state))
@@ -100,17 +100,18 @@ async def main_async(stop: asyncio.Event | None = None, outbox_every_s: float = 
     await runner.cleanup()
 
 
-def main() -> int:
+def main(settings: config.Settings) -> int:
+    """`serve`, with the settings the CLI loaded."""
     from bot.ops import logs
 
-    logs.setup()  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
+    logs.setup(settings.log_format)  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
 
     async def run():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main_async(stop)
+        await main_async(settings, stop)
 
     asyncio.run(run())
     return 0

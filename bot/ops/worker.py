@@ -8,7 +8,8 @@ same set. Recovery at start is jobs' `on_startup` hook.
 """
 from __future__ import annotations
 
-from bot.learning import jobs  # noqa: F401 (registers train_job, scheduled_retrain, heartbeat, _on_start)
+from bot import config
+from bot.learning import jobs, queue  # noqa: F401 (registers train_job, scheduled_retrain, heartbeat, _on_start)
 from bot.learning.queue import huey
 from bot.ops import retention  # noqa: F401 (registers purge_old)
 
@@ -21,6 +22,9 @@ def main() -> int:
 
     from bot.ops import logs
 
-    logs.setup()  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
+    settings = config.Settings.load()  # the worker is an entry point: its settings, read once at start
+    logs.setup(settings.log_format)  # BOT_LOG_FORMAT: JSON lines for a log collector, or text
+    queue.cron(settings.retrain_cron)  # a bad schedule stops the worker now, by name
+    queue.configure(settings)
     Consumer(huey, workers=1, periodic=True).run()
     return 0

@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         from bot import config
         from bot import wiring
 
-        wiring.build_tiny_model(config.get("BOT_CACHE_DIR"), ROOT / "knowledge" / "docs", log=lambda *a: None)
+        wiring.build_tiny_model(config.Settings.load().cache_dir, ROOT / "knowledge" / "docs", log=lambda *a: None)
     results = []
     for run in range(1, args.runs + 1):
         out = asyncio.run(one_run(run, args.clicks, args.questions, args.model, args.seed))

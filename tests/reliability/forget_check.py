@@ -85,7 +85,7 @@ def run(work: Path, steps: int) -> dict:
     golden = [bob_q] + _rows("golden.jsonl")[1:3]
     (work / "golden.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in golden),
                                        encoding="utf-8")
-    cache, docs, adapters = config.get("BOT_CACHE_DIR"), ROOT / "knowledge" / "docs", work / "adapters"
+    cache, docs, adapters = config.Settings.load().cache_dir, ROOT / "knowledge" / "docs", work / "adapters"
     wiring.build_tiny_model(cache, docs, log=lambda *a: None)
     db = store.connect(work / "bot.db")
     ingest.index_paths(db, [docs], docs, progress=False)
@@ -117,7 +117,7 @@ def run(work: Path, steps: int) -> dict:
                         "listing": [{k: v[k] for k in ("version", "verdict", "weights")} | {"marked": bool(v["forgotten"])}
                                     for v in listing["versions"]]}
     if job is not None:
-        done = jobs.run_inline(db, job)
+        done = jobs.run_inline(db, job, config.Settings.load())
         result["retrain"] = {"job": job, "verdict": done["verdict"] or done["state"], "version": done["version"],
                              "in_service": registry.read_pointer(adapters),
                              "weights": {v: bool(registry.weights(adapters / v)) for v in registry.versions(adapters)},
@@ -128,7 +128,7 @@ def run(work: Path, steps: int) -> dict:
     bob = json.loads(out)["adapters"]
     after = {"marked": bob["marked"], "retrain_job": bob["retrain_job"], "bob_files_after": holding(adapters, bob_texts)}
     if bob["retrain_job"] is not None:
-        done = jobs.run_inline(db, bob["retrain_job"])
+        done = jobs.run_inline(db, bob["retrain_job"], config.Settings.load())
         after.update(verdict=done["verdict"] or done["state"], in_service=registry.read_pointer(adapters),
                      weights={v: bool(registry.weights(adapters / v)) for v in registry.versions(adapters)})
     result["forget_bob"] = after

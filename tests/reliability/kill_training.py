@@ -109,18 +109,19 @@ def child(point: str, at: int) -> int:
     training.train, training.save_adapter, evaluation.evaluate = train, save_adapter, evaluate
     os.replace, store.mark_trained = replace, mark_trained
 
-    db = store.connect(config.get("BOT_DB"))
+    db = store.connect(config.Settings.load().db)
     # Asked from a chat channel, as /train does: what the job says goes to the outbox.
     job_id = jobs.submit(db, "slack:UADMIN", "slack", "C0FAULT", "", enqueue=False)
     say(f"JOB {job_id}")
-    row = jobs.run_inline(db, job_id)
+    row = jobs.run_inline(db, job_id, config.Settings.load())
     say(f"DONE {row['state']} {row.get('version')}")
     return 0
 
 
 # -- the parent ---------------------------------------------------------------------
 
-RECOVER = "import json; from bot.learning import jobs; print(json.dumps([r['id'] for r in jobs.recover()]))"
+RECOVER = ("import json; from bot import config, store; from bot.learning import jobs; s = config.Settings.load(); "
+           "print(json.dumps([r['id'] for r in jobs.recover(store.connect(s.db), s.adapters_dir)]))")
 
 
 def _env(work: Path, cache_dir: Path, steps: int) -> dict:
@@ -268,7 +269,7 @@ def main(argv=None) -> int:
     from bot.llm import generation
     from bot.knowledge import ingest
 
-    cache = config.get("BOT_CACHE_DIR")
+    cache = config.Settings.load().cache_dir
     wiring.build_tiny_model(cache, ROOT / "knowledge" / "docs", log=lambda *a: None)
     with tempfile.TemporaryDirectory(prefix="kill-training-") as tmp:
         work = Path(tmp)

@@ -90,7 +90,7 @@ def assert_nothing_ran(db, cmds, adapters, admins_before):
     assert cmds.admins == admins_before and not cmds.is_admin(Caller("slack", "U-attacker"))
     from bot import config
 
-    assert config.get("BOT_SLACK_ADMINS") == [SLACK_ADMIN]
+    assert list(config.Settings.load().slack_admins) == [SLACK_ADMIN]
     assert db.execute("select count(*) from votes").fetchone()[0] == 0
     assert db.execute("select count(*) from corrections").fetchone()[0] == 0
 

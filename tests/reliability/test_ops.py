@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import cli, store, wiring
+from bot import cli, config, store, wiring
 from bot.learning import feedback, jobs
 from bot.ops import logs, retention, serve
 from bot.answering.pipeline import Context
@@ -69,7 +69,7 @@ async def test_metrics_count_answers_votes_corrections_and_jobs_and_a_purge_neve
         monkeypatch.delenv(name, raising=False)
     set_pointer(env.tmp / "adapters", "v0003")
     stop = asyncio.Event()
-    task = asyncio.create_task(serve.main_async(stop))
+    task = asyncio.create_task(serve.main_async(config.Settings.load(), stop))
     try:
         async with aiohttp.ClientSession() as http:
             async def get(path):
@@ -86,7 +86,7 @@ async def test_metrics_count_answers_votes_corrections_and_jobs_and_a_purge_neve
 
             # Three answers through the real pipeline (as `ask` gives them), three older Slack ones recorded
             # by the store with chosen latencies, so the histogram's buckets can be checked.
-            answerer = wiring.build_answerer(kb_db)
+            answerer = wiring.build_answerer(config.Settings.load(), kb_db)
             ids = [answerer.ask(q, Context(platform="cli", user="op")).id
                    for q in ("什么是边缘计算？", "How do startups manage financial risk?", "融资")]
             old = time.time() - 40 * DAY
@@ -243,7 +243,7 @@ def test_json_lines_carry_time_level_logger_message_extra_fields_and_tracebacks(
     b = json.loads(second)
     assert b["level"] == "ERROR" and "ValueError: boom" in b["exc_info"]
     assert third.endswith("WARNING bot.test: plain text")
-    with pytest.raises(SystemExit, match="BOT_LOG_FORMAT"):
+    with pytest.raises(config.SettingError, match="BOT_LOG_FORMAT"):
         logs.setup("xml")
 
 
