@@ -145,7 +145,7 @@ def _answerer(db, model: str):
                 source.generator = timed = _Timed(inner)
             else:
                 answerer._generator = timed = _Timed(source)
-            return answerer, timed, f"tiny model ({cache / 'tiny'}) on the model worker"
+            return answerer, timed, f"tiny model ({settings.cache_dir / 'tiny'}) on the model worker"
         except Exception as e:  # no torch, a failed build: measure the transport anyway, and say so
             reason = f"{type(e).__name__}: {e}"[:200]
     timed = _Timed(_Scripted())
