@@ -63,7 +63,11 @@ def indexed_kb(tmp_path_factory) -> SimpleNamespace:
     database = store.connect(db_path)
     reports = ingest.index_paths(database, [kb], kb, progress=False)
     assert {r.status for r in reports} == {"indexed"}, reports
-    return SimpleNamespace(db=database, db_path=db_path, kb_dir=kb, reports=reports)
+    yield SimpleNamespace(db=database, db_path=db_path, kb_dir=kb, reports=reports)
+    # Every test that writes takes a copy (kb_db); a write here leaks into every later copy.
+    written = {t: database.execute(f"select count(*) from {t}").fetchone()[0]
+               for t in ("answers", "votes", "corrections")}
+    assert not any(written.values()), f"a test wrote to the shared indexed database: {written}"
 
 
 @pytest.fixture(scope="session")

@@ -90,14 +90,15 @@ def test_a_model_error_is_kept_in_the_future_not_raised_by_submit(make, model_di
             future.result(timeout=60)
 
 
-def test_the_answerer_builds_its_generator_once_on_first_use(indexed_kb):
+def test_the_answerer_builds_its_generator_once_on_first_use(kb_db):
     built: list[ScriptedGenerator] = []
 
     def factory():
         built.append(ScriptedGenerator())
         return built[-1]
 
-    answerer = pipeline.Answerer(indexed_kb.db, retrieval.Searcher(indexed_kb.db), factory)
+    # A private copy: the session's indexed database is shared and must stay without answers.
+    answerer = pipeline.Answerer(kb_db, retrieval.Searcher(kb_db), factory)
     assert built == [] and not answerer.generator_loaded
     first = answerer.ask("什么是边缘计算？")
     answerer.ask("什么是边缘计算？")
