@@ -6,6 +6,7 @@ one SDK per transport) are in pyproject.toml and run by `make test`
 """
 from __future__ import annotations
 
+import json
 import pkgutil
 import shutil
 import subprocess
@@ -39,3 +40,11 @@ def test_the_import_contracts_in_pyproject_hold():
     assert lint, "import-linter is a dev dependency (pyproject.toml)"
     out = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_the_architecture_figures_show_no_cycle_and_no_setting_read_by_name():
+    out = subprocess.run([sys.executable, "-m", "tools.architecture", "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout)
+    assert figures["cycles"] == [] and figures["config_get_calls"] == 0, figures
