@@ -292,7 +292,7 @@ def cmd_feedback(args) -> int:
         # Every input is checked before anything is written: a bad correction must not leave its vote
         # behind, and an id that is not even text (a NUL, bytes that were not UTF-8) must not reach SQLite.
         why = guard.check_text(args.target, what="answer id", limit=64, empty="give an answer id") or (
-            guard.check_correction(args.correction) if args.correction is not None else None)
+            guard.check_correction(args.correction, args.settings.model) if args.correction is not None else None)
         if why:
             print(f"feedback: {why}", file=sys.stderr)
             return 1
@@ -301,7 +301,8 @@ def cmd_feedback(args) -> int:
         if args.up or args.down:
             out["vote"] = feedback.vote(db, args.target, platform, user, 1 if args.up else -1)["value"]
         if args.correction is not None:
-            fix = feedback.correct(db, args.target, args.correction, platform, user, args.settings.trusted_reviewers)
+            fix = feedback.correct(db, args.target, args.correction, platform, user, args.settings.trusted_reviewers,
+                                   model=args.settings.model)
             out["correction"] = fix
         text = [f"vote {'+1' if out.get('vote') == 1 else '-1'} recorded" if "vote" in out else "",
                 f"correction #{out['correction']['id']} {out['correction']['status']}" if "correction" in out else ""]

@@ -152,6 +152,8 @@ class Commands:
         self.guard = guard if guard is not None else Admission.from_settings(
             settings, depth=getattr(answerer, "queue_depth", None))
         self.reviewers = settings.trusted_reviewers  # whose corrections are accepted without a review
+        self.model = settings.model  # the serving preset: its control tokens are refused in corrections
+        self.cache_dir = settings.cache_dir  # where its weights are: an adapter is checked against that base
 
     # -- de-duplication: each platform calls this once per delivery (a Slack middleware, a Discord helper) --
 
@@ -282,12 +284,12 @@ class Commands:
                      private=True)
 
     def correct(self, caller: Caller, answer_id: str, text: str, delivery: str | None = None) -> Reply:
-        bad = _nobody(caller) or guard.check_answer_id(answer_id) or guard.check_correction(text)
+        bad = _nobody(caller) or guard.check_answer_id(answer_id) or guard.check_correction(text, self.model)
         if bad:
             return Reply(bad, ok=False, private=True)
         try:
             done = feedback.correct(self.db, answer_id, text, caller.platform, caller.user, self.reviewers,
-                                    delivery=delivery)
+                                    delivery=delivery, model=self.model)
         except feedback.Duplicate:
             return _already()
         except feedback.FeedbackError as e:
@@ -480,10 +482,12 @@ class Commands:
             return Reply("Which version? `/adapter promote <version>`", ok=False, private=True)
         try:
             before = registry.listing(self.adapters_dir)["in_service"]
+            base = registry.serving_base(self.model, self.cache_dir)
             if action == "promote":
-                now = registry.promote(self.db, self.adapters_dir, version, by=f"{caller.platform}:{caller.user}")
+                now = registry.promote(self.db, self.adapters_dir, version, by=f"{caller.platform}:{caller.user}",
+                                       base=base)
             else:
-                now = registry.rollback(self.db, self.adapters_dir, by=f"{caller.platform}:{caller.user}")
+                now = registry.rollback(self.db, self.adapters_dir, by=f"{caller.platform}:{caller.user}", base=base)
         except registry.RegistryError as e:
             # The server's own paths are none of the chat's business: the folder is named as `adapters`.
             why = str(e).replace(str(self.adapters_dir), "adapters") if self.adapters_dir else str(e)

@@ -84,14 +84,15 @@ def check_question(text) -> str | None:
                       empty="Please add a question, e.g. `/ask 什么是边缘计算？`")
 
 
-def check_correction(text) -> str | None:
-    """Also refuses chat-template control tokens (`<|im_end|>`, `<tool_call>`): a correction becomes a
-    training target, and a tokenizer would read them as real turn markers."""
+def check_correction(text, model: str | None = None) -> str | None:
+    """Also refuses chat-template control tokens (`<|im_end|>`, `<tool_call>`) of the serving preset
+    `model` (None: of every preset): a correction becomes a training target, and a tokenizer would read
+    them as real turn markers."""
     from bot.answering import control_tokens
 
     return (check_text(text, what="correction", limit=MAX_CORRECTION_CHARS,
                        empty="The correction is empty; nothing was recorded.")
-            or control_tokens.check(text, "correction"))
+            or control_tokens.check(text, "correction", model))
 
 
 def check_answer_id(value) -> str | None:

@@ -76,20 +76,19 @@ def test_generic_shapes_cover_other_chat_formats():
         assert control_tokens.find(text) == [] and prompts.quoted(text) == text
 
 
-def test_a_correction_with_control_tokens_is_refused_by_name_and_nothing_is_stored(db, monkeypatch):
-    monkeypatch.setenv("BOT_MODEL", "tiny")
+def test_a_correction_with_control_tokens_is_refused_by_name_and_nothing_is_stored(db):
     aid = _answer(db)
     with pytest.raises(feedback.FeedbackError) as e:
-        feedback.correct(db, aid, ATTACK, "slack", "UREV", reviewers=["slack:UREV"])
+        feedback.correct(db, aid, ATTACK, "slack", "UREV", reviewers=["slack:UREV"], model="tiny")
     assert "`<|im_end|>`" in str(e.value) and "`<|im_start|>`" in str(e.value) and "nothing was recorded" in str(e.value)
     assert store.corrections(db, aid) == []
     # Qwen's non-ChatML added tokens are refused with no model loaded at all (BOT_MODEL=none: every preset's list).
-    monkeypatch.setenv("BOT_MODEL", "none")
     for token in ("<tool_call>", "<|fim_prefix|>", "<|vision_start|>"):
         with pytest.raises(feedback.FeedbackError, match=f"`{token}`".replace("|", r"\|")):
-            feedback.correct(db, aid, f"正确答案{token}", "cli", "")
+            feedback.correct(db, aid, f"正确答案{token}", "cli", "", model="none")
     assert store.corrections(db, aid) == []
-    assert feedback.correct(db, aid, "正确答案是 <EMAIL> 和 List<String>", "cli", "")["status"] == "accepted"
+    assert feedback.correct(db, aid, "正确答案是 <EMAIL> 和 List<String>", "cli", "", model="none")["status"] == \
+        "accepted"
 
 
 def test_chat_command_tells_the_person_which_token(kb_db, tmp_path, monkeypatch):

@@ -124,7 +124,7 @@ def test_once_a_clean_version_serves_the_marked_weights_go_and_with_nothing_left
     assert registry.card(adapters, "v0002")["weights_deleted"]["why"] == "forget"
     # Rollback or promotion to a version whose weights are gone is refused with the reason.
     try:
-        registry.promote(db, adapters, "v0002", by="cli:operator")
+        registry.promote(db, adapters, "v0002", by="cli:operator", base=None)
         raise AssertionError("promoted a version without weights")
     except registry.RegistryError as e:
         assert "v0002" in str(e)

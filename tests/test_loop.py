@@ -143,6 +143,6 @@ def test_poisoned_feedback_is_rejected_and_the_adapter_in_service_stays(world):
 
 
 def test_rollback_restores_the_previous_adapter_for_the_next_answer(world):
-    assert registry.rollback(world.db, world.adapters, by="cli:operator") is None
+    assert registry.rollback(world.db, world.adapters, by="cli:operator", base=None) is None
     again = world.answerer.ask(world.first["question"])
     assert again.adapter is None and again.answer == world.first["answer"]

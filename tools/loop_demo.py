@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     still = answerer.ask(questions[0]["question"], ctx)
 
     # 3. Rollback: the adapter before the one in service answers the next question.
-    back_to = registry.rollback(db, adapters, by="cli:operator")
+    back_to = registry.rollback(db, adapters, by="cli:operator",
+                                base=registry.serving_base(settings.model, settings.cache_dir))
     card = registry.card(adapters, first["version"])
     rolled = answerer.ask(questions[0]["question"], ctx)
     worker.close()

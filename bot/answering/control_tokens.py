@@ -56,14 +56,10 @@ def all_preset_tokens() -> tuple[str, ...]:
     return tuple(sorted({t for name in presets.names() for t in preset_tokens(name)}))
 
 
-def serving_tokens() -> tuple[str, ...]:
-    """The control tokens of the serving preset (BOT_MODEL), or of every preset when it is `none` or unknown."""
-    from bot import config
-
-    # TODO(issue 11): still loaded here, not passed in: guard.check_correction and feedback.correct would
-    # have to carry the serving model through every transport; left for a follow-up.
-    name = str(config.Settings.load().model or "none")
-    return preset_tokens(name) or all_preset_tokens()
+def serving_tokens(model: str | None) -> tuple[str, ...]:
+    """The control tokens of the serving preset `model` (BOT_MODEL), or of every preset when it is None,
+    `none` or unknown: with no model to ask, the strictest list."""
+    return preset_tokens(str(model or "none")) or all_preset_tokens()
 
 
 def tokenizer_tokens(tokenizer) -> tuple[str, ...]:
@@ -88,9 +84,11 @@ def find(text: str, tokens: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(token for _, token in sorted(hits)))
 
 
-def check(text: str, what: str = "correction", tokens: Iterable[str] | None = None) -> str | None:
-    """Why `text` cannot be taken as training data (it holds a control token, named), or None."""
-    found = find(text, serving_tokens() if tokens is None else tokens)
+def check(text: str, what: str = "correction", model: str | None = None,
+          tokens: Iterable[str] | None = None) -> str | None:
+    """Why `text` cannot be taken as training data (it holds a control token of the serving preset
+    `model`, named), or None."""
+    found = find(text, serving_tokens(model) if tokens is None else tokens)
     if not found:
         return None
     named = ", ".join(f"`{t}`" for t in found[:5])

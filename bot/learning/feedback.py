@@ -58,10 +58,11 @@ def vote(db, answer_id: str, platform: str, user: str, value: int, delivery: str
 
 
 def correct(db, answer_id: str, text: str, platform: str, user: str,
-            reviewers: Sequence[str] = (), delivery: str | None = None) -> dict:
-    """Store a correction: `{"id", "status"}`, status "accepted" when the author is trusted, else "pending"."""
+            reviewers: Sequence[str] = (), delivery: str | None = None, model: str | None = None) -> dict:
+    """Store a correction: `{"id", "status"}`, status "accepted" when the author is trusted, else "pending".
+    `model`: the serving preset, whose control tokens are refused (None: every preset's)."""
     _answer(db, answer_id)
-    why = check_correction(text)  # the same checks as every transport: size, emptiness, stray characters
+    why = check_correction(text, model)  # the same checks as every transport: size, emptiness, stray characters
     if why:
         raise FeedbackError(why)
     text = text.strip()

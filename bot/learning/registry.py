@@ -55,23 +55,23 @@ def listing(adapters_dir: Path) -> dict:
     return {"in_service": read_pointer(Path(adapters_dir)) if Path(adapters_dir).is_dir() else None, "versions": out}
 
 
-def serving_base() -> tuple | None:
-    """The base model the serving process loads (BOT_MODEL): (id, revision, architecture); None if it cannot be told."""
-    from bot import config
+def serving_base(model: str, cache_dir: Path) -> tuple | None:
+    """The base model the serving process loads (preset `model`, BOT_MODEL): (id, revision, architecture);
+    None if it cannot be told."""
     from bot.llm import generation
 
     try:
-        # TODO(issue 11): still loaded here, not passed in (promote/rollback would need the base from callers).
-        settings = config.Settings.load()
-        return generation.identity(settings.model, settings.cache_dir)
+        return generation.identity(model, cache_dir)
     except Exception:  # a bad setting is the serving process's to report; the folder checks still run
         return None
 
 
-def promote(db, adapters_dir: Path, version: str, by: str) -> str:
+def promote(db, adapters_dir: Path, version: str, by: str, *, base: tuple | None) -> str:
+    """Put `version` in service. `base`: the serving base model (`serving_base`), which the version must
+    have been trained on; None when it cannot be told (the folder's own checks still run)."""
     try:
         check_name(version)
-        check_folder(Path(adapters_dir) / version, serving_base())
+        check_folder(Path(adapters_dir) / version, base)
     except AdapterError as e:
         raise RegistryError(f"cannot promote {version!r}: {e}") from None
     previous = read_pointer(Path(adapters_dir))
@@ -84,8 +84,8 @@ def promote(db, adapters_dir: Path, version: str, by: str) -> str:
     return version
 
 
-def rollback(db, adapters_dir: Path, by: str) -> str | None:
-    """Point back at the version served before the current one."""
+def rollback(db, adapters_dir: Path, by: str, *, base: tuple | None) -> str | None:
+    """Point back at the version served before the current one (checked against `base`, as `promote`)."""
     current = read_pointer(Path(adapters_dir))
     history = [p for p in store.promotions(db) if p["version"] == current and p["action"] == "promote"]
     if not history:
@@ -93,7 +93,7 @@ def rollback(db, adapters_dir: Path, by: str) -> str | None:
     previous = history[-1]["previous"]
     if previous is not None:
         try:
-            check_folder(Path(adapters_dir) / previous, serving_base())
+            check_folder(Path(adapters_dir) / previous, base)
         except AdapterError as e:
             raise RegistryError(f"cannot roll back to {previous}: {e}") from None
     set_pointer(Path(adapters_dir), previous)

@@ -235,7 +235,8 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if verdict == "promoted":
-        registry.promote(db, adapters_dir, version, by=f"job:{job_id}" if job_id is not None else "retrain")
+        registry.promote(db, adapters_dir, version, by=f"job:{job_id}" if job_id is not None else "retrain",
+                         base=registry.serving_base(preset, cache_dir))
         store.mark_trained(db, version, *snap.learned_ids())
     return {"job": job_id, "version": version, "verdict": verdict, "reasons": reasons, "parent": parent,
             "metrics": card["metrics"], "counts": snap.counts, "data_hash": snap.data_hash, "fit": card["fit"],

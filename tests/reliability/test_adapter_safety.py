@@ -22,7 +22,7 @@ from bot.answering import pipeline as answering
 from bot.llm import generation, hotswap
 from bot.learning import registry
 from bot.knowledge import retrieval
-from bot import store
+from bot import config, store
 
 QUESTION = "什么是天使投资？"
 OTHER_BASE = {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "7ae557604adf67be50417f59c2c2f167def9a775"}
@@ -87,6 +87,12 @@ def made(tiny_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+def _base():
+    """The base model `adapters promote` checks against: the serving settings' (BOT_MODEL, BOT_CACHE_DIR)."""
+    settings = config.Settings.load()
+    return registry.serving_base(settings.model, settings.cache_dir)
+
+
 @pytest.fixture
 def served(made, tiny_model_dir, kb_db, tmp_path, monkeypatch):
     """v0001 promoted and in service in a serving model, answering through the pipeline."""
@@ -94,7 +100,7 @@ def served(made, tiny_model_dir, kb_db, tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(value))  # the base model `adapters promote` checks against
     adapters = tmp_path / "adapters"
     shutil.copytree(made, adapters / "v0001")
-    registry.promote(kb_db, adapters, "v0001", by="test")
+    registry.promote(kb_db, adapters, "v0001", by="test", base=_base())
     gen = generation.load("tiny", cache_dir=tiny_model_dir.parent, adapters_dir=adapters, trainable=False)
     answerer = answering.Answerer(kb_db, retrieval.Searcher(kb_db), lambda: gen, max_new_tokens=8)
     return answerer, gen, adapters, kb_db
@@ -124,7 +130,7 @@ def test_a_broken_adapter_is_refused_at_promote_and_at_load_and_the_previous_one
     # At promotion: refused with the reason, nothing moved, nothing recorded.
     promotions = store.promotions(db)
     with pytest.raises(registry.RegistryError) as refused:
-        registry.promote(db, adapters, "v0002", by="slack:UADMIN")
+        registry.promote(db, adapters, "v0002", by="slack:UADMIN", base=_base())
     assert str(refused.value).startswith("cannot promote 'v0002'") and why in str(refused.value), str(refused.value)
     assert hotswap.read_pointer(adapters) == "v0001" and store.promotions(db) == promotions
 
@@ -154,7 +160,7 @@ def test_a_complete_adapter_for_this_base_still_passes(served):
     """The checks refuse what is wrong, not everything: a good copy promotes and serves."""
     answerer, gen, adapters, db = served
     shutil.copytree(adapters / "v0001", adapters / "v0002")
-    assert registry.promote(db, adapters, "v0002", by="slack:UADMIN") == "v0002"
+    assert registry.promote(db, adapters, "v0002", by="slack:UADMIN", base=_base()) == "v0002"
     assert answerer.ask(QUESTION).adapter == "v0002" and gen.pointer_error is None
-    assert registry.rollback(db, adapters, by="slack:UADMIN") == "v0001"
+    assert registry.rollback(db, adapters, by="slack:UADMIN", base=_base()) == "v0001"
     assert answerer.ask(QUESTION).adapter == "v0001"
