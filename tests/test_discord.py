@@ -463,6 +463,15 @@ async def test_sync_commands_registers_the_tree_globally_or_to_one_guild(rec):
     assert (cancel["name"], cancel["type"], cancel.get("required", False)) == ("cancel", 4, False)
     assert all(len(c["description"]) <= 100 and all(len(o["description"]) <= 100 for o in c.get("options", []))
                for c in put.json)
+    # Within Discord's limits as written, not as discord.py cut them (it shortens past 100 with "…").
+    texts = [(c["name"], c["description"]) for c in put.json] + [
+        (f'{c["name"]} {o["name"]}', o["description"]) for c in put.json for o in c.get("options", [])] + [
+        (f'{c["name"]} {o["name"]} {s["name"]}', s["description"])
+        for c in put.json for o in c.get("options", []) for s in o.get("options", [])]
+    assert [name for name, text in texts if not 1 <= len(text) <= 100 or text.endswith("…")] == []
+    assert all(re.fullmatch(r"[-_a-z0-9]{1,32}", name) for name, _ in texts for name in name.split())
+    assert all(len(o.get("choices", [])) <= 25 and all(len(ch["name"]) <= 100 for ch in o.get("choices", []))
+               for c in put.json for o in c.get("options", []))
     assert [o["name"] for o in schema["kb"]["options"]] == ["search", "reindex"]
     action, version = schema["adapter"]["options"]
     assert [c["value"] for c in action["choices"]] == ["list", "chart", "promote", "rollback"] and action["required"]

@@ -312,8 +312,8 @@ def _register(tree: app_commands.CommandTree) -> None:
 
     @tree.command(name="feedback", description="Your recent answers to rate; opt out of training; review corrections")
     @app_commands.describe(
-        action="list (the default): your recent answers · optout/optin: your data in training · "
-               "review, accept, reject: corrections (admin)",
+        # Discord allows 100 characters and discord.py cuts longer ones silently (tests check the payload).
+        action="list (default): your recent answers · optout/optin: training use · review/accept/reject (admin)",
         correction_id="The correction to accept or reject (the number after # in the review list)")
     async def feedback(interaction: discord.Interaction,
                        action: Optional[Literal["list", "optout", "optin", "review", "accept", "reject"]] = None,
@@ -349,7 +349,7 @@ def _register(tree: app_commands.CommandTree) -> None:
             await _run(interaction, interaction.client.kb.cancel_job, cancel, public=True)
 
     @tree.command(name="adapter", description="Adapter versions; promote and rollback are for admins")
-    @app_commands.describe(action="list, promote or rollback", version="The version to promote")
+    @app_commands.describe(action="list, chart, promote or rollback", version="The version to promote")
     async def adapter(interaction: discord.Interaction, action: Literal["list", "chart", "promote", "rollback"],
                       version: Optional[str] = None) -> None:
         cmds: Commands = interaction.client.kb
