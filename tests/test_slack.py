@@ -565,3 +565,15 @@ async def test_adapter_chart_is_uploaded_to_the_channel_as_a_png(slack):
     assert upload["bytes"].startswith(b"\x89PNG\r\n\x1a\n") and len(upload["bytes"]) > 10_000
     (done,) = slack.recorder.of("files.completeUploadExternal")
     assert done["channel_id"] == "C0GENERAL"
+
+
+def test_a_long_answer_is_split_before_it_is_escaped_so_no_entity_is_cut():
+    # Every & < > grows when escaped; split after escaping, `&amp;` was cut into `&am` | `p;` at 3000.
+    text = "研发 R&D <原型> & 迭代；" * 400 + "\n" + "a&b" * 1500
+    answer = answering.Answer("a1", text, [], "llm", None, None, 0.0)
+    sections = [b["text"]["text"] for b in slack_render.answer_blocks(answer) if b["type"] == "section"]
+    assert len(sections) > 2 and all(len(s) <= slack_render.SECTION_CHARS for s in sections)
+    entity = re.compile(r"&(?!amp;|lt;|gt;)")
+    assert [s for s in sections if entity.search(s) or re.search(r"&(a|am|amp|l|lt|g|gt)$", s)] == []
+    # Nothing lost: a cut at a line end drops only that line end.
+    assert slack_render.unescape("".join(sections)).replace("\n", "") == text.replace("\n", "")

@@ -42,15 +42,28 @@ def question_from_event(text: str) -> str:
     return unescape(_MENTION.sub(" ", text if isinstance(text, str) else "")).strip()
 
 
-def _pieces(text: str, size: int) -> list[str]:
-    """Split at line ends where possible, so no section passes Block Kit's limit."""
+def _fits(text: str, size: int) -> int:
+    """The length of the longest prefix of raw `text` whose escaped form is at most `size` characters."""
+    n = min(len(text), size)
+    while len(escape(text[:n])) > size:  # escaping only lengthens: shrink by the excess until it fits
+        n -= max(1, (len(escape(text[:n])) - size) // 4)
+    return n
+
+
+def escaped_pieces(text: str, size: int) -> list[str]:
+    """Raw text split at line ends where possible, then each piece escaped: no escaped piece passes
+    `size` (Block Kit's limit), and an entity such as `&amp;` is never cut in two, as it would be if
+    the escaped text were split."""
     out: list[str] = []
-    while len(text) > size:
-        cut = text.rfind("\n", 0, size)
-        cut = cut if cut > size // 2 else size
-        out.append(text[:cut])
+    while text:
+        fit = _fits(text, size)
+        cut = fit
+        if fit < len(text):
+            line = text.rfind("\n", 0, fit)
+            cut = line if line > fit // 2 else fit
+        out.append(escape(text[:cut]))
         text = text[cut:].lstrip("\n")
-    return out + [text] if text else out
+    return out
 
 
 def streaming_text(partial: str) -> str:
@@ -73,7 +86,7 @@ def notice_text(answer) -> str:
 def answer_blocks(answer) -> list[dict]:
     """The final message: the answer, its sources (and notice), and the 👍/👎 buttons carrying the answer id."""
     blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": piece}}
-                          for piece in _pieces(escape(answer.answer) or "_(no answer)_", SECTION_CHARS)][:45]
+                          for piece in escaped_pieces(answer.answer, SECTION_CHARS) or ["_(no answer)_"]][:45]
     blocks.append({"type": "context", "block_id": "sources",
                    "elements": [{"type": "mrkdwn", "text": sources_text(answer)[:SECTION_CHARS]}]})
     notice = notice_text(answer)
