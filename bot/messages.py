@@ -18,6 +18,9 @@ ANSWER_FAILED = "Sorry, something went wrong while answering. Please try again."
 RESTARTED_EN = "Sorry, I was restarted while answering this, so here is what the knowledge base says instead."
 RESTARTED_ZH = "抱歉，回答时我被重新启动了，以下是知识库中最相关的内容。"
 
+# Slack refused the finished answer in its placeholder (too long for one message): it follows as new messages.
+ANSWER_BELOW = "The answer is too long for one message; it follows below."
+
 ALREADY = "Already saved: this was sent twice, and it counts once."
 NOBODY = "I can't tell who sent that, so nothing was recorded."
 NO_USER = "Sorry, that command arrived without a user, so I can't run it."

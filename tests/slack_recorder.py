@@ -40,6 +40,8 @@ class Recorder:
     def __init__(self):
         self.calls: list[Call] = []
         self.errors: dict[tuple[str, str], str] = {}  # (method, channel) -> Slack error code to answer with
+        # (method, data) -> an error code or None: refuses by what is sent (e.g. blocks Slack finds too long).
+        self.refuse = None
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -125,7 +127,7 @@ class Recorder:
 
     def reply(self, method: str, data: dict) -> dict:
         """What Slack would answer, trimmed to the fields the bot reads."""
-        error = self.errors.get((method, data.get("channel", "")))
+        error = self.errors.get((method, data.get("channel", ""))) or (self.refuse and self.refuse(method, data))
         if error:
             return {"ok": False, "error": error}
         if method == "auth.test":

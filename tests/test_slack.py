@@ -24,7 +24,7 @@ import pytest_asyncio
 import yaml
 
 from bot.answering import pipeline as answering
-from bot import commands, config, store
+from bot import commands, config, messages, store
 from bot.knowledge import retrieval
 from bot.chat.slack import app as slack_app, render as slack_render
 from bot.commands import Caller
@@ -577,3 +577,34 @@ def test_a_long_answer_is_split_before_it_is_escaped_so_no_entity_is_cut():
     assert [s for s in sections if entity.search(s) or re.search(r"&(a|am|amp|l|lt|g|gt)$", s)] == []
     # Nothing lost: a cut at a line end drops only that line end.
     assert slack_render.unescape("".join(sections)).replace("\n", "") == text.replace("\n", "")
+
+
+def _section_chars(blocks) -> int:
+    return sum(len(b["text"]["text"]) for b in blocks or [] if b["type"] == "section")
+
+
+@pytest.mark.asyncio
+async def test_an_answer_slack_refuses_as_one_message_follows_in_parts_with_its_sources_and_buttons(kb_db):
+    from chat_harness import make_commands, slack_served
+
+    long = "边缘计算 & <R&D> 在靠近数据源的地方计算[1]。\n" * 600  # about 20,000 characters
+    cmds = make_commands(kb_db, ScriptedGenerator(long, piece=None))
+    async with slack_served(cmds) as slack:
+        # What Slack answers for a message's blocks past about 13,000 characters (msg_blocks_too_long).
+        slack.recorder.refuse = lambda method, data: "msg_blocks_too_long" if method in (
+            "chat.update", "chat.postMessage") and _section_chars(data.get("blocks")) > 13000 else None
+        assert (await slack.command("/ask", "什么是边缘计算？"))[0] == 200
+        below = slack_render.escape(messages.ANSWER_BELOW)
+        await slack.recorder.wait_for(lambda r: any(u.get("text") == below for u in r.of("chat.update")))
+        (row,) = slack.answers()
+        posts = [p for p in slack.recorder.of("chat.postMessage") if p.get("blocks")]
+        assert len(posts) >= 3 and all(_section_chars(p["blocks"]) <= 13000 for p in posts)
+        text = "".join(b["text"]["text"] for p in posts for b in p["blocks"] if b["type"] == "section")
+        assert slack_render.unescape(text).replace("\n", "") == row["answer"].replace("\n", "")  # nothing lost
+        last = posts[-1]["blocks"]
+        assert last[-1]["type"] == "actions" and row["id"] in str(last[-1]) and \
+            [b.get("block_id") for b in last][0] == "sources"
+        assert all(p["thread_ts"] == posts[0]["thread_ts"] for p in posts)
+        # The placeholder keeps no "▍": its last word says where the answer went.
+        placeholder = [u for u in slack.recorder.of("chat.update")][-1]
+        assert placeholder["text"] == below

@@ -100,6 +100,22 @@ def answer_blocks(answer) -> list[dict]:
     return blocks
 
 
+# Slack refuses a message's blocks past about 13,000 characters (msg_blocks_too_long): at most three
+# full sections per message when an answer has to be posted in parts.
+SECTIONS_PER_MESSAGE = 3
+
+
+def answer_messages(answer) -> list[dict]:
+    """The final answer as several thread messages, for when Slack refuses it as one: the text in parts
+    of at most SECTIONS_PER_MESSAGE sections, then the sources, the notice and the 👍/👎 buttons."""
+    blocks = answer_blocks(answer)
+    sections = [b for b in blocks if b["type"] == "section"]
+    rest = [b for b in blocks if b["type"] != "section"]
+    parts = [sections[i:i + SECTIONS_PER_MESSAGE] for i in range(0, len(sections), SECTIONS_PER_MESSAGE)]
+    out = [{"text": part[0]["text"]["text"][:3900], "blocks": part} for part in parts]
+    return out + [{"text": sources_text(answer)[:3900], "blocks": rest}]
+
+
 def answer_fallback(answer) -> str:
     """The message's `text`: what notifications and screen readers show instead of the blocks."""
     return escape(answer.answer)[:3900] or "(no answer)"
