@@ -280,24 +280,19 @@ class Listeners:
             final = {"text": render.answer_fallback(answer), "blocks": render.answer_blocks(answer)}
         try:
             await client.chat_update(channel=caller.channel, ts=ts, **final)
-        except SlackApiError as e:
-            if answer is None or e.response.get("error") not in REFUSED:
-                log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel,
-                            e.response.get("error"))
+        except Exception as e:  # noqa: BLE001 (rate-limited, a network error): the outbox retries it, as text
+            error = e.response.get("error") if isinstance(e, SlackApiError) else type(e).__name__
+            if answer is None or error not in REFUSED:
+                log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel, error)
                 await self._submit(self.quick, cmds.inflight_hand_off, held, final["text"])
                 return
             # Slack will never take this answer as one message: it goes to the thread in parts, sources
             # and buttons last, and the placeholder loses its cursor. Retrying (the outbox) cannot help.
-            log.warning("final chat.update in %s refused (%s): the answer follows in parts",
-                        caller.channel, e.response.get("error"))
+            log.warning("final chat.update in %s refused (%s): the answer follows in parts", caller.channel, error)
             for part in render.answer_messages(answer):
                 await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread, **part)
             with contextlib.suppress(SlackApiError):
                 await client.chat_update(channel=caller.channel, ts=ts, text=render.escape(messages.ANSWER_BELOW))
-        except Exception as e:  # noqa: BLE001 (rate-limited, a network error): the outbox retries it, as text
-            log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel, type(e).__name__)
-            await self._submit(self.quick, cmds.inflight_hand_off, held, final["text"])
-            return
         await self._submit(self.quick, cmds.inflight_end, held)
 
     # -- mentions and direct messages -----------------------------------------

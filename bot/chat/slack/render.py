@@ -45,8 +45,9 @@ def question_from_event(text: str) -> str:
 def _fits(text: str, size: int) -> int:
     """The length of the longest prefix of raw `text` whose escaped form is at most `size` characters."""
     n = min(len(text), size)
-    while len(escape(text[:n])) > size:  # escaping only lengthens: shrink by the excess until it fits
-        n -= max(1, (len(escape(text[:n])) - size) // 4)
+    # Escaping only lengthens: shrink by (a quarter of) the excess until it fits.
+    while (excess := len(escape(text[:n])) - size) > 0:
+        n -= max(1, excess // 4)
     return n
 
 
