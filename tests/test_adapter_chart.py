@@ -174,7 +174,7 @@ def test_the_figure_labels_every_axis_marks_verdicts_and_draws_the_loss_raw_and_
     assert list(smooth.get_ydata()) == data["versions"][1]["loss"]["smoothed"] and smooth.get_alpha() is None
     assert raw.get_color() == smooth.get_color()
     assert [t.get_text() for t in loss.get_legend().get_texts()] == [
-        "v0001 (moving average, 1 steps)", "v0002 (moving average, 3 steps)"]
+        "v0001 (5 steps: too few to smooth)", "v0002 (moving average over 3 steps)"]
 
 
 def test_png_for_one_version_and_none_without_a_card(tmp_path):
@@ -194,3 +194,34 @@ def test_png_for_one_version_and_none_without_a_card(tmp_path):
     assert v["verdict"] == "rejected" and v["sets"]["learned"]["outcome"] == "no improvement"
     loss = charts.figure(charts.chart_data(root)).axes[-1]
     assert [t.get_text() for t in loss.texts] == ["no loss curve recorded"]
+
+
+def test_a_bar_far_off_the_figures_is_noted_in_words_not_drawn_to_scale(tmp_path):
+    # A gate opened wide (as tests and a forced promotion do): NLL may rise 100 nats. Drawn to scale,
+    # its bar would squash the measured figures (5 to 7 nats) into the bottom of the panel.
+    root = tmp_path / "adapters"
+    metrics = {"learned": _m((0.02, 6.8), (0.0, 3.4), n=1), "golden": _m((0.04, 6.2), (0.0, 5.0), n=1)}
+    d = evaluation.decide(metrics, min_gain=-100, f1_tol=1, nll_tol=100)
+    _folder(root, "v0001", {"parent": None, "metrics": metrics, "decision": d, "verdict": "promoted",
+                            "loss_curve": [6.8, 4.4]})
+    data = charts.chart_data(root)
+    assert data["versions"][0]["sets"]["golden"]["nll"]["bar"] == 106.2
+    fig = charts.figure(data)
+    golden_nll = fig.axes[3]
+    assert golden_nll.get_ylim() == (0, pytest.approx(6.2 * 1.25))  # its own figures: 6.2 at most
+    assert "bar 106.20, off the scale" in [t.get_text() for t in golden_nll.texts]
+    assert not golden_nll.collections  # no dashed line drawn off the panel
+
+
+def test_many_versions_draw_the_newest_and_say_how_many_there_are(tmp_path):
+    root = tmp_path / "adapters"
+    for i in range(1, charts.LAST + 4):
+        _card(root, f"v{i:04d}", f"v{i - 1:04d}" if i > 1 else None,
+              {"learned": _m((0.1, 5.0), (0.1 + i / 100, 5.0 - i / 10))}, [5.0 - i / 10])
+    data = charts.chart_data(root)
+    assert data["total"] == charts.LAST + 3 and len(data["versions"]) == charts.LAST
+    assert data["versions"][0]["version"] == "v0004" and data["versions"][-1]["version"] == f"v{charts.LAST + 3:04d}"
+    assert data["versions"][0]["sets"]["learned"]["nll"]["candidate"] == pytest.approx(4.6)
+    fig = charts.figure(data)
+    assert fig.get_suptitle() == f"the newest {charts.LAST} of {charts.LAST + 3} versions (`adapters list` shows them all)"
+    assert charts.figure(charts.chart_data(root, last=100)).get_suptitle() == ""

@@ -29,6 +29,7 @@ SETS = ("learned", "replayed", "heldout", "golden")  # the gate's order: what it
 METRICS = ("f1", "nll")
 VERDICT_COLOURS = {"promoted": "#2e7d32", "rejected": "#c62828"}
 UNKNOWN = "#757575"
+LAST = 12  # versions drawn: beyond a dozen columns the labels and figures run into each other
 
 
 def smoothing_window(length: int) -> int:
@@ -83,21 +84,23 @@ def _version(name: str, card: dict, in_service: str | None) -> dict:
             "loss": {"raw": curve, "smoothed": moving_average(curve, window), "window": window}}
 
 
-def chart_data(adapters_dir: Path) -> dict:
-    """`{"sets": [names], "versions": [{"version", "verdict", "in_service", "baseline", "recorded", "sets":
+def chart_data(adapters_dir: Path, last: int = LAST) -> dict:
+    """`{"sets": [names], "total": N, "versions": [{"version", "verdict", "in_service", "baseline", "recorded", "sets":
     {set: {"n", "role", "outcome", "passed", "decided_by", "f1": {"candidate", "baseline", "bar", "decided"},
     "nll": {...}}}, "loss": {"raw", "smoothed", "window"}}]}`: what the chart draws, for every version
-    with a card. None stands for what the card does not record (`recorded`: False for a card from
-    before the gate wrote its per-set decision; `baseline` "?" when it does not name its parent)."""
+    with a card, the `last` newest of `total`. None stands for what the card does not record (`recorded`:
+    False for a card from before the gate wrote its per-set decision; `baseline` "?" when it does not
+    name its parent)."""
     listing = registry.listing(Path(adapters_dir))
     versions = []
     for v in listing["versions"]:
         card = registry.card(Path(adapters_dir), v["version"])
         if card:
             versions.append(_version(v["version"], card, listing["in_service"]))
+    total, versions = len(versions), versions[-last:]
     present = {s for v in versions for s in v["sets"]}
     order = [s for s in SETS if s in present] + sorted(present - set(SETS))
-    return {"sets": order, "versions": versions}
+    return {"sets": order, "total": total, "versions": versions}
 
 
 def _legend(fig) -> None:
@@ -115,8 +118,23 @@ def _legend(fig) -> None:
     fig.legend(handles=handles, loc="outside upper center", ncols=4, fontsize=8, frameon=False)
 
 
+def _limit(versions: list[dict], set_name: str, metric: str) -> float:
+    """The top of a panel's y axis: F1 is 0..1; NLL is scaled to the measured figures (and the bars
+    near them), with headroom for the outcome written along the top. A bar far beyond the figures
+    (a gate opened wide) is noted in words instead of flattening them."""
+    if metric == "f1":
+        return 1.25
+    figures = [x for v in versions if set_name in v["sets"] for who in ("candidate", "baseline")
+               if (x := v["sets"][set_name][metric][who]) is not None]
+    top = max(figures or [1.0])
+    bars = [b for v in versions if set_name in v["sets"]
+            if (b := v["sets"][set_name][metric]["bar"]) is not None and 0 <= b <= 2 * top]
+    return max([top, *bars, 0.1]) * 1.25
+
+
 def _panel(ax, data: dict, set_name: str, metric: str, labels: list[str]) -> None:
     versions = data["versions"]
+    top = _limit(versions, set_name, metric)
     for i, v in enumerate(versions):
         colour = VERDICT_COLOURS.get(v["verdict"])
         if colour:
@@ -139,8 +157,11 @@ def _panel(ax, data: dict, set_name: str, metric: str, labels: list[str]) -> Non
             ax.plot([i + 0.15], [m["candidate"]], "o", color=cand_colour, alpha=alpha, zorder=3)
             ax.annotate(f"{m['candidate']:.2f}", (i + 0.15, m["candidate"]), xytext=(5, 0),
                         textcoords="offset points", va="center", fontsize=7, alpha=alpha)
-        if m["bar"] is not None:
+        if m["bar"] is not None and 0 <= m["bar"] <= top:
             ax.hlines(m["bar"], i - 0.35, i + 0.35, colors="black", linestyles="--", lw=1, alpha=alpha)
+        elif m["bar"] is not None:
+            ax.text(i, 0.86, f"bar {m['bar']:.2f}, off the scale", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=6, alpha=alpha)
         if not v["recorded"]:
             ax.text(i, 0.97, "decision not recorded", transform=ax.get_xaxis_transform(), ha="center", va="top",
                     fontsize=6, color=UNKNOWN)
@@ -150,15 +171,11 @@ def _panel(ax, data: dict, set_name: str, metric: str, labels: list[str]) -> Non
     ax.set_xlim(-0.5, len(versions) - 0.5)
     ax.set_xticks(range(len(versions)), labels, fontsize=7)
     role = "must improve on F1 or NLL" if set_name == "learned" else "guard: may not regress on either"
-    # Headroom above the highest point (bars included) for the outcome written along the top.
-    top = max([x for v in versions if set_name in v["sets"] for x in v["sets"][set_name][metric].values()
-               if isinstance(x, (int, float)) and not isinstance(x, bool)] or [1.0])
+    ax.set_ylim(0, top)
     if metric == "f1":
-        ax.set_ylim(0, 1.25)
         ax.set_ylabel("character F1\n(higher is better)", fontsize=8)
         ax.set_title(f"{set_name} ({role}): F1", fontsize=9)
     else:
-        ax.set_ylim(0, max(top, 0.1) * 1.25)
         ax.set_ylabel("NLL, nats per token\n(lower is better)", fontsize=8)
         ax.set_title(f"{set_name}: NLL of the reference answer", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
@@ -170,6 +187,7 @@ def figure(data: dict):
 
     matplotlib.use("Agg")  # no display on a server; must precede pyplot's import
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows = len(data["sets"]) + 1
     fig = Figure(figsize=(12, 2.4 * rows + 1.2), dpi=100, layout="constrained")
@@ -184,9 +202,13 @@ def figure(data: dict):
         raw, smooth = v["loss"]["raw"], v["loss"]["smoothed"]
         if raw:
             steps = range(1, len(raw) + 1)
-            (line,) = loss.plot(steps, smooth, lw=1.6, label=f"{v['version']} (moving average, {v['loss']['window']} steps)")
+            window = v["loss"]["window"]
+            label = (f"{v['version']} (moving average over {window} steps)" if window > 1
+                     else f"{v['version']} ({len(raw)} steps: too few to smooth)")
+            (line,) = loss.plot(steps, smooth, lw=1.6, label=label)
             loss.plot(steps, raw, lw=0.8, alpha=0.25, color=line.get_color(), label=f"_{v['version']} raw")
     loss.set_xlabel("training step")
+    loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss.set_ylabel("training loss\n(nats per answer token)", fontsize=8)
     loss.set_title("training loss: raw (faint) and its moving average", fontsize=9)
     if loss.lines:
@@ -195,6 +217,9 @@ def figure(data: dict):
         loss.text(0.5, 0.5, "no loss curve recorded", transform=loss.transAxes, ha="center", color=UNKNOWN)
     loss.grid(alpha=0.3)
     _legend(fig)
+    if data["total"] > len(data["versions"]):
+        fig.suptitle(f"the newest {len(data['versions'])} of {data['total']} versions "
+                     "(`adapters list` shows them all)", fontsize=9)
     return fig
 
 
