@@ -462,7 +462,9 @@ class Commands:
         png = charts.adapter_chart(self.adapters_dir)
         if png is None:
             return Reply("No adapter version has a card yet: there is nothing to chart.", private=True)
-        return Reply("Adapter versions: character F1 per version and set (left), training loss (right).",
+        return Reply("Adapter versions, the gate's decision for each: the candidate against the adapter it was "
+                     "compared to on every set, F1 per version (left) and NLL (right), the metric that decided "
+                     "drawn solid; below, the training loss and its moving average.",
                      attachment=Attachment("adapters.png", png, "Adapter versions"))
 
     def adapter_promote(self, caller: Caller, version: str | None) -> Reply:

@@ -73,6 +73,10 @@ def test_feedback_train_wait_jobs_and_adapters_from_the_cli(loopenv, capsys):
 
     pixels = matplotlib.image.imread(loopenv.tmp / "chart.png")  # a real PNG, decodable
     assert pixels.shape[0] >= 300 and pixels.shape[1] >= 800 and pixels.std() > 0
+    from bot.learning import charts
+
+    (drawn,) = charts.chart_data(loopenv.tmp / "adapters")["versions"]  # the card a real run wrote
+    assert drawn["recorded"] and drawn["sets"]["learned"]["passed"] and drawn["sets"]["learned"]["decided_by"]
 
     code, out, _ = run(capsys, "adapters", "rollback", "--json")
     assert code == 0 and json.loads(out) == {"in_service": None}

@@ -168,34 +168,59 @@ def compare(gen, searcher, sets: dict[str, list[Item]], candidate: str, current:
     return out
 
 
+def decide(metrics: dict, *, min_gain: float, f1_tol: float, nll_tol: float, learned: str = "learned",
+           guards: tuple[str, ...] = ("replayed", "heldout", "golden")) -> dict[str, dict]:
+    """What the gate decided on each set, and on which metric: `{set: {"role", "outcome", "passed",
+    "decided_by", "bar"}}`, written to the card for the adapter chart.
+
+    outcome: "improves" | "no improvement" (the learned set), "holds" | "regresses" (a guard),
+    "not checked" (no questions). decided_by: the metrics that settled it: the ones that met
+    the bar when the learned set improves (either is enough), the ones past their tolerance
+    when a guard regresses, and both for "no improvement" and "holds" (each had to fail, or
+    hold). bar: the value each metric had to reach, F1 at least and NLL at most."""
+    out: dict[str, dict] = {}
+    for name in (learned, *guards):
+        m = metrics.get(name) or {}
+        cand, cur = m.get("candidate", {}), m.get("current", {})
+        role = "learned" if name == learned else "guard"
+        if not cand.get("n"):
+            out[name] = {"role": role, "outcome": "not checked", "passed": None, "decided_by": [], "bar": {}}
+            continue
+        # Decided on the changes, as the reasons state them; `bar` is for reading (a value compared
+        # with `bar` can round the other way at the boundary).
+        if role == "learned":
+            bar = {"f1": cur["f1"] + min_gain, "nll": cur["nll"] - min_gain}
+            met = [k for k, gain in (("f1", cand["f1"] - cur["f1"]), ("nll", cur["nll"] - cand["nll"]))
+                   if gain >= min_gain]
+            passed, outcome, decided_by = bool(met), ("improves" if met else "no improvement"), met or ["f1", "nll"]
+        else:
+            bar = {"f1": cur["f1"] - f1_tol, "nll": cur["nll"] + nll_tol}
+            past = [k for k, over in (("f1", cur["f1"] - cand["f1"] > f1_tol), ("nll", cand["nll"] - cur["nll"] > nll_tol))
+                    if over]
+            passed, outcome, decided_by = not past, ("regresses" if past else "holds"), past or ["f1", "nll"]
+        out[name] = {"role": role, "outcome": outcome, "passed": passed, "decided_by": decided_by,
+                     "bar": {k: round(v, 4) for k, v in bar.items()}}
+    return out
+
+
 def gate(metrics: dict, *, min_gain: float, f1_tol: float, nll_tol: float,
          learned: str = "learned", guards: tuple[str, ...] = ("replayed", "heldout", "golden")) -> tuple[str, list[str]]:
-    """("promoted" | "rejected", reasons): the decision and every reason for it, in words for an admin."""
-    reasons: list[str] = []
-    ok = True
-    m = metrics.get(learned, {})
-    cand, cur = m.get("candidate", {}), m.get("current", {})
-    if not cand.get("n"):
+    """("promoted" | "rejected", reasons): the decision and every reason for it, in words for an admin
+    (the per-set arithmetic is `decide`'s)."""
+    sets = decide(metrics, min_gain=min_gain, f1_tol=f1_tol, nll_tol=nll_tol, learned=learned, guards=guards)
+    if sets[learned]["outcome"] == "not checked":
         return "rejected", [f"nothing to check improvement on: the {learned} set is empty"]
-    f1_gain, nll_gain = cand["f1"] - cur["f1"], cur["nll"] - cand["nll"]
-    if f1_gain >= min_gain or nll_gain >= min_gain:
-        reasons.append(f"{learned}: improves (F1 {cur['f1']:.3f} -> {cand['f1']:.3f}, "
-                       f"NLL {cur['nll']:.3f} -> {cand['nll']:.3f}; needed +{min_gain} F1 or -{min_gain} NLL)")
-    else:
-        ok = False
-        reasons.append(f"{learned}: no improvement (F1 {cur['f1']:.3f} -> {cand['f1']:.3f}, "
-                       f"NLL {cur['nll']:.3f} -> {cand['nll']:.3f}; needed +{min_gain} F1 or -{min_gain} NLL)")
-    for name in guards:
-        m = metrics.get(name)
-        if not m or not m["candidate"]["n"]:
+    reasons: list[str] = []
+    for name, d in sets.items():
+        if d["outcome"] == "not checked":
             reasons.append(f"{name}: no questions, not checked")
             continue
-        cand, cur = m["candidate"], m["current"]
+        cand, cur = metrics[name]["candidate"], metrics[name]["current"]
         detail = f"F1 {cur['f1']:.3f} -> {cand['f1']:.3f}, NLL {cur['nll']:.3f} -> {cand['nll']:.3f}"
-        if cur["f1"] - cand["f1"] > f1_tol or cand["nll"] - cur["nll"] > nll_tol:
-            ok = False
-            reasons.append(f"{name}: regresses ({detail}; allowed F1 -{f1_tol}, NLL +{nll_tol})")
-        else:
+        if d["role"] == "learned":
+            reasons.append(f"{name}: {d['outcome']} ({detail}; needed +{min_gain} F1 or -{min_gain} NLL)")
+        elif d["passed"]:
             reasons.append(f"{name}: holds ({detail})")
-    return ("promoted" if ok else "rejected"), reasons
-
+        else:
+            reasons.append(f"{name}: regresses ({detail}; allowed F1 -{f1_tol}, NLL +{nll_tol})")
+    return ("promoted" if all(d["passed"] is not False for d in sets.values()) else "rejected"), reasons

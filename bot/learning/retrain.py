@@ -224,6 +224,7 @@ def run(db, job_id: int | None, *, preset: str, adapters_dir: Path, cache_dir: P
             "loss_curve": [round(x, 4) for x in result.losses],
             "metrics": _summary(metrics),
             "gate": {"min_gain": gate["min_gain"], "f1_tolerance": gate["f1_tol"], "nll_tolerance": gate["nll_tol"]},
+            "decision": evaluation.decide(metrics, **gate),  # per set: which metric decided, the bar (the chart)
             "fit": {where: f.as_dict() for where, f in fits.items()},
             "verdict": verdict, "reasons": reasons,
             "timings": {key: round(v, 2) for key, v in timings.items()},
