@@ -10,6 +10,7 @@ in a file, sources and buttons present, no cursor left behind.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from bot import messages
 from bot.chat.discord import render as discord_render
 from bot.chat.slack import mrkdwn, render as slack_render
 from bot.answering import pipeline as answering
-from chat_harness import (answered, deliver, discord_served, make_commands, opt, slack_served,
+from chat_harness import (deliver, discord_served, make_commands, opt, slack_served,
                           slash as discord_slash)
 from fakes import ScriptedGenerator
 
@@ -250,3 +251,29 @@ async def test_discord_answer_past_its_messages_ends_with_a_note_and_the_whole_a
         whole = last.files[f"answer-{row['id']}.md"].decode()
         assert whole.startswith(discord_render.defuse(row["answer"].strip())) and "**来源**" in whole
         assert MARKS.findall(whole) == MARKS.findall(row["answer"]) and len(set(MARKS.findall("".join(contents)))) < 60
+
+
+@pytest.mark.asyncio
+async def test_a_final_update_handed_to_the_outbox_is_converted_once_not_escaped_twice(kb_db):
+    from bot import store
+    from bot.chat.slack.send import slack_sender
+
+    cmds = make_commands(kb_db, ScriptedGenerator(rich(2), piece=None))
+    async with slack_served(cmds) as slack:
+        # Rate-limited: a failure the outbox retries (not a refusal), so the answer is handed to it.
+        slack.recorder.refuse = lambda method, data: "ratelimited" if method == "chat.update" and data.get("blocks") \
+            else None
+        assert (await slack.command("/ask", QUESTION))[0] == 200
+        await slack.recorder.wait_for(lambda r: any(u.get("blocks") for u in r.of("chat.update")), 15)
+        for _ in range(200):  # the hand-off is written just after Slack's answer
+            if store.outbox(slack.db):
+                break
+            await asyncio.sleep(0.05)
+        (row,) = slack.answers()
+        (handed,) = store.outbox(slack.db)
+        assert handed["text"] == row["answer"]  # as written: the sender converts it
+        slack.recorder.refuse = None
+        await slack_sender(slack.app.client)(handed)
+        sent = slack.recorder.of("chat.update")[-1]["text"]
+        assert_clean(sent)
+        assert "a&amp;amp;b" in sent and "&amp;amp;D" not in sent and "*靠近数据源*" in sent
