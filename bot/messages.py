@@ -20,6 +20,15 @@ RESTARTED_ZH = "抱歉，回答时我被重新启动了，以下是知识库中�
 
 # Slack refused the finished answer in its placeholder (too long for one message): it follows as new messages.
 ANSWER_BELOW = "The answer is too long for one message; it follows below."
+# The last line of an answer too long for a chat message: the whole answer is the file posted above it
+# (Slack) or attached to it (Discord). In the answer's language.
+CONTINUED_ABOVE_EN = "(continued in the file above)"
+CONTINUED_ABOVE_ZH = "（下文见上方的文件）"
+CONTINUED_ATTACHED_EN = "(continued in the attached file)"
+CONTINUED_ATTACHED_ZH = "（下文见附件）"
+# Where no file can be posted (Slack's response URL: the bot is not in the channel), the cut is said so.
+CUT_SHORT_EN = "(cut short: the answer is too long for one message here; ask in a channel I am in for all of it)"
+CUT_SHORT_ZH = "（回答过长，此处只显示前半部分；请在我所在的频道提问以获得全文）"
 
 ALREADY = "Already saved: this was sent twice, and it counts once."
 NOBODY = "I can't tell who sent that, so nothing was recorded."

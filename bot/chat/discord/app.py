@@ -32,7 +32,7 @@ import discord
 from discord import app_commands
 
 from bot.commands import Caller, Commands, Reply
-from bot.chat.discord.render import answer_text, split_message
+from bot.chat.discord.render import answer_messages, split_message
 from bot.messages import TRY_AGAIN as SORRY, UNKNOWN_BUTTON, UNKNOWN_FORM
 
 log = logging.getLogger("bot.discord")
@@ -171,7 +171,18 @@ async def _unknown(interaction: discord.Interaction, text: str) -> None:
 
 async def _post(send, text: str, view: discord.ui.View | None = None, first=None, file=None, **kw) -> None:
     """Post text as one or more messages (Discord's limit); the view (buttons) and a file go under the last."""
-    chunks = split_message(text, LIMIT) or ["(nothing to show)"]
+    await _post_chunks(send, split_message(text, LIMIT), view, first, file, **kw)
+
+
+async def _post_answer(send, answer, first=None) -> None:
+    """An answer with its 👍/👎; one too long for MAX_MESSAGES messages also as a file under the last."""
+    chunks, whole = answer_messages(answer, LIMIT)
+    file = discord.File(io.BytesIO(whole.encode()), filename=f"answer-{answer.id}.md") if whole else None
+    await _post_chunks(send, chunks, vote_view(answer.id), first, file)
+
+
+async def _post_chunks(send, chunks: list[str], view=None, first=None, file=None, **kw) -> None:
+    chunks = chunks or ["(nothing to show)"]
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1
         extra = {"view": view} if view is not None and last else {}
@@ -267,7 +278,7 @@ class KBClient(discord.Client):
             held = await asyncio.to_thread(self.kb.inflight_begin, caller, question)
             async with message.channel.typing():
                 answer = await asyncio.to_thread(self.kb.ask, caller, question)
-        await _post(message.channel.send, answer_text(answer), vote_view(answer.id), first=message.reply)
+        await _post_answer(message.channel.send, answer, first=message.reply)
         await asyncio.to_thread(self.kb.inflight_end, held)
 
 
@@ -294,7 +305,7 @@ def _register(tree: app_commands.CommandTree) -> None:
                                            interaction=f"{interaction.application_id}/{interaction.token}")
             await interaction.response.defer(thinking=True)
             answer = await asyncio.to_thread(cmds.ask, caller, question)
-        await _post(interaction.followup.send, answer_text(answer), vote_view(answer.id))
+        await _post_answer(interaction.followup.send, answer)
         await asyncio.to_thread(cmds.inflight_end, held)
 
     kb = app_commands.Group(name="kb", description="The knowledge base")

@@ -3,10 +3,18 @@
 Pure functions, no SDK and no I/O (slack_render is Slack's counterpart). A
 long answer must never cut a citation `[n]` in two, nor strand it at the top
 of the next message, away from the sentence it supports.
+
+Discord renders the model's Markdown as it is (bold, italics, lists, headings,
+code, links, quotes): nothing is converted. What a split can break is a code
+fence, closed at a cut and reopened in the next message. An answer longer than
+MAX_MESSAGES messages is never cut silently either: the messages stop with a
+visible note, and the whole answer rides on the last one as a file.
 """
 from __future__ import annotations
 
 import re
+
+from bot import messages
 
 
 CITATION = re.compile(r"\[\d{1,3}\]")
@@ -30,13 +38,51 @@ def defuse(text: str) -> str:
 
 def answer_text(answer) -> str:
     """The answer, then its sources as `[n] doc › heading`, then the notice (if any) in small print."""
-    parts = [answer.answer.strip()]
+    return defuse("\n\n".join(p for p in [answer.answer.strip(), _after(answer)] if p))
+
+
+def _after(answer) -> str:
+    """What follows the answer's text: its sources, then the notice."""
+    parts = []
     if answer.citations:
         label = "Sources" if answer.in_english else "来源"
         parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in answer.citations))
     if answer.notice:
         parts.append(f"-# {answer.notice}")
-    return defuse("\n\n".join(p for p in parts if p))
+    return "\n\n".join(parts)
+
+
+# Past this many messages an answer is a file: a 40,000-character answer as 20 messages floods the
+# channel and runs into Discord's rate limit of 5 messages per 5 s in a channel.
+MAX_MESSAGES = 5
+FENCE = "```"
+
+
+def close_fences(chunks: list[str]) -> list[str]:
+    """Messages that each render on their own: a code fence open at the end of one is closed there and
+    reopened at the top of the next (each message is rendered separately)."""
+    out, open_ = [], ""
+    for chunk in chunks:
+        chunk = open_ + chunk
+        inside = sum(1 for line in chunk.split("\n") if line.lstrip().startswith(FENCE)) % 2 == 1
+        # A fence opened as ```python reopens as plain ```: the language hint is cosmetic.
+        out.append(chunk + "\n" + FENCE if inside else chunk)
+        open_ = FENCE + "\n" if inside else ""
+    return out
+
+
+def answer_messages(answer, limit: int = 2000) -> tuple[list[str], str | None]:
+    """(the messages to post, the whole answer for a file or None). Up to MAX_MESSAGES messages the
+    answer is posted whole; past that the first messages are posted, then one with a note (in the
+    answer's language) that the rest is in the attached file, and the sources."""
+    fence = len(FENCE) * 2 + 2  # room to close and reopen a fence at a cut
+    chunks = close_fences(split_message(answer_text(answer), limit - fence))
+    if len(chunks) <= MAX_MESSAGES:
+        return chunks, None
+    body = close_fences(split_message(defuse(answer.answer), limit - fence))[:MAX_MESSAGES - 1]
+    note = messages.CONTINUED_ATTACHED_EN if answer.in_english else messages.CONTINUED_ATTACHED_ZH
+    last = split_message(defuse(f"*{note}*\n\n{_after(answer)}".strip()), limit)
+    return body + last[:1], answer_text(answer)
 
 
 def split_message(text: str, limit: int = 2000) -> list[str]:

@@ -241,8 +241,9 @@ class Listeners:
                     log.exception("answering in %s for %s failed", channel, user)
                     await respond(**render.reply_message(Reply(SORRY, ok=False, private=True)))
                     return
-                await respond(text=render.answer_fallback(answer), blocks=render.answer_blocks(answer),
-                              response_type="in_channel")
+                # No file can be posted where the bot is not a member: a long answer is cut, and says so.
+                await respond(text=render.answer_fallback(answer),
+                              blocks=render.answer_blocks(answer, uploaded=False), response_type="in_channel")
                 return
             await self.answer(client, Caller(PLATFORM, user, channel, root["ts"]), question)
 
@@ -274,6 +275,13 @@ class Listeners:
         finally:
             stream.close()
             await pump  # no streaming frame may land after the final text
+        if answer is not None and render.is_long(answer):
+            # More than one message holds: the whole answer as a file in the thread, then the answer cut
+            # with a note pointing at it (so below the file), then the placeholder loses its cursor.
+            uploaded = await self._upload_answer(client, caller, answer)
+            await self._post_below(client, caller, ts, answer, uploaded)
+            await self._submit(self.quick, cmds.inflight_end, held)
+            return
         if answer is None:
             final = {"text": messages.ANSWER_FAILED}
         else:
@@ -284,16 +292,37 @@ class Listeners:
             error = e.response.get("error") if isinstance(e, SlackApiError) else type(e).__name__
             if answer is None or error not in REFUSED:
                 log.warning("final chat.update in %s failed (%r): handed to the outbox", caller.channel, error)
-                await self._submit(self.quick, cmds.inflight_hand_off, held, final["text"])
+                # The answer as written: the outbox's sender converts and escapes it (the fallback
+                # `text` is mrkdwn already, and would be escaped twice).
+                await self._submit(self.quick, cmds.inflight_hand_off, held,
+                                   final["text"] if answer is None else answer.answer)
                 return
             # Slack will never take this answer as one message: it goes to the thread in parts, sources
             # and buttons last, and the placeholder loses its cursor. Retrying (the outbox) cannot help.
             log.warning("final chat.update in %s refused (%s): the answer follows in parts", caller.channel, error)
-            for part in render.answer_messages(answer):
-                await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread, **part)
-            with contextlib.suppress(SlackApiError):
-                await client.chat_update(channel=caller.channel, ts=ts, text=render.escape(messages.ANSWER_BELOW))
+            await self._post_below(client, caller, ts, answer)
         await self._submit(self.quick, cmds.inflight_end, held)
+
+    @staticmethod
+    async def _post_below(client, caller: Caller, ts: str, answer, uploaded: bool | None = True) -> None:
+        """The answer as new messages in the thread (sources and buttons last), and the placeholder `ts`
+        told so, without its cursor. `uploaded`: see render.answer_blocks."""
+        for part in render.answer_messages(answer, uploaded):
+            await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread, **part)
+        with contextlib.suppress(SlackApiError):
+            await client.chat_update(channel=caller.channel, ts=ts, text=render.escape(messages.ANSWER_BELOW))
+
+    @staticmethod
+    async def _upload_answer(client, caller: Caller, answer) -> bool | None:
+        """Upload the whole answer to the thread (files:write): True once it is there. None when it could
+        not be: the answer is then posted whole in parts instead, never cut without its file."""
+        try:
+            await client.files_upload_v2(channel=caller.channel, thread_ts=caller.thread,
+                                         **render.answer_file(answer))
+            return True
+        except Exception as e:  # noqa: BLE001 (no files:write scope, a network error): whole in parts instead
+            log.warning("uploading a long answer to %s failed: %s", caller.channel, type(e).__name__)
+            return None
 
     # -- mentions and direct messages -----------------------------------------
 

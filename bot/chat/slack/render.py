@@ -8,12 +8,20 @@ escaped on the way out so it can never ping `@channel` or forge a link.
 Plain `@channel`/`@here`/`@everyone` get a zero-width space after the `@`
 too: they are not broadcasts without `link_names`, but a client or a
 future flag that links them must still find nothing to ping.
+
+An answer is Markdown (the model's, or passages'): it goes out as mrkdwn,
+converted and escaped in one step by bot/chat/slack/mrkdwn.py, then split at
+Slack's limits in a way that cuts no entity, link or code fence. An answer too
+long for one message's blocks is never cut silently: its first part ends with a
+visible note and the whole answer is uploaded to the thread as a file
+(`answer_file`, posted by the listeners before the answer).
 """
 from __future__ import annotations
 
 import re
 
 from bot import messages
+from bot.chat.slack import mrkdwn
 from bot.commands import MAX_CORRECTION_CHARS, Reply
 
 VOTE_UP, VOTE_DOWN = "vote_up", "vote_down"  # action_ids of the buttons
@@ -23,14 +31,11 @@ THINKING = "_Thinking…_"
 SECTION_CHARS = 3000  # Block Kit: a section's text is at most 3000 characters
 INPUT_CHARS = min(3000, MAX_CORRECTION_CHARS)  # Block Kit: plain_text_input max_length is at most 3000
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
-_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 UNKNOWN_ACTION = messages.UNKNOWN_BUTTON  # Slack calls a button's click an action
 UNKNOWN_FORM = messages.UNKNOWN_FORM
 
 
-def escape(text: str) -> str:
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _BROADCAST.sub("@\u200b\\1", text)
+escape = mrkdwn.escape  # plain text (ours, a user's) as mrkdwn that shows it as written
 
 
 def unescape(text: str) -> str:
@@ -42,34 +47,43 @@ def question_from_event(text: str) -> str:
     return unescape(_MENTION.sub(" ", text if isinstance(text, str) else "")).strip()
 
 
-def _fits(text: str, size: int) -> int:
-    """The length of the longest prefix of raw `text` whose escaped form is at most `size` characters."""
-    n = min(len(text), size)
-    # Escaping only lengthens: shrink by (a quarter of) the excess until it fits.
-    while (excess := len(escape(text[:n])) - size) > 0:
-        n -= max(1, excess // 4)
-    return n
-
-
-def escaped_pieces(text: str, size: int) -> list[str]:
-    """Raw text split at line ends where possible, then each piece escaped: no escaped piece passes
-    `size` (Block Kit's limit), and an entity such as `&amp;` is never cut in two, as it would be if
-    the escaped text were split."""
-    out: list[str] = []
-    while text:
-        fit = _fits(text, size)
-        cut = fit
-        if fit < len(text):
-            line = text.rfind("\n", 0, fit)
-            cut = line if line > fit // 2 else fit
-        out.append(escape(text[:cut]))
-        text = text[cut:].lstrip("\n")
-    return out
-
-
 def streaming_text(partial: str) -> str:
-    """The placeholder's text while tokens arrive: what we have so far, and a cursor."""
-    return escape(partial)[: 40000 - 2] + " ▍"
+    """The placeholder's text while tokens arrive: what we have so far as mrkdwn, and a cursor. A
+    half-written `**bo` is shown as written until it closes (valid Markdown either way)."""
+    return mrkdwn.cut(mrkdwn.to_mrkdwn(partial), 40000 - 2) + " ▍"
+
+
+# Block Kit allows 50 blocks a message: 45 sections of text leave room for the note that the rest is in
+# the file, the sources, the notice and the buttons.
+MAX_SECTIONS = 45
+
+
+def answer_sections(answer) -> list[str]:
+    """The answer as mrkdwn sections of at most SECTION_CHARS each, all of them (no limit on how many)."""
+    return mrkdwn.pieces(mrkdwn.to_mrkdwn(answer.answer), SECTION_CHARS)
+
+
+def is_long(answer) -> bool:
+    """Whether the answer has more sections than one message holds: it is then posted cut, with a note,
+    and uploaded whole as a file (`answer_file`)."""
+    return len(answer_sections(answer)) > MAX_SECTIONS
+
+
+def continued_note(answer, uploaded: bool = True) -> str:
+    """The visible last line of a cut answer, in the answer's language."""
+    if uploaded:
+        return messages.CONTINUED_ABOVE_EN if answer.in_english else messages.CONTINUED_ABOVE_ZH
+    return messages.CUT_SHORT_EN if answer.in_english else messages.CUT_SHORT_ZH
+
+
+def answer_file(answer) -> dict:
+    """The whole answer, for files_upload_v2: its Markdown as written, and its sources."""
+    lines = [answer.answer.strip()]
+    if answer.citations:
+        lines.append("\n" + ("Sources" if answer.in_english else "来源"))
+        lines += [f"[{c.n}] {c.doc} › {c.heading}" for c in answer.citations]
+    title = "Answer (full text)" if answer.in_english else "完整回答"
+    return {"content": "\n".join(lines) + "\n", "filename": f"answer-{answer.id}.md", "title": title}
 
 
 def sources_text(answer) -> str:
@@ -84,10 +98,16 @@ def notice_text(answer) -> str:
     return f":information_source: {escape(answer.notice)}" if answer.notice else ""
 
 
-def answer_blocks(answer) -> list[dict]:
-    """The final message: the answer, its sources (and notice), and the 👍/👎 buttons carrying the answer id."""
-    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": piece}}
-                          for piece in escaped_pieces(answer.answer, SECTION_CHARS) or ["_(no answer)_"]][:45]
+def answer_blocks(answer, uploaded: bool | None = True) -> list[dict]:
+    """The final message: the answer, its sources (and notice), and the 👍/👎 buttons carrying the answer id.
+
+    Past MAX_SECTIONS the text stops with a visible note: that the rest is in the file above (`uploaded`,
+    the listeners post `answer_file` first), or (False) that it was cut, where no file can be posted.
+    None: every section, for `answer_messages` to post in parts when the file could not be uploaded."""
+    pieces = answer_sections(answer) or ["_(no answer)_"]
+    if len(pieces) > MAX_SECTIONS and uploaded is not None:
+        pieces = pieces[:MAX_SECTIONS] + [f"_{escape(continued_note(answer, uploaded))}_"]
+    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": piece}} for piece in pieces]
     blocks.append({"type": "context", "block_id": "sources",
                    "elements": [{"type": "mrkdwn", "text": sources_text(answer)[:SECTION_CHARS]}]})
     notice = notice_text(answer)
@@ -106,20 +126,20 @@ def answer_blocks(answer) -> list[dict]:
 SECTIONS_PER_MESSAGE = 3
 
 
-def answer_messages(answer) -> list[dict]:
+def answer_messages(answer, uploaded: bool | None = True) -> list[dict]:
     """The final answer as several thread messages, for when Slack refuses it as one: the text in parts
     of at most SECTIONS_PER_MESSAGE sections, then the sources, the notice and the 👍/👎 buttons."""
-    blocks = answer_blocks(answer)
+    blocks = answer_blocks(answer, uploaded)
     sections = [b for b in blocks if b["type"] == "section"]
     rest = [b for b in blocks if b["type"] != "section"]
     parts = [sections[i:i + SECTIONS_PER_MESSAGE] for i in range(0, len(sections), SECTIONS_PER_MESSAGE)]
-    out = [{"text": part[0]["text"]["text"][:3900], "blocks": part} for part in parts]
+    out = [{"text": mrkdwn.cut(part[0]["text"]["text"], 3900), "blocks": part} for part in parts]
     return out + [{"text": sources_text(answer)[:3900], "blocks": rest}]
 
 
 def answer_fallback(answer) -> str:
     """The message's `text`: what notifications and screen readers show instead of the blocks."""
-    return escape(answer.answer)[:3900] or "(no answer)"
+    return mrkdwn.cut(mrkdwn.to_mrkdwn(answer.answer), 3900) or "(no answer)"
 
 
 def _button(action_id: str, label: str, value: str) -> dict:

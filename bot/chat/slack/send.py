@@ -18,10 +18,11 @@ def slack_sender(client) -> Send:
     that names a message (a placeholder left by a killed process) replaces it with chat.update instead."""
     from slack_sdk.errors import SlackApiError
 
-    from bot.chat.slack.render import escape
+    from bot.chat.slack import mrkdwn
 
     async def send(row: OutboxRow) -> None:
-        text = escape(row["text"])[:SLACK_TEXT_CHARS]
+        # Answers in the outbox are Markdown as written; the cut (a visible "…") breaks no entity or link.
+        text = mrkdwn.cut(mrkdwn.to_mrkdwn(row["text"]), SLACK_TEXT_CHARS)
         try:
             if row.get("update_message"):
                 try:
