@@ -30,11 +30,16 @@ def cmd_ask(args) -> int:
     if why:
         print(f"ask: {why}", file=sys.stderr)
         return 2
+    if args.thread is not None and not (args.thread.strip() and len(args.thread) <= 200 and args.thread.isprintable()):
+        print("ask: --thread needs an id of 1 to 200 printable characters", file=sys.stderr)
+        return 2
     answerer = wiring.build_answerer(args.settings, wiring.connect_db(args.settings), args.model)
     stream = None if args.json or not sys.stdout.isatty() else (lambda piece: print(piece, end="", flush=True))
     # `--user slack:U1` asks as that person (so `forget slack:U1` finds it); a plain name is the operator's.
     platform, user = _who(args.user) if args.user else ("cli", "")
-    result = answerer.ask(args.question, answering.Context(platform=platform, user=user), on_token=stream)
+    # `--thread ID`: the earlier questions asked with the same id (and as the same platform) are the history.
+    ctx = answering.Context(platform=platform, user=user, channel="cli" if args.thread else "", thread=args.thread or "")
+    result = answerer.ask(args.question, ctx, on_token=stream)
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
         return 0
@@ -142,11 +147,25 @@ def cmd_search(args) -> int:
 def cmd_eval_retrieval(args) -> int:
     from bot.knowledge import retrieval_eval
 
-    path = Path(args.file) if args.file else config.ROOT / "knowledge/eval/dev.jsonl"
+    default = "knowledge/eval/followups.jsonl" if args.followups else "knowledge/eval/dev.jsonl"
+    path = Path(args.file) if args.file else config.ROOT / default
     if not path.is_file():
         print(f"eval-retrieval: no such file: {path}", file=sys.stderr)
         return 2
     rows = retrieval_eval.load_questions(path)
+    if args.followups:
+        from bot.answering import condense
+
+        bad = next((n for n, r in enumerate(rows, 1) if not isinstance(r.get("history"), list)
+                    or not all(isinstance(q, str) and q.strip() for q in r["history"]) or not r.get("doc")), None)
+        if bad:
+            print(f"eval-retrieval: {path}: conversation {bad} needs \"history\" (a list of earlier questions), "
+                  "\"question\", \"doc\" and \"evidence\"", file=sys.stderr)
+            return 2
+        searcher = wiring.build_searcher(args.settings, wiring.connect_db(args.settings), args.embedder)
+        result = condense.evaluate(searcher, rows, args.k)
+        print(json.dumps(result, ensure_ascii=False) if args.json else condense.format_report(result, path))
+        return 0
     if args.compare:
         db = wiring.connect_db(args.settings)
         wiring.build_searcher(args.settings, db, "none")  # indexes a fresh database
@@ -518,6 +537,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--embedder", default=None, help="override BOT_EMBEDDER for this run")
     s.add_argument("--compare", action="store_true", help="compare the lexical designs we chose between")
+    s.add_argument("--followups", action="store_true",
+                   help="FILE holds two-turn conversations (default knowledge/eval/followups.jsonl): recall of the "
+                        "second turn searched alone and with its thread")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval_retrieval)
 
@@ -526,7 +548,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
     s.add_argument("--user", default=None,
                    help="who is asking (recorded with the answer): `platform:user` for that person, else an operator name")
-    s.add_argument("--json", action="store_true", help='print {"id", "answer", "citations", "mode", "model", "adapter", "ms"}')
+    s.add_argument("--thread", metavar="ID", default=None,
+                   help="a conversation id: earlier questions asked with the same id are the history (follow-ups)")
+    s.add_argument("--json", action="store_true",
+                   help='print {"id", "answer", "citations", "mode", "model", "adapter", "ms", "query"}')
     s.set_defaults(fn=cmd_ask)
 
     s = sub.add_parser("chat", help="terminal chat with history: answers with sources")

@@ -159,6 +159,14 @@ def m008_forget(db: sqlite_utils.Database) -> None:
     db["forgotten"].create_index(["at"])
 
 
+
+@migration
+def m009_answer_query(db: sqlite_utils.Database) -> None:
+    # What retrieval searched for when it was not the question as asked: a follow-up made standalone
+    # (by the model, or the question with its thread's earlier questions), an English question in
+    # Chinese (bot/answering/condense.py). NULL for a question searched as it is.
+    db["answers"].add_column("query", str)
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 

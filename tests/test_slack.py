@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from bot.answering import pipeline as answering
+from bot.answering import condense, pipeline as answering
 from bot import commands, config, messages, store
 from bot.knowledge import retrieval
 from bot.chat.slack import app as slack_app, render as slack_render
@@ -294,7 +294,8 @@ async def test_mentions_answer_in_their_thread_and_see_its_earlier_turns(slack):
     assert [p["thread_ts"] for p in slack.recorder.of("chat.postMessage")] == [thread, thread]
     assert [r["thread"] for r in slack.answers()] == [thread, thread]
     assert [r["question"] for r in slack.answers()] == ["什么是边缘计算？", "它有什么好处？"]
-    first_prompt, second_prompt = slack.gen.seen
+    first_prompt, condense_call, second_prompt = slack.gen.seen  # the follow-up is made standalone first
+    assert condense_call[0]["content"] == condense.SYSTEM
     assert not any(m["content"] == "什么是边缘计算？" for m in first_prompt)
     assert {"role": "user", "content": "什么是边缘计算？"} in second_prompt
     assert {"role": "assistant", "content": ANSWER} in second_prompt

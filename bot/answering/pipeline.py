@@ -14,7 +14,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from bot.answering import prompts
+from bot.answering import condense, prompts
 from bot import store
 from bot.llm.generator import Generator, is_out_of_memory
 from bot.knowledge.textproc import is_mostly_english
@@ -49,6 +49,7 @@ class Answer:
     ms: float
     notice: str = ""
     passages: list = field(default_factory=list, repr=False)
+    query: condense.Query | None = field(default=None, repr=False)  # what retrieval searched for
 
     @property
     def in_english(self) -> bool:
@@ -64,6 +65,7 @@ class Answer:
             "model": self.model,
             "adapter": self.adapter,
             "ms": round(self.ms, 1),
+            "query": self.query and {"text": self.query.text, "route": self.query.route, "note": self.query.note},
         }
 
 
@@ -118,7 +120,7 @@ class Answerer:
 
     def __init__(self, db, searcher, generator: Callable[[], Generator] | None = None, *, k: int = 5,
                  context_budget: int = 1536, history_budget: int = 512, max_new_tokens: int = 384,
-                 timeout_s: float = 300.0):
+                 timeout_s: float = 300.0, condense_timeout_s: float = condense.DEFAULT_TIMEOUT_S):
         self.db, self.searcher = db, searcher
         self._generator_source = generator
         self._generator: Generator | None = None
@@ -126,6 +128,7 @@ class Answerer:
         self._load_lock = threading.Lock()
         self.k, self.context_budget, self.history_budget = k, context_budget, history_budget
         self.max_new_tokens, self.timeout_s = max_new_tokens, timeout_s
+        self.condense_timeout_s = condense_timeout_s
         self._in_flight = 0  # questions between `ask` and their recorded answer
         self._count_lock = threading.Lock()
 
@@ -163,11 +166,13 @@ class Answerer:
 
     def _ask(self, question: str, ctx: Context, on_token: Callable[[str], None] | None) -> Answer:
         t0 = time.perf_counter()
-        hits = self.searcher.search(question, self.k)
-        retrieval_ms = (time.perf_counter() - t0) * 1000
         history = [prompts.Turn(q, a) for q, a in store.thread_turns(self.db, ctx.platform, ctx.channel, ctx.thread)]
+        gen = self.generator()  # first: a follow-up or an English question is rewritten by the model
+        t_search = time.perf_counter()
+        query = condense.standalone(question, history, gen, timeout_s=self.condense_timeout_s)
+        hits = query.search(self.searcher, self.k)
+        retrieval_ms = (time.perf_counter() - t_search) * 1000
 
-        gen = self.generator()
         count = gen.count_tokens if gen else len
         shown = prompts.fit_passages(hits, self.context_budget, count)
         model, revision = (gen.model_id, gen.revision) if gen else (None, None)
@@ -199,10 +204,10 @@ class Answerer:
                 citations = [Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1)]
                 notice = f"model error: {type(e).__name__}: {e}"[:500]
         ms = (time.perf_counter() - t0) * 1000
-        answer = Answer(uuid.uuid4().hex[:12], text, citations, mode, model, adapter, ms, notice, shown)
+        answer = Answer(uuid.uuid4().hex[:12], text, citations, mode, model, adapter, ms, notice, shown, query=query)
         store.record_answer(self.db, {
             "id": answer.id, "created_at": time.time(), "platform": ctx.platform, "channel": ctx.channel,
-            "thread": ctx.thread, "user": ctx.user, "question": question,
+            "thread": ctx.thread, "user": ctx.user, "question": question, "query": query.stored,
             "passages": [{"id": getattr(p, "passage_id", None), "doc": p.doc, "heading": p.heading, "text": p.text}
                          for p in shown],
             "answer": text, "citations": [asdict(c) for c in citations], "mode": mode, "notice": notice,

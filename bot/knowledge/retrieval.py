@@ -127,6 +127,22 @@ class LexicalRetriever:
             s = s * np.where(mask, 1.0 + DOC_MENTION_BOOST, 1.0)
         return s.astype(np.float32)
 
+    def rank_parts(self, parts: list[tuple[str, float]], k: int) -> list[tuple[int, float]]:
+        """One query made of several texts, each text's scores scaled by its weight (a follow-up at 1
+        with its thread's earlier questions below it; an English question beside its Chinese
+        translation). BM25 is linear in the query's term weights, so this is the weighted query itself,
+        and every text still goes through `scores` (named documents, neighbours)."""
+        s = np.zeros(self.n, dtype=np.float32)
+        for text, w in parts:
+            if w > 0 and text.strip():
+                s += w * self.scores(text)
+        k = min(k, len(s))
+        if not k:
+            return []
+        top = np.argpartition(-s, k - 1)[:k]
+        top = top[np.argsort(-s[top])]
+        return [(int(i), float(s[i])) for i in top if s[i] > 0]
+
     def rank(self, question: str, k: int) -> list[tuple[int, float]]:
         s = self.scores(question)
         if not len(s):
@@ -228,6 +244,19 @@ class Searcher:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def search_parts(self, parts: list[tuple[str, float]], k: int = 5) -> list[Hit]:
+        """`search` for a weighted query of several texts (LexicalRetriever.rank_parts); a dense
+        retriever embeds the texts joined, best-weighted first."""
+        parts = [(t, w) for t, w in parts if w > 0 and t.strip()]
+        if not self.rows or not parts:
+            return []
+        depth = max(k, CANDIDATES)
+        joined = " ".join(t for t, _ in sorted(parts, key=lambda tw: -tw[1]))
+        fused = fuse([r.rank_parts(parts, depth) if isinstance(r, LexicalRetriever) else r.rank(joined, depth)
+                      for r in self.retrievers], k)
+        return [Hit(self.rows[i]["id"], self.rows[i]["doc"], self.rows[i]["heading"], self.rows[i]["text"], score)
+                for i, score in fused]
 
     def search(self, question: str, k: int = 5) -> list[Hit]:
         if not self.rows or not question.strip():
