@@ -20,7 +20,7 @@ from bot.knowledge import crosslingual, textproc
 from bot import store
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
-CHUNKER_VERSION = 2  # bump when chunk_markdown's output changes
+CHUNKER_VERSION = 2  # bump when chunk_markdown's or textproc.tokens' output changes
 
 # Chat-template control tokens (ChatML, Llama, generic). They must never reach
 # a prompt or a training set, where they would end a turn early.
