@@ -40,3 +40,86 @@ def test_english_privacy_question_finds_the_passage(indexed_kb, question):
     hits = retrieval.Searcher(indexed_kb.db).search(question, 3)
     assert any(h.doc == "platform-advantage.md" and PRIVACY_EVIDENCE in h.text for h in hits), \
         [(h.heading, h.text[:60]) for h in hits]
+
+
+# --- the learned re-ranker ------------------------------------------------------
+
+from bot.knowledge import ingest, ranker  # noqa: E402
+
+
+def test_index_trains_and_stores_a_ranker_that_search_uses(indexed_kb):
+    stored = store.ranker(indexed_kb.db)
+    assert stored is not None
+    model = ranker.Ranker.from_json(stored["model"])
+    assert model is not None and model.trained_on >= 100  # questions generated from the passages
+    searcher = retrieval.Searcher(indexed_kb.db)
+    assert searcher.ranker is not None
+
+
+def test_scores_are_probabilities_best_first(indexed_kb):
+    searcher = retrieval.Searcher(indexed_kb.db)
+    for question in ("为防止设备损坏造成业务停摆，技术安全风险部分提出了什么对策？", "What is FairScale?", "量子计算机的冷却系统"):
+        hits = searcher.search(question, 5)
+        scores = [h.score for h in hits]
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_score_is_comparable_across_questions(indexed_kb):
+    # A question the knowledge base answers word for word scores higher than one it does not cover:
+    # the property an abstention threshold needs, which raw BM25 (unbounded, per question) lacks.
+    searcher = retrieval.Searcher(indexed_kb.db)
+    covered = searcher.search("建立硬件备份系统，确保在硬件故障时能够快速恢复服务", 1)[0]
+    uncovered = searcher.search("火星基地的氧气循环怎么维护？", 1)
+    assert "建立硬件备份系统" in covered.text
+    assert not uncovered or uncovered[0].score < covered.score
+
+
+def test_training_is_deterministic_and_uses_no_evaluation_questions(indexed_kb):
+    rows = store.passages(indexed_kb.db)
+    lexicon = store.lexicon(indexed_kb.db)
+    first, second = ranker.generate_questions(rows, lexicon), ranker.generate_questions(rows, lexicon)
+    assert first == second and len(first) > 300
+    texts = "\n".join(r["text"] for r in rows)
+    assert all(evidence in texts for _, evidence in first)  # every label is a span of an indexed passage
+    import json
+    from pathlib import Path
+
+    eval_questions = {json.loads(line)["question"] for f in Path(ingest.__file__).parents[2].glob("knowledge/eval/*.jsonl")
+                      for line in f.read_text(encoding="utf-8").splitlines() if line.strip()}
+    assert not eval_questions & {q for q, _ in first}
+
+
+def test_without_a_stored_ranker_search_falls_back_to_bm25(indexed_kb, tmp_path):
+    import sqlite3
+
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    indexed_kb.db.conn.backup(copy)
+    copy.close()
+    db = store.connect(tmp_path / "copy.db")
+    with_ranker = retrieval.Searcher(db).search("FairScale 是什么？", ranker.DEPTH)
+    store.save_ranker(db, None, "none")
+    searcher = retrieval.Searcher(db)
+    assert searcher.ranker is None
+    hits = searcher.search("FairScale 是什么？", ranker.DEPTH)
+    assert hits and "FairScale" in hits[0].text and hits[0].score > 1.0  # a BM25 score, not a probability
+    assert {h.passage_id for h in hits} == {h.passage_id for h in with_ranker}  # re-ordering, not re-finding
+    # Indexing again notices the missing ranker and trains it.
+    kb = indexed_kb.kb_dir
+    ingest.index_paths(db, [kb], kb, progress=False)
+    assert retrieval.Searcher(db).ranker is not None
+
+
+def test_a_ranker_for_other_features_is_ignored():
+    assert ranker.Ranker.from_json('{"version": -1, "features": []}') is None
+    assert ranker.Ranker.from_json(None) is None
+
+
+def test_a_tiny_knowledge_base_gets_no_ranker_and_still_searches(db, tmp_path):
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "note.md").write_text("# 备份\n\n建立硬件备份系统。\n", encoding="utf-8")
+    ingest.index_paths(db, [kb], kb, progress=False)
+    assert store.ranker(db) is None  # too few generated questions to learn from
+    hits = retrieval.Searcher(db).search("硬件备份", 3)
+    assert hits and "硬件备份" in hits[0].text

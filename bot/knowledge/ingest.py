@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.knowledge import crosslingual, textproc
+from bot.knowledge import crosslingual, retrieval, textproc
 from bot import store
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
@@ -349,6 +349,8 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     store.set_meta(db, "chunker", signature)
     if changed or store.get_meta(db, "lexicon_built") is None:
         rebuild_lexicon(db)
+    if changed or retrieval.ranker_stale(db):
+        retrieval.train_ranker(db)  # the re-ranker learns from the passages as they now are
     return reports
 
 
