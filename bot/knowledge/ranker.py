@@ -37,6 +37,7 @@ SEED = 12
 # paraphrase.jsonl, re-ordering the top 10 or 30 lost more recall@5 than it gained at rank 1.
 DEPTH = 5
 QUESTIONS_PER_PASSAGE = 2
+REGULARISATION = 1.0  # logistic regression C
 FEATURES = (
     "bm25_rel", "bm25_log", "rank_rr", "own_share", "in_named_doc", "doc_named",
     "word_cover", "bigram_cover", "heading_cover", "longest_run", "proximity",
@@ -256,6 +257,6 @@ def train(lex, rows: list[dict], heading_tokens: list[set[str]], lexicon, seed: 
     x, y = np.concatenate(xs), np.concatenate(ys).astype(int)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
-    model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit((x - mean) / scale, y)
+    model = LogisticRegression(C=REGULARISATION, max_iter=2000, random_state=seed).fit((x - mean) / scale, y)
     return Ranker(mean.astype(np.float32), scale.astype(np.float32), model.coef_[0].astype(np.float32),
                   float(model.intercept_[0]), len(xs))

@@ -257,8 +257,9 @@ class Searcher:
     BOT_EMBEDDER), and `self.ranker` is None.
     """
 
-    def __init__(self, db, embedder: str = "none"):
-        self.db, self.embedder_name = db, embedder
+    def __init__(self, db, embedder: str = "none", rerank: bool = True):
+        """`rerank=False` ignores a stored re-ranker (BM25's order and scores; for comparisons)."""
+        self.db, self.embedder_name, self.rerank = db, embedder, rerank
         self.reload()
 
     def reload(self) -> None:
@@ -275,7 +276,7 @@ class Searcher:
         if model is not None:
             retrievers.append(DenseRetriever(model, ensure_embeddings(db, model, embedder, rows)))
         stored = store.ranker(db)
-        ranker = learned.Ranker.from_json(stored["model"]) if stored else None
+        ranker = learned.Ranker.from_json(stored["model"]) if stored and self.rerank else None
         headings = _heading_tokens(rows) if ranker else []
         # One tuple, swapped in one assignment: a search running meanwhile sees the old index or the new one.
         self._index = (rows, retrievers, lexical, ranker, headings)
