@@ -26,6 +26,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Sequence
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _proximity(words: list[str], text: str, window: int) -> float:
 
 
 def features(lex, question: str, detail: dict, candidates: list[int], rows: list[dict],
-             heading_tokens: list[set[str]]) -> np.ndarray:
+             heading_tokens: Sequence[set[str]]) -> np.ndarray:
     """One row of FEATURES per candidate passage (indexes into `rows`).
 
     Coverage counts each query term by its weight times its IDF, so a passage
@@ -239,7 +240,7 @@ def _part(word: str, rng: random.Random) -> str:
     return rng.choice(parts) if parts else word
 
 
-def train(lex, rows: list[dict], heading_tokens: list[set[str]], lexicon, seed: int = SEED) -> Ranker | None:
+def train(lex, rows: list[dict], heading_tokens: Sequence[set[str]], lexicon, seed: int = SEED) -> Ranker | None:
     """Fit the ranker on generated questions over `lex`'s candidates; None when there is too little to learn from."""
     from sklearn.linear_model import LogisticRegression
 

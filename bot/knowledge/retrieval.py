@@ -228,6 +228,19 @@ def _heading_tokens(rows: list[dict]) -> list[set[str]]:
     return [cache.setdefault(r["heading"], set(textproc.tokens(r["heading"]))) for r in rows]
 
 
+class _LazyHeadings:
+    """`_heading_tokens`, computed on first use: jieba's dictionary (about a second) then loads with the
+    first question, which needs it anyway, rather than with the index."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows, self.sets = rows, None
+
+    def __getitem__(self, i: int) -> set[str]:
+        if self.sets is None:
+            self.sets = _heading_tokens(self.rows)
+        return self.sets[i]
+
+
 def ranker_stale(db) -> bool:
     """Whether the stored re-ranker is missing or was built for other features."""
     row = store.ranker(db)
@@ -277,7 +290,7 @@ class Searcher:
             retrievers.append(DenseRetriever(model, ensure_embeddings(db, model, embedder, rows)))
         stored = store.ranker(db)
         ranker = learned.Ranker.from_json(stored["model"]) if stored and self.rerank else None
-        headings = _heading_tokens(rows) if ranker else []
+        headings = _LazyHeadings(rows)
         # One tuple, swapped in one assignment: a search running meanwhile sees the old index or the new one.
         self._index = (rows, retrievers, lexical, ranker, headings)
         self.rows, self.retrievers, self.lexical, self.ranker = rows, retrievers, lexical, ranker
