@@ -30,9 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from bot.knowledge import textproc
+from bot.knowledge import crosslingual, textproc
 
-RANKER_VERSION = 1  # bump when features() changes: a stored model of another version is ignored
+RANKER_VERSION = 2  # bump when features() changes: a stored model of another version is ignored
 SEED = 12
 # The ranker re-orders BM25's top passages (at least this many): measured on dev, demo, golden and
 # paraphrase.jsonl, re-ordering the top 10 or 30 lost more recall@5 than it gained at rank 1.
@@ -65,16 +65,19 @@ def _run_length(question: str, text: str) -> int:
     return best
 
 
-def _proximity(words: list[str], text: str, window: int) -> float:
-    """The largest share of the question's words found within one window of the passage."""
+def _proximity(words: list[tuple[str, ...]], text: str, window: int) -> float:
+    """The largest share of the question's words found within one window of the passage.
+
+    Each word is a tuple of the forms that count for it (an English word and its translations)."""
     if not words:
         return 0.0
     events = []
-    for i, w in enumerate(words):
-        j = text.find(w)
-        while j >= 0:
-            events.append((j, i))
-            j = text.find(w, j + 1)
+    for i, forms in enumerate(words):
+        for w in forms:
+            j = text.find(w)
+            while j >= 0:
+                events.append((j, i))
+                j = text.find(w, j + 1)
     events.sort()
     best, counts, lo = 0, {}, 0
     for pos, i in events:
@@ -105,25 +108,38 @@ def features(lex, question: str, detail: dict, candidates: list[int], rows: list
     word_w = {t: w for t, w in idf.items() if not t.startswith("~")}
     bigram_w = {t: w for t, w in idf.items() if t.startswith("~")}
     total_word, total_bigram = sum(word_w.values()) or 1.0, sum(bigram_w.values()) or 1.0
-    # Proximity and shared runs are measured on the text; an English question
-    # is measured through its Chinese translation (its heavier words).
+    # Proximity and shared runs are measured on the text. An English question's
+    # words count in English or through their translations (a team's English
+    # passages and the bundled Chinese ones alike), so its coverage is of
+    # those words, each met in either language.
+    concepts: list[tuple[str, ...]] = []
     if english:
-        words = [t for t, w in sorted(word_w.items(), key=lambda kv: -kv[1]) if textproc.CJK_RE.fullmatch(t)][:8]
         probe = ""
+        for stem in dict.fromkeys(textproc.english_words(detail["rest"])):
+            forms = [stem, *(z for z, _ in sorted(crosslingual.translate(stem, lex.lexicon).items(),
+                                                     key=lambda kv: -kv[1])[:4])]
+            concepts.append(tuple(forms))
+        words = concepts
     else:
-        words = [t for t in word_w if len(t) > 1 or not textproc.CJK_RE.fullmatch(t)]
+        words = [(t,) for t in word_w if len(t) > 1 or not textproc.CJK_RE.fullmatch(t)]
         probe = "".join(textproc.CJK_RE.findall(detail["rest"]))
+    concept_w = [max(idf.get(f, 0.0) for f in forms) or 1.0 for forms in concepts]
     out = np.zeros((len(candidates), len(FEATURES)), dtype=np.float32)
     for r, i in enumerate(candidates):
         toks, text = lex.token_sets[i], rows[i]["text"].lower()  # English stems are lower-case
         lines = [ln for ln in text.split("\n") if ln.strip()]
         s = float(final[i])
+        if concepts:  # an English question: bigrams are only its translations' parts, so one figure for both
+            word_cover = bigram_cover = sum(
+                w for forms, w in zip(concepts, concept_w) if any(f in toks for f in forms)) / sum(concept_w)
+        else:
+            word_cover = sum(w for t, w in word_w.items() if t in toks) / total_word
+            bigram_cover = sum(w for t, w in bigram_w.items() if t in toks) / total_bigram
         out[r, :14] = (
             s / top if top > 0 else 0.0, math.log1p(max(s, 0.0)), 1.0 / (1 + r),
             float(own[i]) / s if s > 0 else 0.0,
             float(lex.docs[i] in named) if lex.docs else 0.0, float(bool(named)),
-            sum(w for t, w in word_w.items() if t in toks) / total_word,
-            sum(w for t, w in bigram_w.items() if t in toks) / total_bigram,
+            word_cover, bigram_cover,
             sum(w for t, w in word_w.items() if t in heading_tokens[i]) / total_word,
             _run_length(probe, text) / max(len(probe), 1) if probe else 0.0,
             _proximity(words, text, max(40, 2 * len(probe) or 60)),
