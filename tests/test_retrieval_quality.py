@@ -1,6 +1,7 @@
 """Retrieval quality: English hyphens and inflections, the learned re-ranker, what Hit.score means."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bot import store
@@ -73,6 +74,21 @@ def test_score_is_comparable_across_questions(indexed_kb):
     uncovered = searcher.search("火星基地的氧气循环怎么维护？", 1)
     assert "建立硬件备份系统" in covered.text
     assert not uncovered or uncovered[0].score < covered.score
+
+
+def test_questions_the_documents_do_not_cover_score_below_ones_they_answer(indexed_kb):
+    # The re-ranker also learns from generated questions asked without their answer, so its
+    # score says whether a passage answers, not only which passage answers best.
+    searcher = retrieval.Searcher(indexed_kb.db)
+    answered = ["池化层有什么作用？", "FairScale 是什么？", "What is differential privacy used for?", "常见的词向量模型有哪些？"]
+    uncovered = ["公司年会应该订哪家餐厅？", "火星基地的氧气循环怎么维护？", "How do I reset my VPN password?",
+                 "Which football team won the 2018 World Cup?"]
+
+    def best(question):
+        hits = searcher.search(question, 1)
+        return hits[0].score if hits else 0.0
+
+    assert max(best(q) for q in uncovered) < np.median([best(q) for q in answered])
 
 
 def test_training_is_deterministic_and_uses_no_evaluation_questions(indexed_kb):
