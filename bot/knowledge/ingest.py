@@ -7,6 +7,9 @@ citation can quote it; it knows its document and heading path. Sections are
 split at blank lines into passages of about `BOT_CHUNK_CHARS` characters,
 because a heading section can run to thousands of characters and both the
 lexical ranker and the model's context budget do better with paragraphs.
+A table of contents is not the parent of the body it lists (`is_toc`).
+Indexing ends by re-deriving the English lexicon and re-training the
+search re-ranker when anything changed.
 """
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ near miss; a logistic regression weighs these features.
 It is trained at `index` time, never on the evaluation sets, on questions
 generated from the indexed passages' own sentences and headings: a few content
 words of one sentence (what a person who read it would ask about), the same in
-English through the corpus lexicon, and a heading's title. So it fits a team's
-own documents as well as the bundled ones. It is stored in the database as
-JSON (coefficients, not a pickle) and loaded with the index; without one,
-the Searcher ranks by BM25 alone.
+English through the corpus lexicon, and a heading's title; half of them are
+also asked over the candidates without their answer, where every candidate is
+wrong, which is what makes the score mean "this answers" rather than "this is
+the best of five". So it fits a team's own documents as well as the bundled
+ones. It is stored in the database as JSON (coefficients, not a pickle) and
+loaded with the index; without one, the Searcher ranks by BM25 alone.
 
 The score it gives, `probability`, is the model's estimate that a passage is
 the one that answers: on a scale that is the same for every question, so a

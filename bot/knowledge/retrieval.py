@@ -6,7 +6,9 @@ The lexical side is BM25 (bm25s) over jieba words plus character bigrams
 (textproc), with English questions translated into the corpus's Chinese words
 (crosslingual). The dense side is any sentence-transformers model named by
 BOT_EMBEDDER. Both answer the same `Retriever` protocol and are fused by
-reciprocal rank, so neither side's score scale matters.
+reciprocal rank, so neither side's score scale matters. The learned
+re-ranker (bot.knowledge.ranker, trained at index time and stored) then
+re-orders the best candidates, and its probability becomes `Hit.score`.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Chinese runs go through jieba's search mode, which emits both a compound and
 its parts (语音识别 -> 语音, 识别, 语音识别), and through character bigrams,
 which catch words jieba segments differently in a question and in a passage.
 English words are lower-cased and Snowball-stemmed, so "recognise",
-"recognition" and "recognized" meet; hyphenated words also count as their parts. Measured choices: see README, Retrieval.
+"recognition" and "recognized" meet; hyphenated words also count as their
+parts. Measured choices: see README, Retrieval.
 """
 from __future__ import annotations
 
