@@ -139,3 +139,12 @@ def test_a_tiny_knowledge_base_gets_no_ranker_and_still_searches(db, tmp_path):
     assert store.ranker(db) is None  # too few generated questions to learn from
     hits = retrieval.Searcher(db).search("硬件备份", 3)
     assert hits and "硬件备份" in hits[0].text
+
+
+def test_a_large_knowledge_base_trains_on_a_bounded_sample(monkeypatch):
+    rows = [{"doc": "a.md", "heading": f"第{i}章 标题{i}", "text": f"第{i}段：数据隐私保护技术包括差分隐私和联邦学习等多种方法。"}
+            for i in range(40)]
+    monkeypatch.setattr(ranker, "MAX_PASSAGES", 10)
+    questions = ranker.generate_questions(rows, {})
+    sources = {ev for _, ev in questions}
+    assert questions and len({r["text"] for r in rows if any(ev in r["text"] for ev in sources)}) <= 10
