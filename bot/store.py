@@ -159,13 +159,20 @@ def m008_forget(db: sqlite_utils.Database) -> None:
     db["forgotten"].create_index(["at"])
 
 
-
 @migration
 def m009_answer_query(db: sqlite_utils.Database) -> None:
     # What retrieval searched for when it was not the question as asked: a follow-up made standalone
     # (by the model, or the question with its thread's earlier questions), an English question in
     # Chinese (bot/answering/condense.py). NULL for a question searched as it is.
     db["answers"].add_column("query", str)
+
+
+@migration
+def m010_ranker(db: sqlite_utils.Database) -> None:
+    # The learned re-ranker (bot.knowledge.ranker), trained at index time on the indexed
+    # passages: coefficients as JSON, with the index signature it was trained on.
+    db["rankers"].create({"name": str, "model": str, "signature": str, "trained_at": float}, pk="name")
+
 
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
@@ -372,6 +379,21 @@ def save_lexicon(db, rows: Iterable[tuple[str, str, float]]) -> None:
     with transaction(db):
         db.execute("delete from lexicon")
         db.conn.executemany("insert or replace into lexicon (term, zh, weight) values (?, ?, ?)", list(rows))
+
+
+def ranker(db, name: str = "lexical") -> dict | None:
+    """The stored re-ranker: {"model": JSON text, "signature": ..., "trained_at": ...}, or None."""
+    rows = list(db.query("select model, signature, trained_at from rankers where name = ?", [name]))
+    return rows[0] if rows else None
+
+
+def save_ranker(db, model: str | None, signature: str, name: str = "lexical") -> None:
+    """Store (or, with model None, remove) the re-ranker."""
+    with transaction(db):
+        db.execute("delete from rankers where name = ?", [name])
+        if model is not None:
+            db.execute("insert into rankers (name, model, signature, trained_at) values (?, ?, ?, ?)",
+                       [name, model, signature, time.time()])
 
 
 def get_meta(db, key: str) -> str | None:

@@ -295,3 +295,60 @@ def test_every_eval_evidence_is_inside_a_passage_of_its_doc(indexed_kb, name):
         if not any(r["evidence"] in t for t in texts):
             missing.append(r["id"])
     assert not missing, f"evidence not found verbatim in any passage: {missing}"
+
+
+# --- tables of contents and numbered headings ---------------------------------
+
+
+def test_table_of_contents_is_not_the_parent_of_the_body():
+    # The shape of platform-advantage.md: an H2 table of contents whose entries
+    # are headings with bullet bodies, then the body at deeper Markdown levels.
+    text = "\n".join([
+        "# Title", "## 摘要：", "summary prose.",
+        "## 目录大纲：", "",
+        "### 第一部分：基础", "#### 第1章：概述", "- 1.1 历程", "  - 1.1.1 起源",
+        "### 第二部分：实践", "#### 第2章：案例", "- 2.1 案例一",
+        "---",
+        "### 第一部分：基础", "#### 第1章：概述", "##### 1.1 历程", "body of one point one.",
+        "##### 1.2 特点", "body of one point two.",
+    ])
+    sections = by_heading(chunk_markdown(text))
+    body = [h for h in sections if "body" in sections[h]]
+    assert body == ["Title > 第一部分：基础 > 第1章：概述 > 1.1 历程", "Title > 第一部分：基础 > 第1章：概述 > 1.2 特点"]
+    # The bullets themselves stay searchable, labelled as the table of contents.
+    toc = [h for h in sections if h.startswith("Title > 目录大纲：")]
+    assert toc and all(sections[h].lstrip().startswith("-") for h in toc)
+
+
+def test_a_list_of_anchor_links_is_a_table_of_contents_whatever_its_title():
+    text = "## Overview\n- [Setup](#setup)\n- [Usage](#usage)\n### Setup\nInstall it.\n"
+    assert [c.heading for c in chunk_markdown(text) if "Install" in c.text] == ["Setup"]
+    # An ordinary bullet list under an ordinary heading keeps its children.
+    text = "## Risks\n- money\n- people\n### Money\nCash runs out.\n"
+    assert [c.heading for c in chunk_markdown(text) if "Cash" in c.text] == ["Risks > Money"]
+
+
+def test_numbered_headings_close_their_equals_whatever_the_markdown_level():
+    # From the bundled documents: "### 1.3" then "#### 第3章" and "#### 第二部分" under "### 第一部分".
+    text = "\n".join([
+        "### 第一部分: 基础", "#### 第1章: 概述", "### 1.3 场景", "text a.",
+        "#### 第3章：实践", "text b.", "##### 3.2 挑战", "text c.",
+        "#### 第二部分: 构建", "text d.",
+    ])
+    sections = by_heading(chunk_markdown(text))
+    assert list(sections) == ["1.3 场景", "第3章：实践", "第3章：实践 > 3.2 挑战", "第二部分: 构建"]
+
+
+@pytest.mark.parametrize("title, rank", [("第二部分：实践", 0), ("附录", 0), ("第3章 风险", 1), ("附录 A：指南", 1),
+                                         ("9. 附录", 1), ("2.1 商业模式", 2), ("A.1 环境", 2), ("3.2.1 流程", 3),
+                                         ("Part one", None), ("关键词", None), ("2024年展望", None)])
+def test_numbered_rank(title, rank):
+    assert ingest.numbered_rank(title) == rank
+
+
+def test_bundled_documents_have_short_paths_and_no_toc_parent():
+    for path in sorted(DOCS.glob("*.md")):
+        chunks = chunk_markdown(path.read_text(encoding="utf-8"), title=path.stem)
+        prose = [c for c in chunks if not c.text.lstrip().startswith("-")]
+        assert not any("目录" in c.heading for c in prose), path.name
+        assert max(len(c.heading) for c in chunks) <= 100, path.name

@@ -134,7 +134,8 @@ def doc_mentions(question: str, aliases: dict[str, tuple[set[str], list[list[str
     """
     found: set[str] = set()
     keep = [True] * len(question)
-    words = [textproc.stem(w) for w in re.findall(r"[a-z0-9]+", question.lower())]
+    spans = list(re.finditer(r"[a-z0-9]+", question.lower()))
+    words = [textproc.stem(m.group()) for m in spans]
     for doc, (zh, en) in aliases.items():
         for alias in zh:
             i = question.find(alias)
@@ -147,8 +148,11 @@ def doc_mentions(question: str, aliases: dict[str, tuple[set[str], list[list[str
                 i = question.find(alias, i + 1)
         for run in en:
             k = len(run)
-            if any(words[i:i + k] == run and i + k < len(words) and words[i + k] in _EN_DOC_REF
-                   for i in range(len(words) - k)):
-                found.add(doc)
-                break
+            for i in range(len(words) - k):
+                if words[i:i + k] == run and words[i + k] in _EN_DOC_REF:
+                    found.add(doc)
+                    # "the business-model article": its words name the document, not
+                    # the answer (with hyphens split they would otherwise be matched).
+                    for j in range(spans[i].start(), spans[i + k - 1].end()):
+                        keep[j] = False
     return found, "".join(c if kept else " " for c, kept in zip(question, keep))

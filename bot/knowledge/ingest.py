@@ -7,6 +7,9 @@ citation can quote it; it knows its document and heading path. Sections are
 split at blank lines into passages of about `BOT_CHUNK_CHARS` characters,
 because a heading section can run to thousands of characters and both the
 lexical ranker and the model's context budget do better with paragraphs.
+A table of contents is not the parent of the body it lists (`is_toc`).
+Indexing ends by re-deriving the English lexicon and re-training the
+search re-ranker when anything changed.
 """
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.knowledge import crosslingual, textproc
+from bot.knowledge import crosslingual, retrieval, textproc
 from bot import store
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
-CHUNKER_VERSION = 1  # bump when chunk_markdown's output changes
+CHUNKER_VERSION = 2  # bump when chunk_markdown's or textproc.tokens' output changes
 
 # Chat-template control tokens (ChatML, Llama, generic). They must never reach
 # a prompt or a training set, where they would end a turn early.
@@ -156,42 +159,97 @@ def _section_chunks(lines: list[str], heading: str, limit: int) -> list[Chunk]:
     return chunks
 
 
-def chunk_markdown(text: str, title: str = "", limit: int = 600) -> list[Chunk]:
-    """Passages of a Markdown (or plain-text) document, each with its heading path.
+# A table of contents: a heading named like one whose body is only bullets
+# (or empty), or any heading whose body is only a list of links to anchors.
+TOC_TITLE_RE = re.compile(r"^(目录|目錄|目次|大纲|目录大纲|table of contents|contents|toc|outline)[：:]?$", re.I)
+BULLET_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+ANCHOR_LINK_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+\[[^\]]*\]\(#[^)]*\)\s*$")
+# Numbered headings, by rank: 第一部分 / 附录 (0) > 第1章, "9." (1) > 1.2, A.1 (2) > 1.2.3 (3).
+# The bundled documents skip and mix Markdown levels ("### 1.3" then "#### 第3章"),
+# so a numbered heading also closes every open numbered heading of its rank or deeper.
+_NUMBERED = [
+    (re.compile(r"^(第[一二三四五六七八九十百零\d]+部分|附录(?![\s]*[A-Za-z\d])|appendix$|part\s+(\d+|[ivx]+)\b)", re.I), 0),
+    (re.compile(r"^(第[一二三四五六七八九十百零\d]+章|附录\s*[A-Za-z\d]|appendix\s+\w\b|chapter\s+(\d+|[ivx]+)\b)", re.I), 1),
+    (re.compile(r"^\d+(\.\d+){3,}"), 4),
+    (re.compile(r"^(\d+|[A-Z])\.\d+\.\d+(?!\.\d)"), 3),
+    (re.compile(r"^(\d+|[A-Z])\.\d+(?![.\d])"), 2),
+    (re.compile(r"^\d+(?:[.、．]|\s)(?!\d)"), 1),
+]
 
-    Lines starting with `#` inside fenced code blocks are code comments, not headings.
-    """
-    lines = _lines(text)
-    path: list[tuple[int, str]] = []
-    chunks: list[Chunk] = []
-    body: list[str] = []
+
+def numbered_rank(title: str) -> int | None:
+    """How deep a numbered heading sits (0 = part, 1 = chapter, 2 = section ...), or None."""
+    for pattern, rank in _NUMBERED:
+        if pattern.match(title.strip()):
+            return rank
+    return None
+
+
+def _is_list_only(lines: list[str], links: bool = False) -> bool:
+    """Whether a section body is empty or only bullets (only anchor links when `links`)."""
+    content = [ln for ln in lines if ln.strip() and not re.fullmatch(r"\s*(-{3,}|\*{3,}|_{3,})\s*", ln)]
+    if links:
+        return bool(content) and all(ANCHOR_LINK_RE.match(ln) for ln in content)
+    return all(BULLET_RE.match(ln) for ln in content)
+
+
+def is_toc(title: str, body: list[str]) -> bool:
+    """A table of contents: it must not become the parent of the document's body."""
+    return (bool(TOC_TITLE_RE.match(title.strip())) and _is_list_only(body)) or _is_list_only(body, links=True)
+
+
+def _sections(lines: list[str]) -> list[tuple[int, str, list[str]]]:
+    """(level, title, body lines) per heading, level 0 for text before the first one.
+
+    Lines starting with `#` inside fenced code blocks are code comments, not headings."""
+    out: list[tuple[int, str, list[str]]] = [(0, "", [])]
     in_fence: str | None = None
-
-    def heading_path() -> str:
-        return " > ".join(h for _, h in path) or title
-
     for line in lines:
         fence = FENCE_RE.match(line)
         if in_fence:
             if line.lstrip().startswith(in_fence):
                 in_fence = None
-            body.append(line)
-            continue
-        if fence:
+        elif fence:
             in_fence = fence.group(1)
-            body.append(line)
-            continue
-        m = HEADING_RE.match(line)
-        if m:
-            chunks.extend(_section_chunks(body, heading_path(), limit))
-            body = []
-            level = len(m.group(1))
+        else:
+            m = HEADING_RE.match(line)
+            if m:
+                out.append((len(m.group(1)), m.group(2).strip(), []))
+                continue
+        out[-1][2].append(line)
+    return out
+
+
+def chunk_markdown(text: str, title: str = "", limit: int = 600) -> list[Chunk]:
+    """Passages of a Markdown (or plain-text) document, each with its heading path.
+
+    A table of contents (see `is_toc`) stays out of the path of what follows
+    it: its entries, headings whose bodies are only bullets or empty, belong
+    to it until the first heading with prose, which closes it. Numbered
+    headings close open ones of the same or deeper rank (`numbered_rank`).
+    """
+    path: list[tuple[int, str, int | None]] = []
+    chunks: list[Chunk] = []
+    toc: str | None = None  # the open table of contents' title, while its entries run
+
+    def heading_path() -> str:
+        return " > ".join(h for _, h, _ in path) or title
+
+    for level, name, body in _sections(_lines(text)):
+        if level:
+            if toc is not None and not _is_list_only(body):
+                path[:] = [p for p in path if p[1] != toc]  # prose: the table of contents is over
+                toc = None
             while path and path[-1][0] >= level:
                 path.pop()
-            path.append((level, m.group(2).strip()))
-            continue
-        body.append(line)
-    chunks.extend(_section_chunks(body, heading_path(), limit))
+            rank = numbered_rank(name)
+            if rank is not None:
+                while path and path[-1][2] is not None and path[-1][2] >= rank:
+                    path.pop()
+            path.append((level, name, rank))
+            if toc is None and is_toc(name, body):
+                toc = name
+        chunks.extend(_section_chunks(body, heading_path(), limit))
     return chunks
 
 
@@ -294,6 +352,8 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     store.set_meta(db, "chunker", signature)
     if changed or store.get_meta(db, "lexicon_built") is None:
         rebuild_lexicon(db)
+    if changed or retrieval.ranker_stale(db):
+        retrieval.train_ranker(db)  # the re-ranker learns from the passages as they now are
     return reports
 
 

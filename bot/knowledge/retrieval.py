@@ -6,17 +6,20 @@ The lexical side is BM25 (bm25s) over jieba words plus character bigrams
 (textproc), with English questions translated into the corpus's Chinese words
 (crosslingual). The dense side is any sentence-transformers model named by
 BOT_EMBEDDER. Both answer the same `Retriever` protocol and are fused by
-reciprocal rank, so neither side's score scale matters.
+reciprocal rank, so neither side's score scale matters. The learned
+re-ranker (bot.knowledge.ranker, trained at index time and stored) then
+re-orders the best candidates, and its probability becomes `Hit.score`.
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from bot.knowledge import crosslingual, textproc
+from bot.knowledge import crosslingual, ranker as learned, textproc
 from bot import store
 
 RRF_K = 60
@@ -60,6 +63,8 @@ class LexicalRetriever:
         scores = self.bm25.scores
         self._data, self._indices, self._indptr = scores["data"], scores["indices"], scores["indptr"]
         self.n = len(token_lists)
+        self.token_sets = [set(t) for t in token_lists]  # the re-ranker's coverage features
+        self.df = Counter(t for toks in self.token_sets for t in toks)
         self.docs = docs
         self.prev = self.next = None
         self.aliases: dict = {}
@@ -101,9 +106,9 @@ class LexicalRetriever:
                     weights["~" + bg] = weights.get("~" + bg, 0.0) + 0.25 * w
         return weights
 
-    def _bm25(self, question: str) -> np.ndarray:
+    def _bm25(self, question: str, weights: dict[str, float] | None = None) -> np.ndarray:
         total = np.zeros(max(self.n, 1), dtype=np.float32)
-        for tok, w in self.query_weights(question).items():
+        for tok, w in (weights if weights is not None else self.query_weights(question)).items():
             tid = self.vocab.get(tok)
             if tid is None:
                 continue
@@ -111,21 +116,27 @@ class LexicalRetriever:
             total[self._indices[lo:hi]] += w * self._data[lo:hi]
         return total[: self.n]
 
-    def scores(self, question: str) -> np.ndarray:
+    def analyse(self, question: str) -> dict:
+        """The scores and what made them: `final` (what `scores` returns), `own` (the
+        passage's own BM25, before neighbours and named documents), the query
+        `weights`, the `named` documents and the question with their names blanked (`rest`)."""
         if self.docs is None or not self.n:
-            return self._bm25(question)
+            weights = self.query_weights(question)
+            s = self._bm25(question, weights)
+            return {"final": s, "own": s, "weights": weights, "named": set(), "rest": question}
         # A document the question names ("管理优势一文") narrows the search;
         # its name is taken out of the words matched against passages.
         named, rest = crosslingual.doc_mentions(question, self.aliases)
-        s = self._bm25(rest)
+        weights = self.query_weights(rest)
+        own = self._bm25(rest, weights)
         # An answer that runs over a passage boundary: the neighbour's match counts a little.
-        before = np.where(self.prev >= 0, s[np.maximum(self.prev, 0)], 0.0)
-        after = np.where(self.next >= 0, s[np.maximum(self.next, 0)], 0.0)
-        s = s + NEIGHBOUR_WEIGHT * np.maximum(before, after)
+        before = np.where(self.prev >= 0, own[np.maximum(self.prev, 0)], 0.0)
+        after = np.where(self.next >= 0, own[np.maximum(self.next, 0)], 0.0)
+        s = own + NEIGHBOUR_WEIGHT * np.maximum(before, after)
         if named:
             mask = np.isin(self.doc_ids, [self.doc_names.index(d) for d in named])
             s = s * np.where(mask, 1.0 + DOC_MENTION_BOOST, 1.0)
-        return s.astype(np.float32)
+        return {"final": s.astype(np.float32), "own": own, "weights": weights, "named": named, "rest": rest}
 
     def rank_parts(self, parts: list[tuple[str, float]], k: int) -> list[tuple[int, float]]:
         """One query made of several texts, each text's scores scaled by its weight (a follow-up at 1
@@ -136,21 +147,23 @@ class LexicalRetriever:
         for text, w in parts:
             if w > 0 and text.strip():
                 s += w * self.scores(text)
-        k = min(k, len(s))
-        if not k:
+        return [(i, float(s[i])) for i in self.top(s, k)]
+
+    def scores(self, question: str) -> np.ndarray:
+        return self.analyse(question)["final"]
+
+    @staticmethod
+    def top(s: np.ndarray, k: int) -> list[int]:
+        """Indexes of the k best scores above zero, best first."""
+        if not len(s) or k <= 0:
             return []
+        k = min(k, len(s))
         top = np.argpartition(-s, k - 1)[:k]
-        top = top[np.argsort(-s[top])]
-        return [(int(i), float(s[i])) for i in top if s[i] > 0]
+        return [int(i) for i in top[np.argsort(-s[top], kind="stable")] if s[i] > 0]
 
     def rank(self, question: str, k: int) -> list[tuple[int, float]]:
         s = self.scores(question)
-        if not len(s):
-            return []
-        k = min(k, len(s))
-        top = np.argpartition(-s, k - 1)[:k]
-        top = top[np.argsort(-s[top])]
-        return [(int(i), float(s[i])) for i in top if s[i] > 0]
+        return [(i, float(s[i])) for i in self.top(s, k)]
 
 
 class DenseRetriever:
@@ -217,11 +230,62 @@ def ensure_embeddings(db, embedder, name: str, rows: list[dict]) -> np.ndarray:
     return np.stack([np.frombuffer(have[r["id"]], dtype=np.float32) for r in rows])
 
 
-class Searcher:
-    """The knowledge base as loaded for serving: built once, then searched in milliseconds."""
+def _lexical(db, rows: list[dict]) -> LexicalRetriever:
+    return LexicalRetriever([r["tokens"].split(" ") if r["tokens"] else [] for r in rows], store.lexicon(db),
+                            docs=[r["doc"] for r in rows], order=[r.get("ord", r["id"]) for r in rows])
 
-    def __init__(self, db, embedder: str = "none"):
-        self.db, self.embedder_name = db, embedder
+
+def _heading_tokens(rows: list[dict]) -> list[set[str]]:
+    """Each passage's heading-path words: the heading field of the re-ranker's features."""
+    cache: dict[str, set[str]] = {}
+    return [cache.setdefault(r["heading"], set(textproc.tokens(r["heading"]))) for r in rows]
+
+
+class _LazyHeadings:
+    """`_heading_tokens`, computed on first use: jieba's dictionary (about a second) then loads with the
+    first question, which needs it anyway, rather than with the index."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows, self.sets = rows, None
+
+    def __getitem__(self, i: int) -> set[str]:
+        if self.sets is None:
+            self.sets = _heading_tokens(self.rows)
+        return self.sets[i]
+
+
+def ranker_stale(db) -> bool:
+    """Whether the stored re-ranker is missing or was built for other features."""
+    row = store.ranker(db)
+    return bool(store.passage_count(db)) and (row is None or learned.Ranker.from_json(row["model"]) is None)
+
+
+def train_ranker(db) -> learned.Ranker | None:
+    """Train the re-ranker on questions generated from the indexed passages and store it (index time)."""
+    rows = store.passages(db)
+    model = learned.train(_lexical(db, rows), rows, _heading_tokens(rows), store.lexicon(db)) if rows else None
+    store.save_ranker(db, model.to_json() if model else None, f"v{learned.RANKER_VERSION}")
+    return model
+
+
+class Searcher:
+    """The knowledge base as loaded for serving: built once, then searched in milliseconds.
+
+    `search` returns hits whose `score` is, when a re-ranker is stored (the
+    default after `index`), the re-ranker's estimate that the passage is the
+    one that answers the question: a probability in [0, 1] on the same scale
+    for every question, so one threshold on it (e.g. "the best hit is below
+    0.2: the knowledge base probably does not cover this") means the same
+    whatever is asked. The top `max(k, ranker.DEPTH)` candidates of BM25 (or
+    of BM25 fused with the dense retriever) are re-ordered by it. Without a
+    stored re-ranker the score is BM25's (lexical only: unbounded, comparable
+    only within one question) or the reciprocal-rank fusion score (with
+    BOT_EMBEDDER), and `self.ranker` is None.
+    """
+
+    def __init__(self, db, embedder: str = "none", rerank: bool = True):
+        """`rerank=False` ignores a stored re-ranker (BM25's order and scores; for comparisons)."""
+        self.db, self.embedder_name, self.rerank = db, embedder, rerank
         self.reload()
 
     def reload(self) -> None:
@@ -232,14 +296,17 @@ class Searcher:
         t0 = time.perf_counter()
         db, embedder = self.db, self.embedder_name
         rows = store.passages(db)
-        retrievers: list[Retriever] = [
-            LexicalRetriever([r["tokens"].split(" ") if r["tokens"] else [] for r in rows], store.lexicon(db),
-                             docs=[r["doc"] for r in rows], order=[r.get("ord", r["id"]) for r in rows])
-        ]
+        lexical = _lexical(db, rows)
+        retrievers: list[Retriever] = [lexical]
         model = load_embedder(embedder)
         if model is not None:
             retrievers.append(DenseRetriever(model, ensure_embeddings(db, model, embedder, rows)))
-        self.rows, self.retrievers = rows, retrievers
+        stored = store.ranker(db)
+        ranker = learned.Ranker.from_json(stored["model"]) if stored and self.rerank else None
+        headings = _LazyHeadings(rows)
+        # One tuple, swapped in one assignment: a search running meanwhile sees the old index or the new one.
+        self._index = (rows, retrievers, lexical, ranker, headings)
+        self.rows, self.retrievers, self.lexical, self.ranker = rows, retrievers, lexical, ranker
         self.load_ms = (time.perf_counter() - t0) * 1000
 
     def __len__(self) -> int:
@@ -247,23 +314,33 @@ class Searcher:
 
     def search_parts(self, parts: list[tuple[str, float]], k: int = 5) -> list[Hit]:
         """`search` for a weighted query of several texts (LexicalRetriever.rank_parts); a dense
-        retriever embeds the texts joined, best-weighted first."""
+        retriever embeds the texts joined, best-weighted first, and so does the re-ranker: its
+        coverage features then count the thread's earlier words too, as the weighted query did."""
         parts = [(t, w) for t, w in parts if w > 0 and t.strip()]
-        if not self.rows or not parts:
+        rows, retrievers, lexical, ranker, headings = self._index
+        if not rows or not parts:
             return []
+        if len(parts) == 1:
+            return self.search(parts[0][0], k)
         depth = max(k, CANDIDATES)
         joined = " ".join(t for t, _ in sorted(parts, key=lambda tw: -tw[1]))
         fused = fuse([r.rank_parts(parts, depth) if isinstance(r, LexicalRetriever) else r.rank(joined, depth)
-                      for r in self.retrievers], k)
-        return [Hit(self.rows[i]["id"], self.rows[i]["doc"], self.rows[i]["heading"], self.rows[i]["text"], score)
-                for i, score in fused]
+                      for r in retrievers], max(k, learned.DEPTH) if ranker else k)
+        return self._hits(fused, joined, k)
 
     def search(self, question: str, k: int = 5) -> list[Hit]:
-        if not self.rows or not question.strip():
+        rows, retrievers, lexical, ranker, headings = self._index
+        if not rows or not question.strip():
             return []
         depth = max(k, CANDIDATES)
-        fused = fuse([r.rank(question, depth) for r in self.retrievers], k)
-        return [
-            Hit(self.rows[i]["id"], self.rows[i]["doc"], self.rows[i]["heading"], self.rows[i]["text"], score)
-            for i, score in fused
-        ]
+        fused = fuse([r.rank(question, depth) for r in retrievers], max(k, learned.DEPTH) if ranker else k)
+        return self._hits(fused, question, k)
+
+    def _hits(self, fused: list[tuple[int, float]], question: str, k: int) -> list[Hit]:
+        """The best k of the fused candidates as hits, re-ordered and scored by the re-ranker when there is one."""
+        rows, retrievers, lexical, ranker, headings = self._index
+        if ranker is not None and fused:
+            top = [i for i, _ in fused]
+            p = ranker.probability(learned.features(lexical, question, lexical.analyse(question), top, rows, headings))
+            fused = [(top[j], float(p[j])) for j in np.argsort(-p, kind="stable")[:k]]
+        return [Hit(rows[i]["id"], rows[i]["doc"], rows[i]["heading"], rows[i]["text"], score) for i, score in fused[:k]]

@@ -149,7 +149,8 @@ def compare(db, rows: list[dict], k: int = 5) -> dict[str, dict]:
         "jieba BM25, passages": _Variant(units(passages, jieba_only), jieba_only),
         "jieba+bigram BM25, passages": _Variant(passages, textproc.tokens),
         "jieba+bigram FTS5, passages": _Fts5Variant(passages),
-        "default (+ named docs, neighbours)": Searcher(db, "none"),
+        "+ named docs, neighbours": Searcher(db, "none", rerank=False),
+        "default (+ learned re-ranker)": Searcher(db, "none"),
     }
     return {name: evaluate(v, rows, k) for name, v in variants.items()}
 

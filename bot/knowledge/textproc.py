@@ -4,7 +4,8 @@ Chinese runs go through jieba's search mode, which emits both a compound and
 its parts (语音识别 -> 语音, 识别, 语音识别), and through character bigrams,
 which catch words jieba segments differently in a question and in a passage.
 English words are lower-cased and Snowball-stemmed, so "recognise",
-"recognition" and "recognized" meet. Measured choices: see README, Retrieval.
+"recognition" and "recognized" meet; hyphenated words also count as their
+parts. Measured choices: see README, Retrieval.
 """
 from __future__ import annotations
 
@@ -54,9 +55,23 @@ def stem(word: str) -> str:
     return _stemmer().stemWord(word)
 
 
-def english_words(text: str) -> list[str]:
-    """Content words of English text, stemmed, in order (stopwords dropped)."""
-    return [stem(w) for w in WORD_RE.findall(text.lower()) if w not in EN_STOP and not w.isdigit()]
+def english_words(text: str, compounds: bool = False) -> list[str]:
+    """Content words of English text, stemmed, in order (stopwords dropped).
+
+    A hyphenated word also gives its parts ("privacy-protecting" -> privaci,
+    protect), because the dictionary and most passages write them apart; with
+    `compounds` the whole word comes first too, so "GPT-3" still matches
+    "GPT-3" more closely than "GPT-4".
+    """
+    out: list[str] = []
+    for w in WORD_RE.findall(text.lower()):
+        if "-" in w:
+            if compounds and w not in EN_STOP:
+                out.append(stem(w))
+            out.extend(stem(p) for p in w.split("-") if p and p not in EN_STOP and not p.isdigit())
+        elif w not in EN_STOP and not w.isdigit():
+            out.append(stem(w))
+    return out
 
 
 def chinese_words(run: str) -> list[str]:
@@ -76,7 +91,7 @@ def tokens(text: str) -> list[str]:
             out.extend(chinese_words(piece))
             out.extend("~" + b for b in bigrams(piece))
         else:
-            out.extend(english_words(piece))
+            out.extend(english_words(piece, compounds=True))
     return out
 
 
