@@ -40,7 +40,7 @@ def build_answerer(settings: config.Settings, db, model: str | None = None):
     preset_name = model or settings.model
     if preset_name.lower() == "none":
         return answering.Answerer(db, searcher, None)
-    if settings.llm_url:
+    if settings.llm_url.lower() not in ("", "none"):
         return build_remote_answerer(settings, db, searcher, preset_name)
 
     def load():
@@ -84,7 +84,7 @@ def build_remote_answerer(settings: config.Settings, db, searcher, preset_name: 
     def load():
         from bot.llm import generation, remote
 
-        source = settings.llm_tokenizer or (generation.identity(preset_name, settings.cache_dir) or [None])[0]
+        source = settings.llm_tokenizer if settings.llm_tokenizer not in ("", "model") else (generation.identity(preset_name, settings.cache_dir) or [None])[0]
         if not source:
             raise remote.EngineUnavailable(f"no tokenizer to count tokens with: set BOT_LLM_TOKENIZER "
                                            f"(the preset {preset_name!r} does not name one that is here)")
@@ -92,7 +92,7 @@ def build_remote_answerer(settings: config.Settings, db, searcher, preset_name: 
         return remote.RemoteGenerator(
             settings.llm_url, tokenizer=remote.load_tokenizer(source),
             pointer=lambda: registry.in_service(db, settings.adapters_dir),
-            server_adapters_dir=settings.llm_adapters_dir or None,
+            server_adapters_dir=None if settings.llm_adapters_dir in ("", "resolver") else settings.llm_adapters_dir,
             total_timeout_s=settings.generation_timeout, **extra)
 
     budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens} if g else {}
