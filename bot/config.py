@@ -78,6 +78,9 @@ class Settings:
     search_k: int = _setting('BOT_SEARCH_K', "5", "How many passages a search returns by default.", 'int')
     chunk_chars: int = _setting('BOT_CHUNK_CHARS', "600", "Target passage size in characters when a section is split into passages.", 'int')
     log_format: str = _setting('BOT_LOG_FORMAT', "json", "Log format of `serve` and `worker`: `json` (one object per line: time, level, logger, message and extra fields, for a log collector) or `text` (for a terminal).")
+    llm_url: str = _setting('BOT_LLM_URL', "none", "OpenAI-compatible server (vLLM) that generates instead of the in-process model, e.g. `http://gpu-host:8000/v1`. `none`: the model of BOT_MODEL runs in this process.")
+    llm_tokenizer: str = _setting('BOT_LLM_TOKENIZER', "model", "With BOT_LLM_URL: the served model's tokenizer (a folder with tokenizer.json, or a hub id) used to count prompt tokens; `model`: BOT_MODEL's.")
+    llm_adapters_dir: str = _setting('BOT_LLM_ADAPTERS_DIR', "resolver", "With BOT_LLM_URL: the adapters folder as the vLLM server sees it; a promoted version is then loaded through its runtime API (/v1/load_lora_adapter). `resolver`: the server's filesystem resolver loads versions by name.")
     retention_days: int = _setting('BOT_RETENTION_DAYS', "180", "Days questions, answers and the votes and corrections on them are kept; the worker purges older ones daily (04:30) and `purge` does it now. 180 keeps half a year of feedback for retraining while not holding what people asked for ever; 0 keeps everything.", 'int')
 
     @classmethod

@@ -531,6 +531,13 @@ def promotions(db) -> list[dict]:
     return list(db.query("select * from promotions order by id"))
 
 
+def in_service(db) -> tuple[bool, str | None]:
+    """(recorded, version): the version the latest promotion, rollback or fallback put in service (None:
+    the base model); recorded is False while no move was ever recorded. The one truth every replica reads."""
+    rows = list(db.query("select version from promotions order by id desc limit 1"))
+    return (True, rows[0]["version"] or None) if rows else (False, None)
+
+
 # --- the learning loop: review, privacy, what a snapshot reads ------------
 
 

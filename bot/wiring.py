@@ -40,6 +40,8 @@ def build_answerer(settings: config.Settings, db, model: str | None = None):
     preset_name = model or settings.model
     if preset_name.lower() == "none":
         return answering.Answerer(db, searcher, None)
+    if settings.llm_url.lower() not in ("", "none"):
+        return build_remote_answerer(settings, db, searcher, preset_name)
 
     def load():
         from bot.llm import generation
@@ -58,6 +60,42 @@ def build_answerer(settings: config.Settings, db, model: str | None = None):
     except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
         def load(e=e):
             raise RuntimeError(str(e))
+    return answering.Answerer(db, searcher, load, k=settings.search_k,
+                              timeout_s=settings.generation_timeout, **budgets)
+
+
+def build_remote_answerer(settings: config.Settings, db, searcher, preset_name: str):
+    """The answering pipeline over the OpenAI-compatible server at BOT_LLM_URL: no torch, no model here.
+
+    The version in service is read from the database on every question (every replica follows a
+    promotion at once); a pointer file from before that is recorded there first."""
+    from bot.answering import pipeline as answering
+    from bot.learning import registry
+
+    registry.adopt_file_pointer(db, settings.adapters_dir)
+    g = None
+    try:
+        from bot.llm import presets
+
+        g = presets.load(preset_name).generation
+    except Exception:  # no preset: the server's defaults and the answerer's budgets
+        pass
+
+    def load():
+        from bot.llm import generation, remote
+
+        source = settings.llm_tokenizer if settings.llm_tokenizer not in ("", "model") else (generation.identity(preset_name, settings.cache_dir) or [None])[0]
+        if not source:
+            raise remote.EngineUnavailable(f"no tokenizer to count tokens with: set BOT_LLM_TOKENIZER "
+                                           f"(the preset {preset_name!r} does not name one that is here)")
+        extra = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens} if g else {}
+        return remote.RemoteGenerator(
+            settings.llm_url, tokenizer=remote.load_tokenizer(source),
+            pointer=lambda: registry.in_service(db, settings.adapters_dir),
+            server_adapters_dir=None if settings.llm_adapters_dir in ("", "resolver") else settings.llm_adapters_dir,
+            total_timeout_s=settings.generation_timeout, **extra)
+
+    budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens} if g else {}
     return answering.Answerer(db, searcher, load, k=settings.search_k,
                               timeout_s=settings.generation_timeout, **budgets)
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from bot.answering import condense, prompts
 from bot import store
-from bot.llm.generator import Generator, is_out_of_memory
+from bot.llm.generator import EngineBusy, EngineUnavailable, Generator, is_out_of_memory
 from bot.knowledge.textproc import is_mostly_english
 
 
@@ -196,6 +196,11 @@ class Answerer:
                 # Tokens may have streamed already: the final text replaces them, apology first.
                 if is_out_of_memory(e):
                     reason = _notice(question, "the model ran out of memory while answering", "模型在生成回答时内存不足")
+                elif isinstance(e, EngineBusy):  # a remote engine shed load: the phrase of bot/guard.py's Busy
+                    reason = _notice(question, f"the model server is busy, try again in {e.retry_after} s",
+                                     f"模型服务器繁忙，请 {e.retry_after} 秒后再试")
+                elif isinstance(e, EngineUnavailable):
+                    reason = _notice(question, "the model server cannot be reached", "无法连接模型服务器")
                 else:
                     reason = _notice(question, "the model failed while answering", "模型在生成回答时出错")
                 mode = "retrieval-only"

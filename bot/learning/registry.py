@@ -55,6 +55,25 @@ def listing(adapters_dir: Path) -> dict:
     return {"in_service": read_pointer(Path(adapters_dir)) if Path(adapters_dir).is_dir() else None, "versions": out}
 
 
+def in_service(db, adapters_dir: Path) -> str | None:
+    """The version in service as the database records it (every replica reads the same), else the file
+    pointer of a folder from before the database held it."""
+    recorded, version = store.in_service(db)
+    return version if recorded else read_pointer(Path(adapters_dir))
+
+
+def adopt_file_pointer(db, adapters_dir: Path) -> str | None:
+    """At start: a folder whose pointer file names a version that no promotion record knows (data from
+    before the pointer moved into the database) has it recorded, once. Returns the version in service."""
+    recorded, version = store.in_service(db)
+    if recorded:
+        return version
+    version = read_pointer(Path(adapters_dir)) if Path(adapters_dir).is_dir() else None
+    if version is not None:
+        store.record_promotion(db, version, None, "adopt", "migration: adapters/current")
+    return version
+
+
 def serving_base(model: str, cache_dir: Path) -> tuple | None:
     """The base model the serving process loads (preset `model`, BOT_MODEL): (id, revision, architecture);
     None if it cannot be told."""

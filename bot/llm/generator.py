@@ -65,6 +65,18 @@ def resolved(generate: Callable[..., Generation], *args) -> Future[Generation]:
     return future
 
 
+class EngineUnavailable(Exception):
+    """A remote engine cannot answer now (down, unreachable, too slow); the message says why, in words."""
+
+
+class EngineBusy(EngineUnavailable):
+    """A remote engine shed the request (HTTP 429/503): the user is told to try again in `retry_after` s."""
+
+    def __init__(self, retry_after: int, message: str):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """torch.cuda.OutOfMemoryError (a RuntimeError subclass), a MemoryError, or a CUDA/CPU allocator's message.
 
