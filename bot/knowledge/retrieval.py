@@ -231,6 +231,8 @@ class Searcher:
         running meanwhile finishes on the old one instead of a half-built one."""
         t0 = time.perf_counter()
         db, embedder = self.db, self.embedder_name
+        # Read before the passages: a re-index that lands while this loads leaves a newer generation behind.
+        generation = store.index_generation(db)
         rows = store.passages(db)
         retrievers: list[Retriever] = [
             LexicalRetriever([r["tokens"].split(" ") if r["tokens"] else [] for r in rows], store.lexicon(db),
@@ -239,15 +241,22 @@ class Searcher:
         model = load_embedder(embedder)
         if model is not None:
             retrievers.append(DenseRetriever(model, ensure_embeddings(db, model, embedder, rows)))
-        self.rows, self.retrievers = rows, retrievers
+        self.rows, self.retrievers, self.generation = rows, retrievers, generation
         self.load_ms = (time.perf_counter() - t0) * 1000
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _current(self) -> None:
+        """Reload when another process (a `serve` replica's `/kb reindex`, the CLI's `index`) stored a newer
+        index generation than the one loaded: one indexed read of `meta` per search."""
+        if store.index_generation(self.db) > self.generation:
+            self.reload()
+
     def search_parts(self, parts: list[tuple[str, float]], k: int = 5) -> list[Hit]:
         """`search` for a weighted query of several texts (LexicalRetriever.rank_parts); a dense
         retriever embeds the texts joined, best-weighted first."""
+        self._current()
         parts = [(t, w) for t, w in parts if w > 0 and t.strip()]
         if not self.rows or not parts:
             return []
@@ -259,6 +268,7 @@ class Searcher:
                 for i, score in fused]
 
     def search(self, question: str, k: int = 5) -> list[Hit]:
+        self._current()
         if not self.rows or not question.strip():
             return []
         depth = max(k, CANDIDATES)
