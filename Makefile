@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # (CUDA) build instead; override with `make setup TORCH_SPEC=...`.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test index clean
+.PHONY: setup run test test-scale scale-deps index clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,20 @@ run: index
 # The import contracts (pyproject.toml [tool.importlinter]) first: a second, then the suite.
 test: setup
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/scale
+
+# Tests against real engines (tests/scale/, not in `make test`): a missing engine fails here, never skips.
+# scale-deps installs them idempotently on a fresh machine: redis-server (Debian) and the redis extra.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+scale-deps: setup $(VENV)/.scale-installed
+	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
+
+$(VENV)/.scale-installed: pyproject.toml
+	$(BIN)/pip install -e '.[dev,redis]'
+	@touch $@
+
+test-scale: scale-deps
+	BOT_SCALE_TESTS=1 $(BIN)/python -m pytest -q tests/scale
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
