@@ -9,7 +9,9 @@ carries only its id. The task claims the row (queued -> running) before it
 does anything, so a job id enqueued twice, or run inline and by a worker,
 runs once. The "gpu" lock keeps two trainings off one GPU. What a job has to
 say goes to the `outbox` table, which the bot process posts to the thread
-that asked, so the worker never holds a chat token.
+that asked, so the worker never holds a chat token. A running job holds
+the lease `job:<id>` (bot.learning.leases); `recover` fails the jobs whose
+lease expired, whatever host ran them.
 """
 from __future__ import annotations
 
