@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # (CUDA) build instead; override with `make setup TORCH_SPEC=...`.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test index clean vllm-venv test-scale
+.PHONY: setup run test test-scale scale-deps vllm-venv index clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,17 @@ test: setup
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q --ignore=tests/scale
 
-# Tests against real engines (tests/scale/): they FAIL when an engine is missing.
-test-scale: setup vllm-venv
+# Tests against real engines (tests/scale/, not in `make test`): a missing engine fails here, never skips.
+# scale-deps installs them idempotently on a fresh machine: redis-server (Debian) and the redis extra.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+scale-deps: setup $(VENV)/.scale-installed
+	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
+
+$(VENV)/.scale-installed: pyproject.toml
+	$(BIN)/pip install -e '.[dev,redis]'
+	@touch $@
+
+test-scale: scale-deps vllm-venv
 	BOT_SCALE_TESTS=1 $(BIN)/python -m pytest -q tests/scale
 
 # vLLM's CPU build in its own venv: it pins torch 2.13+cpu and transformers<5.20, so it

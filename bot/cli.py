@@ -64,6 +64,8 @@ def cmd_index(args) -> int:
     if embedder.lower() != "none":
         model = retrieval.load_embedder(embedder)
         retrieval.ensure_embeddings(db, model, embedder, store.passages(db))
+    if any(r.status in ("indexed", "removed") for r in reports):
+        store.bump_index_generation(db)  # running `serve` replicas reload on their next question
     seconds = time.perf_counter() - t0
     errors = [r for r in reports if r.status in ("error", "skipped")]
     if args.json:

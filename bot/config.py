@@ -72,7 +72,7 @@ class Settings:
     gate_f1_tolerance: float | None = _setting('BOT_GATE_F1_TOLERANCE', PRESET, "Promotion gate: the most character F1 a candidate may lose on the replayed examples, the held-out feedback or the golden set. `preset` (or empty) uses the preset's (`[gate] f1_tolerance`).", 'float')
     gate_nll_tolerance: float | None = _setting('BOT_GATE_NLL_TOLERANCE', PRESET, "Promotion gate: the most per-token NLL (nats) a candidate may gain on the replayed examples, the held-out feedback or the golden set. `preset` (or empty) uses the preset's (`[gate] nll_tolerance`).", 'float')
     huey_db: Path = _setting('BOT_HUEY_DB', "data/huey.db", "SQLite file of the job queue (huey), used when BOT_REDIS_URL is not set.", 'path')
-    redis_url: str = _setting('BOT_REDIS_URL', "", "Redis URL for the job queue (huey's RedisHuey) instead of the SQLite file, e.g. redis://localhost:6379/0.", 'secret')
+    redis_url: str = _setting('BOT_REDIS_URL', "", "Redis URL for the job queue (huey's RedisHuey) instead of the SQLite file, and for the rate limits shared by every `serve` replica, e.g. redis://localhost:6379/0.", 'secret')
     retrain_cron: str = _setting('BOT_RETRAIN_CRON', "0 3 * * *", "When the worker considers a retrain: five crontab fields (minute hour day month weekday), worker's local time.")
     retrain_min_feedback: int = _setting('BOT_RETRAIN_MIN_FEEDBACK', "5", "The scheduled retrain runs only when at least this many new accepted examples (corrections, upvoted answers) exist.", 'int')
     search_k: int = _setting('BOT_SEARCH_K', "5", "How many passages a search returns by default.", 'int')
@@ -82,6 +82,7 @@ class Settings:
     llm_tokenizer: str = _setting('BOT_LLM_TOKENIZER', "model", "With BOT_LLM_URL: the served model's tokenizer (a folder with tokenizer.json, or a hub id) used to count prompt tokens; `model`: BOT_MODEL's.")
     llm_adapters_dir: str = _setting('BOT_LLM_ADAPTERS_DIR', "resolver", "With BOT_LLM_URL: the adapters folder as the vLLM server sees it; a promoted version is then loaded through its runtime API (/v1/load_lora_adapter). `resolver`: the server's filesystem resolver loads versions by name.")
     retention_days: int = _setting('BOT_RETENTION_DAYS', "180", "Days questions, answers and the votes and corrections on them are kept; the worker purges older ones daily (04:30) and `purge` does it now. 180 keeps half a year of feedback for retraining while not holding what people asked for ever; 0 keeps everything.", 'int')
+    lease_ttl: float = _setting('BOT_LEASE_TTL', "30", "Seconds a heartbeat lease in the database (a running training job, the one Discord client) outlives its last renewal; the holder renews it every third of that. A job whose lease expired is recovered as failed by any worker, on any host.", 'float')
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> "Settings":

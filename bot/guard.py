@@ -22,9 +22,17 @@ them the person is told "busy, try again in N s" at once, never left to
 time out. Each admitted question holds a slot until the transport releases
 it; a slot not released within `hold_s` (a transport that died half-way) is
 dropped, so a bug cannot wedge the bot into refusing everyone.
+
+The per-user and per-channel windows are this process's memory, unless
+BOT_REDIS_URL is set: then they live in Redis (`SharedWindows`, the
+`limits` package's moving window), so N `serve` replicas allow a person the
+limit once, not N times. That is the one I/O here, and it fails open to the
+process's own windows while Redis is unreachable. The queue bound stays per
+process: it protects this replica's model worker.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -36,6 +44,7 @@ from typing import Callable
 
 from bot import config
 
+log = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 4000
 MAX_CORRECTION_CHARS = 8000
 ANSWER_ID = re.compile(r"[0-9a-f]{6,32}")  # answering makes 12 hex digits; Discord's button template allows 6-32
@@ -151,6 +160,36 @@ def _ceil_s(seconds: float) -> int:
     return max(1, math.ceil(seconds - 1e-9))
 
 
+class SharedWindows:
+    """The rate windows in Redis, shared by every process that points at it: a moving window per
+    (kind, platform, id) key, through the `limits` package (`pip install '.[redis]'`).
+
+    A window is whole seconds there (`limits` counts in whole multiples of a second): 10/0.5 is 10/1."""
+
+    def __init__(self, url: str, namespace: str = "bot-admission"):
+        from limits import storage, strategies
+
+        self._limiter = strategies.MovingWindowRateLimiter(storage.storage_from_string(url))
+        self.namespace = namespace
+
+    def _item(self, rate: Rate):
+        from limits import RateLimitItemPerSecond
+
+        return RateLimitItemPerSecond(rate.count, max(1, math.ceil(rate.window_s)), namespace=self.namespace)
+
+    def wait(self, key: tuple, rate: Rate) -> float:
+        """Seconds until one more hit fits in `key`'s window (0: it fits now)."""
+        item = self._item(rate)
+        if self._limiter.test(item, *key):
+            return 0.0
+        reset, _ = self._limiter.get_window_stats(item, *key)  # when the oldest hit leaves the window
+        return max(reset - time.time(), 0.001)
+
+    def hit(self, key: tuple, rate: Rate) -> bool:
+        """Count one question in `key`'s window, atomically in Redis; False when another replica took the last place."""
+        return self._limiter.hit(self._item(rate), *key)
+
+
 class Admission:
     """Per-user and per-channel sliding windows, and the slots of admitted questions; thread-safe.
 
@@ -160,7 +199,7 @@ class Admission:
 
     def __init__(self, user: Rate | None = None, channel: Rate | None = None, queue_max: int | None = 32, *,
                  depth: Callable[[], int] | None = None, clock: Callable[[], float] = time.monotonic,
-                 hold_s: float = 900.0, answer_s: float = 5.0):
+                 hold_s: float = 900.0, answer_s: float = 5.0, shared: SharedWindows | None = None):
         if queue_max is not None and queue_max < 1:
             raise ValueError("queue_max must be at least 1 (or None for no bound)")
         self.user, self.channel, self.queue_max = user, channel, queue_max
@@ -170,6 +209,7 @@ class Admission:
         self._hits: dict[tuple, deque] = {}
         self._slots: list[tuple[tuple, float]] = []  # (who, admitted at), oldest first
         self._admits = 0
+        self.shared = shared  # the windows in Redis (BOT_REDIS_URL), or None: this process's own
 
     @classmethod
     def from_settings(cls, settings: config.Settings, depth: Callable[[], int] | None = None) -> "Admission":
@@ -185,7 +225,15 @@ class Admission:
         if queue_max < 1:
             raise config.SettingError(f"setting BOT_QUEUE_MAX={queue_max} must be at least 1")
         hold = settings.generation_timeout + 600  # no answer holds a slot longer than its timeout
-        return cls(rates["BOT_RATE_USER"], rates["BOT_RATE_CHANNEL"], queue_max, depth=depth, hold_s=hold)
+        shared = None
+        if settings.redis_url and (rates["BOT_RATE_USER"] or rates["BOT_RATE_CHANNEL"]):
+            try:
+                shared = SharedWindows(settings.redis_url)
+            except ImportError as e:
+                raise config.SettingError(f"setting BOT_REDIS_URL: shared rate limits need the `limits` and `redis` "
+                                          f"packages (pip install '.[redis]'): {e}") from None
+        return cls(rates["BOT_RATE_USER"], rates["BOT_RATE_CHANNEL"], queue_max, depth=depth, hold_s=hold,
+                   shared=shared)
 
     # -- the counts ------------------------------------------------------------
 
@@ -201,6 +249,8 @@ class Admission:
     def _window_wait(self, key: tuple, rate: Rate | None, now: float) -> float:
         if rate is None:
             return 0.0
+        if self.shared is not None:
+            return self.shared.wait(key, rate)
         hits = self._hits.get(key)
         if not hits:
             return 0.0
@@ -225,29 +275,50 @@ class Admission:
         with self._lock:
             now = self._clock()
             self._expire(now)
-            refusals = []
-            wait = self._window_wait(who, self.user, now)
-            if wait > 0:
-                refusals.append(Busy("user", _ceil_s(wait), f"you can ask {self.user}"))
-            wait = self._window_wait(where, self.channel, now) if channel else 0.0
-            if wait > 0:
-                refusals.append(Busy("channel", _ceil_s(wait), f"this channel can ask {self.channel}"))
-            waiting = max(len(self._slots), self._depth() if self._depth else 0)
-            if self.queue_max is not None and waiting >= self.queue_max:
-                # A slot frees when the oldest question is answered: about one answer's time, less its age.
-                oldest = now - self._slots[0][1] if self._slots else 0.0
-                refusals.append(Busy("queue", _ceil_s(max(1.0, self.answer_s - oldest)),
-                                     f"{waiting} questions are already waiting for the model"))
-            if refusals:
-                return max(refusals, key=lambda b: b.seconds)
-            for key, rate in ((who, self.user), (where, self.channel if channel else None)):
-                if rate is not None:
-                    self._hits.setdefault(key, deque()).append(now)
-            self._slots.append(((platform, user), now))
-            self._admits += 1
-            if self._admits % 1000 == 0:
-                self._sweep(now)
-            return None
+            try:
+                return self._admit(who, where, channel, now)
+            except Exception as e:  # Redis unreachable: limit with this process's windows, and say so
+                if self.shared is None:
+                    raise
+                log.warning("shared rate limits unavailable (%s: %s); this process limits on its own",
+                            type(e).__name__, e)
+                shared, self.shared = self.shared, None
+                try:
+                    return self._admit(who, where, channel, now)
+                finally:
+                    self.shared = shared
+
+    def _admit(self, who: tuple, where: tuple, channel: str, now: float) -> Busy | None:
+        """`admit` under the lock, with the windows where they live (self.shared or this process)."""
+        refusals = []
+        wait = self._window_wait(who, self.user, now)
+        if wait > 0:
+            refusals.append(Busy("user", _ceil_s(wait), f"you can ask {self.user}"))
+        wait = self._window_wait(where, self.channel, now) if channel else 0.0
+        if wait > 0:
+            refusals.append(Busy("channel", _ceil_s(wait), f"this channel can ask {self.channel}"))
+        waiting = max(len(self._slots), self._depth() if self._depth else 0)
+        if self.queue_max is not None and waiting >= self.queue_max:
+            # A slot frees when the oldest question is answered: about one answer's time, less its age.
+            oldest = now - self._slots[0][1] if self._slots else 0.0
+            refusals.append(Busy("queue", _ceil_s(max(1.0, self.answer_s - oldest)),
+                                 f"{waiting} questions are already waiting for the model"))
+        if refusals:
+            return max(refusals, key=lambda b: b.seconds)
+        for key, rate in ((who, self.user), (where, self.channel if channel else None)):
+            if rate is not None and self.shared is not None:
+                # Checked above, but another replica may have taken the last place since: refuse then
+                # (the user's hit, when only the channel's failed, stays counted: a rare race, on the safe side).
+                if not self.shared.hit(key, rate):
+                    return Busy(key[0], _ceil_s(self.shared.wait(key, rate)), f"you can ask {rate}"
+                                if key[0] == "user" else f"this channel can ask {rate}")
+            elif rate is not None:
+                self._hits.setdefault(key, deque()).append(now)
+        self._slots.append((who[1:], now))
+        self._admits += 1
+        if self._admits % 1000 == 0:
+            self._sweep(now)
+        return None
 
     def release(self, platform: str, user: str) -> None:
         """Free the oldest slot this person holds (no-op when they hold none)."""

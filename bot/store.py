@@ -174,6 +174,16 @@ def m010_ranker(db: sqlite_utils.Database) -> None:
     db["rankers"].create({"name": str, "model": str, "signature": str, "trained_at": float}, pk="name")
 
 
+@migration
+def m011_leases(db: sqlite_utils.Database) -> None:
+    # Who holds what, until when: a training job (`job:<id>`) or the one Discord client (`discord`) is
+    # held by its process while a heartbeat renews `expires_at`; a lease past it belongs to a process
+    # that stopped, whatever host it ran on, so recovery needs no pid or hostname. Plain SQL (one row
+    # per name, upserted with ON CONFLICT) so it ports to PostgreSQL as it is.
+    db.execute("create table leases (name text primary key, owner text not null,"
+               " acquired_at float not null, expires_at float not null)")
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -878,3 +888,60 @@ def operations_counts(db) -> dict[str, dict]:
         "corrections": dict(db.execute("select status, count(*) from corrections group by status").fetchall()),
         "jobs": dict(db.execute("select state, count(*) from jobs group by state").fetchall()),
     }
+
+
+# --- leases: liveness by heartbeat, whatever host the holder runs on -----------
+
+def acquire_lease(db, name: str, owner: str, ttl_s: float) -> bool:
+    """Take lease `name` for `owner` for `ttl_s` seconds: True when it was free, expired, or already
+    `owner`'s (then renewed); False while another owner holds it. One statement, so two processes
+    racing for a free lease cannot both get it."""
+    now = time.time()
+    with transaction(db):
+        return db.execute(
+            "insert into leases (name, owner, acquired_at, expires_at) values (?, ?, ?, ?)"
+            " on conflict (name) do update set owner = excluded.owner, expires_at = excluded.expires_at,"
+            " acquired_at = case when leases.owner = excluded.owner then leases.acquired_at"
+            " else excluded.acquired_at end"
+            " where leases.owner = excluded.owner or leases.expires_at < ? returning owner",
+            [name, owner, now, now + ttl_s, now]).fetchone() is not None
+
+
+def renew_lease(db, name: str, owner: str, ttl_s: float) -> bool:
+    """Extend `owner`'s lease; False when it is no longer theirs (it expired and someone took it)."""
+    with transaction(db):
+        return db.execute("update leases set expires_at = ? where name = ? and owner = ?",
+                          [time.time() + ttl_s, name, owner]).rowcount == 1
+
+
+def release_lease(db, name: str, owner: str) -> None:
+    with transaction(db):
+        db.execute("delete from leases where name = ? and owner = ?", [name, owner])
+
+
+def lease(db, name: str) -> dict | None:
+    """The lease row (`owner`, `acquired_at`, `expires_at`, `live`), or None when nobody ever held it or it was released."""
+    row = db.execute("select owner, acquired_at, expires_at from leases where name = ?", [name]).fetchone()
+    if row is None:
+        return None
+    return {"name": name, "owner": row[0], "acquired_at": row[1], "expires_at": row[2], "live": row[2] >= time.time()}
+
+
+# --- the index generation: replicas reload when another one re-indexed ----------
+
+INDEX_GENERATION = "index_generation"
+
+
+def bump_index_generation(db) -> int:
+    """Count one more re-index (the new generation): every replica's searcher reloads when it sees it."""
+    with transaction(db):
+        return int(db.execute(
+            "insert into meta (key, value) values (?, '1') on conflict (key) do update"
+            " set value = cast(cast(meta.value as integer) + 1 as text) returning value",
+            [INDEX_GENERATION]).fetchone()[0])
+
+
+def index_generation(db) -> int:
+    """The index generation as stored (0: never re-indexed through `bump_index_generation`)."""
+    row = db.execute("select value from meta where key = ?", [INDEX_GENERATION]).fetchone()
+    return int(row[0]) if row else 0

@@ -108,6 +108,8 @@ def reindexer(settings: config.Settings, db, searcher):
 
     def reindex() -> str:
         reports = ingest.index_paths(db, [kdir], kdir, settings.chunk_chars, progress=False)
+        if any(r.status in ("indexed", "removed") for r in reports):
+            store.bump_index_generation(db)  # every other replica's searcher reloads on its next question
         searcher.reload()  # serve the new index at once
         counts = {s: sum(r.status == s for r in reports) for s in ("indexed", "removed", "skipped", "error")}
         bad = [f"{r.doc}: {r.message}" for r in reports if r.status in ("skipped", "error")]

@@ -113,6 +113,31 @@ def test_recover_marks_a_job_left_by_a_dead_worker_failed_and_removes_its_folder
     assert loop.jobs.recover(loop.db, loop.adapters) == []
 
 
+def test_a_job_leased_by_a_worker_on_another_host_is_left_alone_until_its_lease_expires(loop):
+    """Liveness is the lease in the shared database, not a pid on this host: a job renewed by a worker
+    elsewhere is never marked failed, whatever its runner says; once renewals stop, it is recovered."""
+    job_id = loop.jobs.submit(loop.db, "slack:UADMIN", "slack", "C1", "T1", enqueue=False)
+    owner = "gpu-host-2:4242:feedbeef"  # no such host here, and no such pid: the old check called it dead
+    assert store.acquire_lease(loop.db, f"job:{job_id}", owner, ttl_s=0.5)
+    store.claim_job(loop.db, job_id)
+    store.update_job(loop.db, job_id, state="training", version="v0003", runner=owner)
+    tmp = loop.adapters / ".tmp-v0003"
+    tmp.mkdir(parents=True)
+
+    assert loop.jobs.recover(loop.db, loop.adapters) == [] and loop.jobs.worker_alive(loop.db)
+    assert store.job(loop.db, job_id)["state"] == "training" and tmp.is_dir()  # its folder is in use
+    # Another process cannot take the job while the lease is held, so it is not run twice.
+    assert loop.jobs.execute(loop.db, job_id, config.Settings.load())["ran"] is False
+    assert store.renew_lease(loop.db, f"job:{job_id}", owner, ttl_s=0.5)  # the remote worker's heartbeat
+
+    time.sleep(0.6)  # the remote worker stops renewing: killed, frozen or cut off
+    failed = loop.jobs.recover(loop.db, loop.adapters, at_start=False)  # the periodic pass of any worker
+    assert [(r["id"], r["state"], r["error"]) for r in failed] == [
+        (job_id, "failed", "worker stopped during training")]
+    assert not tmp.exists()
+    assert not store.renew_lease(loop.db, f"job:{job_id}", "someone-else", ttl_s=1)
+
+
 def _wait(what, check, proc, timeout=90.0):
     deadline = time.monotonic() + timeout
     while not check():
@@ -125,7 +150,7 @@ def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
     """The real thing: a huey consumer (`bot.ops.worker.main`) in another process, the job sent
     through the SQLite queue, SIGKILL while it trains, then a new worker recovers at start."""
     _feedback(loop.db, 1)
-    env = {**os.environ, **loop.env, "BOT_TRAIN_STEPS": "100000"}
+    env = {**os.environ, **loop.env, "BOT_TRAIN_STEPS": "100000", "BOT_LEASE_TTL": "3"}
     worker = [sys.executable, "-c", "from bot.ops import worker; worker.main()"]
     run = dict(env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = subprocess.Popen(worker, **run)
@@ -141,6 +166,13 @@ def test_recover_after_the_worker_is_sigkilled_mid_training(loop):
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     assert store.job(loop.db, job_id)["state"] == "training"
+    assert store.lease(loop.db, f"job:{job_id}")["owner"] == store.job(loop.db, job_id)["runner"]
+    # The dead worker's lease runs out (3 s after its last heartbeat); a restart before that would
+    # leave the job alone and its periodic pass would recover it a minute later.
+    deadline = time.monotonic() + 10
+    while store.lease(loop.db, f"job:{job_id}")["live"]:
+        assert time.monotonic() < deadline, "the killed worker's lease did not expire"
+        time.sleep(0.1)
     assert (loop.adapters / ".tmp-v0001").is_dir() and registry.versions(loop.adapters) == []
     queue = _SqliteHuey("bot", filename=loop.env["BOT_HUEY_DB"])
     assert queue.is_locked("gpu")  # the killed worker still holds the GPU lock

@@ -295,6 +295,8 @@ class Searcher:
         running meanwhile finishes on the old one instead of a half-built one."""
         t0 = time.perf_counter()
         db, embedder = self.db, self.embedder_name
+        # Read before the passages: a re-index that lands while this loads leaves a newer generation behind.
+        generation = store.index_generation(db)
         rows = store.passages(db)
         lexical = _lexical(db, rows)
         retrievers: list[Retriever] = [lexical]
@@ -307,15 +309,23 @@ class Searcher:
         # One tuple, swapped in one assignment: a search running meanwhile sees the old index or the new one.
         self._index = (rows, retrievers, lexical, ranker, headings)
         self.rows, self.retrievers, self.lexical, self.ranker = rows, retrievers, lexical, ranker
+        self.generation = generation
         self.load_ms = (time.perf_counter() - t0) * 1000
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _current(self) -> None:
+        """Reload when another process (a `serve` replica's `/kb reindex`, the CLI's `index`) stored a newer
+        index generation than the one loaded: one indexed read of `meta` per search."""
+        if store.index_generation(self.db) > self.generation:
+            self.reload()
+
     def search_parts(self, parts: list[tuple[str, float]], k: int = 5) -> list[Hit]:
         """`search` for a weighted query of several texts (LexicalRetriever.rank_parts); a dense
         retriever embeds the texts joined, best-weighted first, and so does the re-ranker: its
         coverage features then count the thread's earlier words too, as the weighted query did."""
+        self._current()
         parts = [(t, w) for t, w in parts if w > 0 and t.strip()]
         rows, retrievers, lexical, ranker, headings = self._index
         if not rows or not parts:
@@ -329,6 +339,7 @@ class Searcher:
         return self._hits(fused, joined, k)
 
     def search(self, question: str, k: int = 5) -> list[Hit]:
+        self._current()
         rows, retrievers, lexical, ranker, headings = self._index
         if not rows or not question.strip():
             return []

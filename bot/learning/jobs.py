@@ -9,15 +9,15 @@ carries only its id. The task claims the row (queued -> running) before it
 does anything, so a job id enqueued twice, or run inline and by a worker,
 runs once. The "gpu" lock keeps two trainings off one GPU. What a job has to
 say goes to the `outbox` table, which the bot process posts to the thread
-that asked, so the worker never holds a chat token.
+that asked, so the worker never holds a chat token. A running job holds
+the lease `job:<id>` (bot.learning.leases); `recover` fails the jobs whose
+lease expired, whatever host ran them.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from huey.exceptions import TaskLockedException
 
 from bot import config, store
 from bot.learning import evaluation, fitting, forgetting, registry, retrain, snapshot
-from bot.learning import queue
+from bot.learning import leases, queue
 from bot.learning.queue import LOCK, cron, huey
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,13 @@ def _db(settings: config.Settings):
     return store.connect(settings.db)
 
 
-def _alive(runner: str | None) -> bool:
-    """Whether the process that claimed a job still runs (on this host; another host's is taken as gone)."""
-    host, _, pid = (runner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return int(pid) != os.getpid()  # this process is recovering, so it is not running that job
+def _lease(job_id: int) -> str:
+    return f"job:{job_id}"
+
+
+def _alive(db, job_id: int) -> bool:
+    """Whether the process that runs a job still renews its lease, on whatever host it runs (see bot.learning.leases)."""
+    return leases.live(db, _lease(job_id))
 
 
 def _say(db, job: dict, text: str) -> None:  # to the thread that asked; the CLI prints results itself
@@ -69,13 +64,28 @@ def _settings(s: config.Settings, overrides: dict) -> dict:
     return {**out, **overrides}
 
 
+def _not_run(db, job_id: int) -> dict:
+    if (row := store.job(db, job_id)) is None:
+        raise JobError(f"no job #{job_id}")
+    return {**row, "ran": False}
+
+
 def execute(db, job_id: int, settings: config.Settings, **overrides) -> dict:
-    """Run job `job_id` in this process if it is still queued; the final job row (plus `ran`)."""
-    if not store.claim_job(db, job_id):
-        if (row := store.job(db, job_id)) is None:
-            raise JobError(f"no job #{job_id}")
-        return {**row, "ran": False}
-    store.update_job(db, job_id, runner=f"{socket.gethostname()}:{os.getpid()}")
+    """Run job `job_id` in this process if it is still queued; the final job row (plus `ran`).
+
+    The job's lease is taken before the job is claimed and renewed while it runs, so no recovery, on any
+    host, ever sees the job running without a live lease until this process stops renewing it."""
+    lease = leases.Lease(db, _lease(job_id), settings.lease_ttl)
+    if not lease.acquire():  # another process holds this job
+        return _not_run(db, job_id)
+    with lease:
+        if not store.claim_job(db, job_id):
+            return _not_run(db, job_id)
+        store.update_job(db, job_id, runner=lease.owner)
+        return _execute(db, job_id, settings, **overrides)
+
+
+def _execute(db, job_id: int, settings: config.Settings, **overrides) -> dict:
     job = store.job(db, job_id)
     settings = _settings(settings, overrides)
     last_write = [0.0]
@@ -199,14 +209,17 @@ def listing(db, limit: int = 20) -> list[dict]:
     return [{k: r[k] for k in keep} for r in store.list_jobs(db, limit)]
 
 
-def recover(db, adapters_dir: Path) -> list[dict]:
-    """At worker start: jobs left running by a killed process become failed, their temporary folders go.
+def recover(db, adapters_dir: Path, at_start: bool = True) -> list[dict]:
+    """Jobs left running by a stopped process (their lease expired) become failed, their temporary folders go.
 
-    A job whose process still runs (an inline `train --wait` beside the worker) is left alone."""
+    A job whose lease is renewed (a worker on another host, an inline `train --wait` beside the worker)
+    is left alone. At a worker's start the leftovers of any stopped job go and the GPU lock is freed
+    when no job runs; the periodic pass (`at_start=False`, every minute) does that only when it found a
+    job to fail, so it never frees a lock that a task has just taken for a job it is about to lease."""
     adapters_dir = Path(adapters_dir)
     failed, live = [], set()
     for row in store.list_jobs(db, limit=1000, states=store.ACTIVE_STATES):
-        if _alive(row["runner"]):
+        if _alive(db, row["id"]):
             live.add(row["version"])
             continue
         # Killed after the pointer moved (promotion done, job row not final yet): say so, not "unchanged".
@@ -217,6 +230,8 @@ def recover(db, adapters_dir: Path) -> list[dict]:
                       + (f"{row['version']} had already been promoted and is in service." if served
                          else "the adapter in service is unchanged."))
         failed.append(store.job(db, row["id"]))
+    if not at_start and not failed:
+        return failed
     if adapters_dir.is_dir():
         for p in adapters_dir.glob(".tmp-*"):
             if p.name[len(".tmp-"):] not in live:
@@ -262,7 +277,13 @@ def scheduled_retrain() -> dict:
 
 @huey.periodic_task(crontab())  # every minute: `worker_alive` tells the CLI whether to wait or run inline
 def heartbeat() -> None:
-    store.set_meta(_db(config.Settings.load()), HEARTBEAT_KEY, str(time.time()))  # a task: an entry point
+    settings = config.Settings.load()  # a task: an entry point
+    db = _db(settings)
+    store.set_meta(db, HEARTBEAT_KEY, str(time.time()))
+    # A job whose worker stopped after this worker started (on any host) is recovered within a minute of
+    # its lease expiring, not at the next worker start.
+    for row in recover(db, settings.adapters_dir, at_start=False):
+        log.warning("job %s marked failed: %s", row["id"], row["error"])
 
 
 @huey.on_startup()
@@ -277,5 +298,5 @@ def _on_start() -> None:
 def worker_alive(db, within_s: float = 150.0) -> bool:
     """A worker beat within `within_s`, or is busy training (its beat waits behind the job): enqueue and wait."""
     seen = store.get_meta(db, HEARTBEAT_KEY)
-    busy = any(_alive(r["runner"]) for r in store.list_jobs(db, states=store.ACTIVE_STATES))
+    busy = any(_alive(db, r["id"]) for r in store.list_jobs(db, states=store.ACTIVE_STATES))
     return busy or (bool(seen) and time.time() - float(seen) < within_s)

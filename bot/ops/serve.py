@@ -45,6 +45,7 @@ async def main_async(settings: config.Settings, stop: asyncio.Event | None = Non
     from bot.answering import inflight
 
     cmds = wiring.build_commands(settings)
+    discord_lease = _discord_lease(settings, cmds.db)  # before anything starts: a second one refuses here
     stop = stop or asyncio.Event()
     # Before any platform starts: what a killed process of this host left "Thinking…" goes to the
     # outbox now, answered from retrieval (no model needed), and the posters put it in place.
@@ -98,6 +99,27 @@ async def main_async(settings: config.Settings, stop: asyncio.Event | None = Non
     for t in tasks:
         t.cancel()
     await runner.cleanup()
+    if discord_lease is not None:
+        discord_lease.release()
+
+
+def _discord_lease(settings: config.Settings, db):
+    """The `discord` lease, held while this process runs Discord (None: DISCORD_TOKEN unset).
+
+    Discord's gateway delivers each event to every connected client of the bot, so two replicas would
+    answer every question twice: exactly one `serve` may run it, and a second refuses to start (a
+    SettingError: one line naming the holder, exit status 1). Slack over HTTP runs in any number."""
+    if not settings.discord_token:
+        return None
+    from bot.learning import leases
+
+    lease = leases.Lease(db, "discord", settings.lease_ttl)
+    if not lease.acquire():
+        raise config.SettingError(
+            f"Discord is already served by {leases.describe(db, 'discord')}: Discord runs in exactly one `serve` "
+            f"replica (a lease in the database, free {settings.lease_ttl:g} s after its holder stops); "
+            "unset DISCORD_TOKEN for this one, which may still serve Slack over HTTP")
+    return lease
 
 
 def main(settings: config.Settings) -> int:

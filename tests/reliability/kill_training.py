@@ -130,7 +130,8 @@ def _env(work: Path, cache_dir: Path, steps: int) -> dict:
     return {"BOT_DB": str(work / "bot.db"), "BOT_MODEL": "tiny", "BOT_CACHE_DIR": str(cache_dir),
             "BOT_ADAPTERS_DIR": str(work / "adapters"), "BOT_GOLDEN_SET": str(golden), "BOT_EMBEDDER": "none",
             "BOT_TRAIN_STEPS": str(steps), "BOT_HUEY_DB": str(work / "huey.db"), "BOT_GATE_MIN_GAIN": "-100",
-            "BOT_GATE_F1_TOLERANCE": "100", "BOT_GATE_NLL_TOLERANCE": "100"}
+            "BOT_GATE_F1_TOLERANCE": "100", "BOT_GATE_NLL_TOLERANCE": "100",
+            "BOT_LEASE_TTL": "1"}  # liveness is the job's lease: a killed run's expires 1 s after its last renewal
 
 
 def _plan(kills: int, seed: int, steps: int) -> list[tuple[str, int]]:
@@ -221,6 +222,10 @@ def run_kills(work: Path, cache_dir: Path, kills: int = 10, seed: int = 6, steps
             killed_at = f"time +{at} ms (last point reached: {seen[-1] if seen else 'none'})"
         at_kill = _state(work)
         row_at_kill = store.job(db, job_id) if job_id else None
+        # The killed run's lease runs out first (a worker restarted sooner leaves the job to its periodic pass).
+        deadline = time.monotonic() + 10
+        while job_id and (lease := store.lease(db, f"job:{job_id}")) and lease["live"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         # What a restarted worker does first (`jobs._on_start`), in a new process with the worker's settings.
         done = subprocess.run([sys.executable, "-c", RECOVER], cwd=work, env=env, capture_output=True, text=True,
                               timeout=60)
