@@ -31,9 +31,10 @@ def defuse(text: str) -> str:
 def answer_text(answer) -> str:
     """The answer, then its sources as `[n] doc › heading`, then the notice (if any) in small print."""
     parts = [answer.answer.strip()]
-    if answer.citations:
+    sources = answer.sources or answer.citations  # every passage the model was given, cited ones first
+    if sources:
         label = "Sources" if answer.in_english else "来源"
-        parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in answer.citations))
+        parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in sources))
     if answer.notice:
         parts.append(f"-# {answer.notice}")
     return defuse("\n\n".join(p for p in parts if p))
