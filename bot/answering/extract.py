@@ -113,9 +113,11 @@ def select(question: str, passages: list, judge: Judge, limit: int = EXTRACT_CHA
             break
         if used + len(s) > limit:
             continue
-        follows = any(c.n == n and abs(c.at - at) == 1 for c in chosen)
-        if chosen and not (terms - have or follows):
-            continue  # says nothing the chosen ones do not, and does not continue one of them
+        # A neighbour of a chosen sentence reads as its context: the one after it always (the answer
+        # often follows the sentence that names the topic), the one before it if it is on the question.
+        beside = any(c.n == n and (c.at + 1 == at or (c.at - 1 == at and terms)) for c in chosen)
+        if chosen and not (terms - have or beside):
+            continue  # says nothing the chosen ones do not, and is not beside one of them
         chosen.append(Sentence(n, s, score, at))
         have |= terms
         used += len(s)
