@@ -56,6 +56,9 @@ def summarise(judged: dict[str, list[dict]], threshold: float = abstention.MIN_C
             s["evidence_in_extract"] = sum(r["evidence_in_lead"] and r["coverage"] >= threshold
                                            for r in with_evidence) / m
             s["evidence_shown"] = sum(r["evidence_shown"] for r in with_evidence) / m
+            answered = [r for r in with_evidence if r["coverage"] >= threshold]
+            s["evidence_in_extract_answered"] = (sum(r["evidence_in_lead"] for r in answered) / len(answered)
+                                                 if answered else None)
         sets[name] = s
         tp += sum(not r["answerable"] for r in abstained)
         fp += sum(r["answerable"] for r in abstained)
@@ -79,11 +82,12 @@ def _split(judged: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 def format_report(summary: dict) -> str:
     lines = [f"abstention threshold (MIN_COVERAGE) {summary['threshold']:.2f}",
-             f"{'question set':<40}{'n':>4}{'abstained':>11}{'evidence in extract':>21}{'evidence shown':>16}"]
+             f"{'question set':<40}{'n':>4}{'abstained':>11}{'evidence in extract':>21}{'(of answered)':>15}"
+             f"{'evidence shown':>16}"]
     for name, s in summary["sets"].items():
-        ext = f"{s['evidence_in_extract']:.3f}" if "evidence_in_extract" in s else "-"
-        shown = f"{s['evidence_shown']:.3f}" if "evidence_shown" in s else "-"
-        lines.append(f"{name:<40}{s['n']:>4}{s['abstention_rate']:>11.3f}{ext:>21}{shown:>16}")
+        cell = lambda key: "-" if s.get(key) is None else f"{s[key]:.3f}"  # noqa: E731
+        lines.append(f"{name:<40}{s['n']:>4}{s['abstention_rate']:>11.3f}{cell('evidence_in_extract'):>21}"
+                     f"{cell('evidence_in_extract_answered'):>15}{cell('evidence_shown'):>16}")
     p, r = summary["abstention_precision"], summary["abstention_recall"]
     if p is not None or r is not None:
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

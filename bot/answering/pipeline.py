@@ -253,7 +253,8 @@ class Answerer:
                 prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
                 text, citations, notice = postprocess(result.text, shown)
                 if prompts.is_abstention(text):
-                    abstained, notice = True, "the model found no answer in the passages"
+                    abstained = True
+                    notice = "; ".join(x for x in ("the model found no answer in the passages", notice) if x)
             except Exception as e:  # OOM, CUDA error, timeout: the user still gets the passages
                 # Tokens may have streamed already: the final text replaces them, apology first.
                 if is_out_of_memory(e):
