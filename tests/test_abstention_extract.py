@@ -55,6 +55,15 @@ def test_english_words_count_through_their_chinese_renderings():
     assert j.verdict("What is the office Wi-Fi password?", passages(0, 1, 2)).abstain
 
 
+def test_a_word_the_corpus_never_uses_is_found_through_a_synonym_it_does():
+    rows = ROWS + [{"doc": "x.md", "heading": "风险", "text": "硬件故障造成的损失要有预案。"}]
+    shown = [Passage("x.md", "风险", rows[-1]["text"])]
+    # 损坏 is in no passage; CC-CEDICT gives it the sense "damage", which the corpus writes 损失.
+    with_synonym = abstention.Judge(rows, {"damag": [("损失", 1.0)]}).verdict("硬件损坏怎么办？", shown)
+    without = abstention.Judge(rows, {}).verdict("硬件损坏怎么办？", shown)
+    assert not with_synonym.abstain and without.abstain
+
+
 def test_rare_terms_weigh_more_than_common_ones():
     j = judge()
     weights = dict((t.key, w) for t, w in j.weighted_terms("模型的差分隐私"))

@@ -3,7 +3,10 @@
 Every transport (CLI, terminal chat, Slack, Discord) calls `Answerer.ask`.
 When no model can be had (offline, out of memory, bad preset) or the model
 fails mid-answer, the answer is the best passages with their sources and a
-notice saying why: it never crashes and never hangs.
+notice saying why: it never crashes and never hangs. When the best passages
+do not cover the question (abstention.py), the answer says so and lists the
+closest matches instead; without a model the answer leads with the sentences
+that best answer (extract.py).
 """
 from __future__ import annotations
 
