@@ -104,7 +104,7 @@ def test_the_extract_quotes_the_sentence_that_answers_with_its_number():
 
 
 def test_a_label_line_joins_the_sentence_it_labels_and_names_with_initials_stay_whole():
-    assert extract.sentences(ROWS[1]["text"])[0].startswith("**差分隐私**：采用差分隐私技术")
+    assert extract.sentences(ROWS[1]["text"])[0].startswith("差分隐私：采用差分隐私技术")
     assert "J.P. Morgan开发了自动化风险管理工具。" in extract.sentences(ROWS[2]["text"])
 
 

@@ -20,7 +20,8 @@ SWEEP = (0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60)
 
 
 def _flat(text: str) -> str:
-    return " ".join(abstention.normalise(text).split())
+    """Text as the extract shows it (bold marks dropped, extract.sentences), for finding evidence in it."""
+    return " ".join(abstention.normalise(text).replace("**", "").split())
 
 
 def judge_rows(answerer, rows: list[dict]) -> list[dict]:

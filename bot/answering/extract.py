@@ -46,7 +46,8 @@ def sentences(text: str) -> list[str]:
     out: list[str] = []
     label = ""
     for m in _SENTENCE_RE.finditer(text or ""):
-        s = " ".join(_LINE_MARK_RE.sub("", m.group()).split())
+        # Bold marks are dropped: the extract is quoted in every client, and `**` is not bold in all.
+        s = " ".join(_LINE_MARK_RE.sub("", m.group()).replace("**", "").split())
         if not (s and any(c.isalnum() for c in s)):
             continue
         s, label = label + s, ""
