@@ -186,6 +186,28 @@ def cmd_eval_retrieval(args) -> int:
     return 0
 
 
+def cmd_eval_answers(args) -> int:
+    from bot.answering import answer_eval
+    from bot.knowledge import retrieval_eval
+
+    paths = [Path(f) for f in args.files] or [config.ROOT / "knowledge/eval/dev.jsonl"]
+    paths.append(Path(args.unanswerable) if args.unanswerable else config.ROOT / "knowledge/eval/unanswerable.jsonl")
+    for path in paths:
+        if not path.is_file():
+            print(f"eval-answers: no such file: {path}", file=sys.stderr)
+            return 2
+    answerer = wiring.build_answerer(args.settings, wiring.connect_db(args.settings), "none")
+    judged = {p.name: answer_eval.judge_rows(answerer, retrieval_eval.load_questions(p)) for p in paths}
+    summary = answer_eval.summarise(judged)
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(answer_eval.format_report(summary))
+        if args.sweep:
+            print(answer_eval.format_sweep(judged))
+    return 0
+
+
 def cmd_chat(args) -> int:
     from bot.chat import console
 
@@ -545,6 +567,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval_retrieval)
 
+    s = sub.add_parser("eval-answers", help="abstention rates and evidence-in-extract share on question sets")
+    s.add_argument("files", nargs="*", help="answerable question sets (default: knowledge/eval/dev.jsonl)")
+    s.add_argument("--unanswerable", metavar="FILE",
+                   help="questions the knowledge base does not answer (default: knowledge/eval/unanswerable.jsonl)")
+    s.add_argument("--sweep", action="store_true", help="also print abstentions over a range of thresholds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_eval_answers)
+
     s = sub.add_parser("ask", help="answer a question with the model and numbered sources")
     s.add_argument("question")
     s.add_argument("--model", default=None, help="model preset (default: BOT_MODEL); `none` for retrieval-only")
@@ -553,7 +583,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--thread", metavar="ID", default=None,
                    help="a conversation id: earlier questions asked with the same id are the history (follow-ups)")
     s.add_argument("--json", action="store_true",
-                   help='print {"id", "answer", "citations", "mode", "model", "adapter", "ms", "query"}')
+                   help='print {"id", "answer", "citations", "sources", "abstained", "extract", "mode", "model", "adapter", "ms", "query"}')
     s.set_defaults(fn=cmd_ask)
 
     s = sub.add_parser("chat", help="terminal chat with history: answers with sources")

@@ -184,6 +184,13 @@ def m011_leases(db: sqlite_utils.Database) -> None:
                " acquired_at float not null, expires_at float not null)")
 
 
+@migration
+def m012_answer_abstained(db: sqlite_utils.Database) -> None:
+    # 1 when the answer said the knowledge base does not cover the question (answering/abstention.py,
+    # or the model said so); rows from before this column read 0.
+    db["answers"].add_column("abstained", int, not_null_default=0)
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 

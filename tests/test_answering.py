@@ -55,8 +55,49 @@ def test_citations_to_missing_passages_are_dropped_and_said(indexed):
 
 
 def test_an_answer_citing_nothing_says_so(indexed):
-    ans = make(indexed, scripted("资料中没有相关信息。")).ask("公司C 在 2022 年的营收是多少？")
-    assert ans.citations == [] and "cites no passage" in ans.notice
+    ans = make(indexed, scripted("边缘计算很重要。")).ask("什么是边缘计算？")
+    assert ans.citations == [] and "cites no passage" in ans.notice and not ans.abstained
+    # Every passage the model was given is still a source.
+    assert [s.n for s in ans.sources] == list(range(1, len(ans.passages) + 1))
+
+
+def test_sources_list_every_passage_given_cited_ones_first(indexed):
+    ans = make(indexed, scripted("在靠近数据源处计算[3]，降低延迟[1]。")).ask("术语表中边缘计算是如何解释的？")
+    n = len(ans.passages)
+    assert n >= 3 and [s.n for s in ans.sources] == [3, 1] + [k for k in range(2, n + 1) if k != 3]
+    assert ans.sources[0].text == ans.passages[2].text
+    out = ans.as_json()
+    assert out["sources"][:2] == out["citations"] and out["extract"] == "" and out["abstained"] is False
+
+
+def test_the_model_saying_the_passages_lack_the_answer_is_marked(indexed):
+    db, _ = indexed
+    for question, reply in (("什么是边缘计算？", "资料中没有相关信息。"),
+                            ("What is edge computing?", "The passages do not contain the answer.")):
+        ans = make(indexed, scripted(reply)).ask(question)
+        assert ans.mode == "llm" and ans.abstained and ans.citations == [] and ans.sources
+        assert store.answer(db, ans.id)["abstained"] == 1
+
+
+def test_a_question_the_knowledge_base_never_covers_is_declined_without_the_model(indexed):
+    db, _ = indexed
+    gen = scripted("编造的回答[1]")
+    zh = make(indexed, gen).ask("公司的年假政策是怎样的？一年有几天年假？")
+    assert gen.seen == []  # the model is not asked to answer from unrelated passages
+    assert zh.abstained and zh.answer.startswith("知识库中没有") and "最接近的段落" in zh.answer
+    assert zh.citations == [] and zh.sources and zh.sources[0].doc in zh.answer and zh.extract == ""
+    assert store.answer(db, zh.id)["abstained"] == 1 and zh.as_json()["abstained"] is True
+    en = make(indexed, None).ask("What is the office Wi-Fi password?")
+    assert en.abstained and en.answer.startswith("The knowledge base does not cover") and "Closest matches" in en.answer
+
+
+def test_retrieval_only_answers_lead_with_an_extract_and_compact_sources(indexed):
+    ans = make(indexed, None).ask("卷积神经网络里的池化层起什么作用？")
+    assert not ans.abstained and ans.extract and ans.answer.startswith(ans.extract)
+    assert "池化" in ans.extract and len(ans.extract) <= 200 + 10 * 3  # quotes and [n] are extra
+    assert "来源：" in ans.answer and "[1] " in ans.answer.split("来源：", 1)[1]
+    # Heading paths are cut to their last two levels: no line of the sources runs to 120 characters.
+    assert all(len(line) < 90 for line in ans.answer.split("来源：", 1)[1].splitlines())
 
 
 def test_tokens_stream_to_the_callback(indexed):
@@ -103,8 +144,9 @@ def test_follow_up_in_a_thread_sees_earlier_turns(indexed):
     second = gen.seen[2]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[1]["content"] == "FairScale 是什么？" and "分布式训练框架" in second[2]["content"]
-    # another thread starts fresh: no history, no condense call
-    answerer.ask("它有什么好处？", answering.Context(platform="slack", user="U1", channel="C1", thread="T2"))
+    # another thread starts fresh: no history, no condense call (a question that names its topic:
+    # alone, "它有什么好处？" is declined)
+    answerer.ask("FairScale 有什么好处？", answering.Context(platform="slack", user="U1", channel="C1", thread="T2"))
     assert len(gen.seen) == 4 and [m["role"] for m in gen.seen[3]] == ["system", "user"]
 
 

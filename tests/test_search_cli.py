@@ -236,8 +236,8 @@ def test_chat_answers_with_sources_and_quits(indexed_kb, db):
     assert out.count("[1] ") == 1  # one answer: nothing after /quit was read
     assert "[3] " in out and "[4] " not in out
     first = next(line for line in out.splitlines() if line.startswith("[1] "))
-    m = re.fullmatch(r"\[1\] (.+) — (\S+) › (.+)", first)
-    assert m and (indexed_kb.kb_dir / m.group(2)).is_file(), first
+    m = re.fullmatch(r"\[1\] (\S+) › (.+)", first)  # a compact source: `[n] doc › heading`
+    assert m and (indexed_kb.kb_dir / m.group(1)).is_file(), first
     assert "platform-advantage.md › " in out
     assert stdin.readline() == "平台优势\n"
     assert db.execute("select count(*) from answers").fetchone()[0] == 1

@@ -93,8 +93,9 @@ def test_cli_ask_json_with_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     assert cli.main(["ask", QUESTION, "--model", "tiny", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(out) == {"id", "answer", "citations", "mode", "model", "adapter", "ms", "query"}
+    assert set(out) == {"id", "answer", "citations", "sources", "abstained", "extract", "mode", "model", "adapter", "ms", "query"}
     assert out["mode"] == "llm" and out["model"].endswith("tiny") and out["adapter"] is None
-    assert out["answer"] and out["ms"] > 0
+    assert out["answer"] and out["ms"] > 0 and out["extract"] == ""
+    assert [s["n"] for s in out["sources"]][: len(out["citations"])] == [c["n"] for c in out["citations"]]
     row = store.answer(store.connect(tmp_path / "bot.db"), out["id"])
     assert row["question"] == QUESTION and row["mode"] == "llm"

@@ -83,6 +83,14 @@ class Query:
         return head[0] + " " + " ".join(f"[×{w:g}: {t}]" for t, w in rest)
 
     @property
+    def plain(self) -> str:
+        """The query's words as one text, without weights: what abstention judges and the extract
+        answers (the model's standalone question, or the question followed by its context)."""
+        if self.route == "model":
+            return self.rewrite
+        return " ".join(t for t, _ in self.parts)
+
+    @property
     def stored(self) -> str | None:
         """What the answers table keeps in `query`: None when the question was searched as it is."""
         return None if self.route == "as-is" else self.text

@@ -3,7 +3,10 @@
 Every transport (CLI, terminal chat, Slack, Discord) calls `Answerer.ask`.
 When no model can be had (offline, out of memory, bad preset) or the model
 fails mid-answer, the answer is the best passages with their sources and a
-notice saying why: it never crashes and never hangs.
+notice saying why: it never crashes and never hangs. When the best passages
+do not cover the question (abstention.py), the answer says so and lists the
+closest matches instead; without a model the answer leads with the sentences
+that best answer (extract.py).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from bot.answering import condense, prompts
+from bot.answering import abstention, condense, extract, prompts
 from bot import store
 from bot.llm.generator import EngineBusy, EngineUnavailable, Generator, is_out_of_memory
 from bot.knowledge.textproc import is_mostly_english
@@ -50,6 +53,11 @@ class Answer:
     notice: str = ""
     passages: list = field(default_factory=list, repr=False)
     query: condense.Query | None = field(default=None, repr=False)  # what retrieval searched for
+    # The passages the answer rests on, cited ones first (for an LLM answer, every passage the model
+    # was given; for an abstention, the closest matches): what a transport lists as sources.
+    sources: list[Citation] = field(default_factory=list)
+    abstained: bool = False  # the knowledge base does not answer this (abstention.py, or the model said so)
+    extract: str = ""  # a retrieval-only answer's lead sentences (extract.py); empty for a model's answer
 
     @property
     def in_english(self) -> bool:
@@ -61,6 +69,9 @@ class Answer:
             "id": self.id,
             "answer": self.answer,
             "citations": [asdict(c) for c in self.citations],
+            "sources": [asdict(c) for c in self.sources],
+            "abstained": self.abstained,
+            "extract": self.extract,
             "mode": self.mode,
             "model": self.model,
             "adapter": self.adapter,
@@ -94,19 +105,58 @@ def postprocess(text: str, shown: list) -> tuple[str, list[Citation], str]:
     return text, citations, "; ".join(notices)
 
 
-def retrieval_only_text(question: str, shown: list, reason: str) -> str:
-    head = _notice(
-        question,
-        f"The language model is unavailable ({reason}). Here are the most relevant passages:",
-        f"语言模型暂不可用（{reason}）。以下是知识库中最相关的段落：",
-    )
+def _sources_text(question: str, shown: list) -> str:
+    """Compact sources: `[n] doc › the last two heading levels`."""
+    label = _notice(question, "Sources:", "来源：")
+    return label + "\n" + "\n".join(f"[{n}] {p.doc} › {extract.short_heading(p.heading)}"
+                                     for n, p in enumerate(shown, 1))
+
+
+def _judge_for(shown: list, judge: abstention.Judge | None) -> abstention.Judge:
+    # Without the index's statistics (a restart's answer), the shown passages stand in for the corpus.
+    return judge or abstention.Judge([{"doc": p.doc, "heading": p.heading, "text": p.text} for p in shown])
+
+
+def retrieval_answer(question: str, shown: list, reason: str,
+                     judge: abstention.Judge | None = None, about: str | None = None) -> tuple[str, str]:
+    """(answer text, extract) without a model: the lead sentences that best answer, quoted with
+    their [n], then compact sources, then why there is no model. The reply is in `question`'s
+    language; the sentences are chosen for `about` (a follow-up's standalone query) when given."""
+    note = _notice(question, f"(The language model is unavailable: {reason}.)", f"（语言模型暂不可用：{reason}。）")
     if not shown:
-        return head + "\n" + _notice(question, "(nothing in the knowledge base matches)", "（知识库中没有相关内容）")
-    lines = [head]
+        return _notice(question, "(nothing in the knowledge base matches)", "（知识库中没有相关内容）") + "\n" + note, ""
+    lead = extract.lead(extract.select(about or question, shown, _judge_for(shown, judge)))
+    head = lead or _notice(question, "The most relevant passages:", "知识库中最相关的段落：")
+    return f"{head}\n\n{_sources_text(question, shown)}\n{note}", lead
+
+
+def retrieval_only_text(question: str, shown: list, reason: str, judge: abstention.Judge | None = None) -> str:
+    return retrieval_answer(question, shown, reason, judge)[0]
+
+
+CLOSEST_CHARS = 80  # each closest match shows its best sentence, cut to this
+
+
+def abstention_text(question: str, shown: list, judge: abstention.Judge | None = None,
+                    about: str | None = None) -> str:
+    """The knowledge base does not answer this: said plainly (in `question`'s language), then the
+    closest matches, each with its sentence nearest to `about` (or the question)."""
+    head = _notice(question, "The knowledge base does not cover this question.", "知识库中没有能回答这个问题的内容。")
+    if not shown:
+        return head
+    judge = _judge_for(shown, judge)
+    lines = [head, _notice(question, "Closest matches:", "最接近的段落：")]
     for n, p in enumerate(shown, 1):
-        text = " ".join(p.text.split())
-        lines.append(f"[{n}] {text[:300]}{'…' if len(text) > 300 else ''} — {p.doc} › {p.heading}")
+        best = extract.select(about or question, [p], judge, limit=CLOSEST_CHARS)
+        quote = f"「{best[0].text}」" if best else ""
+        lines.append(f"[{n}] {p.doc} › {extract.short_heading(p.heading)} {quote}".rstrip())
     return "\n".join(lines)
+
+
+def _sources(shown: list, citations: list[Citation]) -> list[Citation]:
+    """Every passage shown, the cited ones first (in citation order), then the rest in rank order."""
+    cited = {c.n for c in citations}
+    return list(citations) + [Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1) if n not in cited]
 
 
 class Answerer:
@@ -130,6 +180,7 @@ class Answerer:
         self.max_new_tokens, self.timeout_s = max_new_tokens, timeout_s
         self.condense_timeout_s = condense_timeout_s
         self._in_flight = 0  # questions between `ask` and their recorded answer
+        self._judge: tuple[int, abstention.Judge] | None = None
         self._count_lock = threading.Lock()
 
     def queue_depth(self) -> int:
@@ -146,6 +197,14 @@ class Answerer:
                 except Exception as e:  # ModelUnavailable, or anything a broken install throws
                     self._unavailable = str(e) or type(e).__name__
             return self._generator
+
+    def judge(self) -> abstention.Judge:
+        """The abstention judge over the rows the searcher serves now (a new one after a re-index)."""
+        rows = getattr(self.searcher, "rows", [])
+        held = self._judge
+        if held is None or held[0] != id(rows):
+            held = self._judge = (id(rows), abstention.Judge(rows, store.lexicon(self.db)))
+        return held[1]
 
     @property
     def generator_loaded(self) -> bool:
@@ -177,11 +236,25 @@ class Answerer:
         shown = prompts.fit_passages(hits, self.context_budget, count)
         model, revision = (gen.model_id, gen.revision) if gen else (None, None)
         adapter, prompt_tokens, completion_tokens = None, 0, 0
-        mode, notice = "llm", ""
-        if gen is None:
+        mode, notice, lead = "llm", "", ""
+        judge = self.judge()
+        # A follow-up ("它有什么好处？") is judged, and its extract chosen, on what retrieval searched
+        # for (the standalone question, or the question with its thread's earlier questions), not on
+        # its own words, which need not name the topic.
+        asked = query.plain
+        verdict = judge.verdict(asked, hits)
+        abstained = verdict.abstain
+        if abstained:
+            # Nothing retrieved supports an answer: say so rather than have the model (or the
+            # extract) make one from unrelated passages.
+            mode, model, revision = "retrieval-only", None, None
+            text, citations = abstention_text(question, shown, judge, about=asked), []
+            notice = f"abstained: the best passage holds {verdict.coverage:.0%} of the question's weighted terms" + (
+                f" (missing: {', '.join(verdict.missing[:5])})" if verdict.missing else "")
+        elif gen is None:
             mode, reason = "retrieval-only", self._unavailable or "no model"
-            text, citations = retrieval_only_text(question, shown, reason), [
-                Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1)]
+            text, lead = retrieval_answer(question, shown, reason, judge, about=asked)
+            citations = [Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1)]
             notice = f"model unavailable: {reason}"
         else:
             messages = prompts.build_messages(question, shown, history, count=count,
@@ -192,6 +265,9 @@ class Answerer:
                 adapter = result.adapter
                 prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
                 text, citations, notice = postprocess(result.text, shown)
+                if prompts.is_abstention(text):
+                    abstained = True
+                    notice = "; ".join(x for x in ("the model found no answer in the passages", notice) if x)
             except Exception as e:  # OOM, CUDA error, timeout: the user still gets the passages
                 # Tokens may have streamed already: the final text replaces them, apology first.
                 if is_out_of_memory(e):
@@ -204,12 +280,13 @@ class Answerer:
                 else:
                     reason = _notice(question, "the model failed while answering", "模型在生成回答时出错")
                 mode = "retrieval-only"
-                text = _notice(question, "Sorry, something went wrong. ", "抱歉，出了点问题。") + \
-                    retrieval_only_text(question, shown, reason)
+                text, lead = retrieval_answer(question, shown, reason, judge, about=asked)
+                text = _notice(question, "Sorry, something went wrong. ", "抱歉，出了点问题。") + text
                 citations = [Citation(n, p.doc, p.heading, p.text) for n, p in enumerate(shown, 1)]
                 notice = f"model error: {type(e).__name__}: {e}"[:500]
         ms = (time.perf_counter() - t0) * 1000
-        answer = Answer(uuid.uuid4().hex[:12], text, citations, mode, model, adapter, ms, notice, shown, query=query)
+        answer = Answer(uuid.uuid4().hex[:12], text, citations, mode, model, adapter, ms, notice, shown,
+                        sources=_sources(shown, citations), abstained=abstained, extract=lead, query=query)
         store.record_answer(self.db, {
             "id": answer.id, "created_at": time.time(), "platform": ctx.platform, "channel": ctx.channel,
             "thread": ctx.thread, "user": ctx.user, "question": question, "query": query.stored,
@@ -218,5 +295,6 @@ class Answerer:
             "answer": text, "citations": [asdict(c) for c in citations], "mode": mode, "notice": notice,
             "model": model, "revision": revision, "adapter": adapter, "latency_ms": ms,
             "retrieval_ms": retrieval_ms, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "abstained": int(abstained),
         })
         return answer

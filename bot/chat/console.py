@@ -16,9 +16,10 @@ BANNER = "Ask a question about the knowledge base (中文或English). /quit leav
 def render_answer(answer, streamed: bool = False) -> str:
     """The answer text (unless it was streamed already), then its sources and any notice."""
     out = [] if streamed and answer.mode == "llm" else [answer.answer]
-    if answer.mode == "llm" and answer.citations:
+    sources = answer.sources or answer.citations  # every passage the model was given, cited ones first
+    if answer.mode == "llm" and sources:
         out.append("Sources:")
-        out.extend(f"  [{c.n}] {c.doc} › {c.heading}" for c in answer.citations)
+        out.extend(f"  [{c.n}] {c.doc} › {c.heading}" for c in sources)
     if answer.mode == "llm" and answer.notice:
         out.append(f"({answer.notice})")
     label = f"{answer.mode}" + (f", {answer.model}" if answer.model else "") + \

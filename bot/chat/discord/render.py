@@ -44,9 +44,10 @@ def answer_text(answer) -> str:
 def _after(answer) -> str:
     """What follows the answer's text: its sources, then the notice."""
     parts = []
-    if answer.citations:
+    sources = answer.sources or answer.citations  # every passage the model was given, cited ones first
+    if sources:
         label = "Sources" if answer.in_english else "来源"
-        parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in answer.citations))
+        parts.append(f"**{label}**\n" + "\n".join(f"[{c.n}] {c.doc} › {c.heading}" for c in sources))
     if answer.notice:
         parts.append(f"-# {answer.notice}")
     return "\n\n".join(parts)

@@ -87,9 +87,10 @@ def answer_file(answer) -> dict:
 
 
 def sources_text(answer) -> str:
-    if not answer.citations:
+    sources = answer.sources or answer.citations  # every passage the model was given, cited ones first
+    if not sources:
         return "_No passage from the knowledge base is cited._"
-    return "*Sources*\n" + "\n".join(f"[{c.n}] {escape(c.doc)} › {escape(c.heading)}" for c in answer.citations)
+    return "*Sources*\n" + "\n".join(f"[{c.n}] {escape(c.doc)} › {escape(c.heading)}" for c in sources)
 
 
 def notice_text(answer) -> str:
