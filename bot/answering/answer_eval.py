@@ -33,12 +33,12 @@ def judge_rows(answerer, rows: list[dict]) -> list[dict]:
         hits = answerer.searcher.search(q, answerer.k)
         # As the pipeline shows them without a model: the passages are measured in characters.
         shown = prompts.fit_passages(hits, answerer.context_budget, len)
-        verdict = judge.verdict(q, hits)
+        verdict = judge.verdict(q, hits, scored=getattr(answerer.searcher, "ranker", None) is not None)
         lead = extract.lead(extract.select(q, shown, judge))
         answerable = bool(row.get("doc"))
         ev = _flat(row.get("evidence", "")) if answerable else ""
         out.append({"id": row.get("id"), "lang": row.get("lang", "?"), "answerable": answerable,
-                    "coverage": verdict.coverage, "extract": lead,
+                    "coverage": verdict.coverage, "support": verdict.support, "unknown": verdict.unknown, "extract": lead,
                     "evidence_shown": bool(ev) and any(ev in _flat(p.text) for p in shown),
                     "evidence_in_lead": bool(ev) and ev in _flat(lead)})
     return out
@@ -49,15 +49,17 @@ def summarise(judged: dict[str, list[dict]], threshold: float = abstention.MIN_C
     sets, tp, fp, positives = {}, 0, 0, 0
     for name, rows in _split(judged).items():
         n = len(rows)
-        abstained = [r for r in rows if r["coverage"] < threshold]
+        declined = {id(r) for r in rows if abstention.abstains(r["coverage"], r.get("support"), r.get("unknown", 0.0),
+                                                           threshold)}
+        abstained = [r for r in rows if id(r) in declined]
         s = {"n": n, "abstained": len(abstained), "abstention_rate": len(abstained) / n if n else 0.0}
         with_evidence = [r for r in rows if r["answerable"]]
         if with_evidence:
             m = len(with_evidence)
-            s["evidence_in_extract"] = sum(r["evidence_in_lead"] and r["coverage"] >= threshold
+            s["evidence_in_extract"] = sum(r["evidence_in_lead"] and id(r) not in declined
                                            for r in with_evidence) / m
             s["evidence_shown"] = sum(r["evidence_shown"] for r in with_evidence) / m
-            answered = [r for r in with_evidence if r["coverage"] >= threshold]
+            answered = [r for r in with_evidence if id(r) not in declined]
             s["evidence_in_extract_answered"] = (sum(r["evidence_in_lead"] for r in answered) / len(answered)
                                                  if answered else None)
         sets[name] = s
@@ -82,7 +84,9 @@ def _split(judged: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 
 def format_report(summary: dict) -> str:
-    lines = [f"abstention threshold (MIN_COVERAGE) {summary['threshold']:.2f}",
+    lines = [f"abstention threshold (MIN_COVERAGE) {summary['threshold']:.2f}, "
+             f"unless the re-ranker's best probability is at least {abstention.MAX_SUPPORT:.2f} and under "
+             f"{abstention.UNKNOWN_SHARE:.0%} of the question is words no passage has",
              f"{'question set':<40}{'n':>4}{'abstained':>11}{'evidence in extract':>21}{'(of answered)':>15}"
              f"{'evidence shown':>16}"]
     for name, s in summary["sets"].items():

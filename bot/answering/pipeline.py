@@ -242,7 +242,7 @@ class Answerer:
         # for (the standalone question, or the question with its thread's earlier questions), not on
         # its own words, which need not name the topic.
         asked = query.plain
-        verdict = judge.verdict(asked, hits)
+        verdict = judge.verdict(asked, hits, scored=getattr(self.searcher, "ranker", None) is not None)
         abstained = verdict.abstain
         if abstained:
             # Nothing retrieved supports an answer: say so rather than have the model (or the
