@@ -865,7 +865,7 @@ def purge_before(db, cutoff: float, *, batch: int | None = None) -> dict:
 # busy handler in growing steps of up to 100 ms, so a purge that took the lock back at once would
 # find it free again before the waiter woke; a gap of 100 ms always holds one of its retries.
 
-BATCH_ROWS = 2000
+BATCH_ROWS = 1000
 BATCH_PAUSE_S = 0.1
 
 
