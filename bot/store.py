@@ -191,6 +191,30 @@ def m012_answer_abstained(db: sqlite_utils.Database) -> None:
     db["answers"].add_column("abstained", int, not_null_default=0)
 
 
+@migration
+def m013_counters(db: sqlite_utils.Database) -> None:
+    # What /metrics reports, kept as rows are written (bot/ops/metrics.py) so that a scrape reads a
+    # few rows whatever the size of `answers`: `labels` is the JSON list of the label values. Filled
+    # once here from the tables (and the purge tally the collector used to add back); from now on
+    # every write of an answer, vote or correction updates its counters in the same transaction.
+    db["counters"].create({"name": str, "labels": str, "value": float}, pk=("name", "labels"))
+    # The purge deletes old delivery keys in batches: without this, each batch would scan the table.
+    db["deliveries"].create_index(["created_at"])
+    _recount(db)
+    purged = get_meta(db, _PURGED_TALLY)
+    if purged:
+        data = json.loads(purged)
+        same = [float(b) for b in data.get("bounds_ms", [])] == _bounds_ms()
+        for r in data["rows"]:
+            key = (r["platform"], r["mode"])
+            _bump(db, {("answers", key): r["count"], ("answer_latency_ms_sum", key): r["sum_ms"]})
+            if same:  # buckets counted under other bounds cannot be re-binned: they fall into +Inf
+                cumulative = [0] + list(r["buckets"])
+                _bump(db, {("answer_latency_le", key + (repr(b),)): cumulative[i + 1] - cumulative[i]
+                           for i, b in enumerate(_bounds_ms())})
+        db.execute("delete from meta where key = ?", [_PURGED_TALLY])
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -432,6 +456,7 @@ def record_answer(db, row: dict) -> None:
     cols = ", ".join(row)
     with transaction(db):
         db.execute(f"insert into answers ({cols}) values ({', '.join(':' + c for c in row)})", row)
+        _count_answer(db, row)
 
 
 def answer(db, answer_id: str) -> dict | None:
@@ -493,8 +518,11 @@ def delivered(db, key: str) -> bool:
 def record_vote(db, answer_id: str, user: str, platform: str, value: int, delivery: str | None = None) -> None:
     with transaction(db):
         _claim(db, delivery)
+        old = db.execute("select value from votes where answer_id = ? and user = ?", [answer_id, user]).fetchone()
         db.execute("insert or replace into votes (answer_id, user, platform, value, created_at)"
                    " values (?, ?, ?, ?, ?)", [answer_id, user, platform, value, time.time()])
+        if not old or old[0] != value:  # a changed vote moves from one value to the other
+            _bump(db, {("votes", (str(value),)): 1, **({("votes", (str(old[0]),)): -1} if old else {})})
 
 
 def record_correction(db, answer_id: str, user: str, platform: str, text: str, status: str = "pending",
@@ -510,9 +538,13 @@ def record_correction(db, answer_id: str, user: str, platform: str, text: str, s
             "update corrections set text = ?, created_at = ? where id = (select id from corrections"
             " where answer_id = ? and user = ? and platform = ? and status = 'pending' order by id limit 1)"
             " returning id", [text, now, answer_id, user, platform]).fetchone()
-        cid = row[0] if row else db.execute(
-            "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
-            [answer_id, user, platform, text, status, now]).lastrowid
+        if row:
+            cid = row[0]
+        else:
+            cid = db.execute(
+                "insert into corrections (answer_id, user, platform, text, status, created_at) values (?, ?, ?, ?, ?, ?)",
+                [answer_id, user, platform, text, status, now]).lastrowid
+            _bump(db, {("corrections", (status,)): 1})
         if accepted_by:
             _review(db, cid, "accepted", accepted_by)
         return cid
@@ -564,9 +596,12 @@ def correction(db, correction_id: int) -> dict | None:
 
 
 def _review(db, correction_id: int, status: str, by: str) -> bool:
-    return db.execute(
+    done = db.execute(
         "update corrections set status = ?, reviewed_by = ?, reviewed_at = ? where id = ? and status = 'pending'",
         [status, by, time.time(), correction_id]).rowcount == 1
+    if done:
+        _bump(db, {("corrections", ("pending",)): -1, ("corrections", (status,)): 1})
+    return done
 
 
 class _NotDone(Exception):
@@ -612,26 +647,33 @@ def opted_out(db) -> set[tuple[str, str]]:
     return {(p, u) for p, u in db.execute("select platform, user from opt_outs")}
 
 
-def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_out: bool = False) -> dict:
+def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_out: bool = False, *,
+                batch: int | None = None) -> dict:
     """Delete a person's questions (answers rows, with all feedback on them), votes and corrections,
     and with `opt_out` opt them out of training.
 
-    One transaction: a crash half-way leaves everything, never half. The
-    opt-out row stays, so their future questions stay out of training too."""
-    mine = "select id from answers where platform = ? and user = ?"
+    In batches of `batch` rows, one transaction each (see `BATCH_ROWS`): a
+    crash half-way leaves part of it done, and running it again finishes it.
+    The opt-out commits first (nothing of theirs is trained on from then on);
+    the chat delivery's key commits with the last batch, so a delivery that
+    died half-way is not taken for done when it is resent. The opt-out row
+    stays, so their future questions stay out of training too."""
+    if delivery is not None and delivered(db, delivery):
+        raise Duplicate(delivery)
+    if opt_out:
+        with transaction(db):
+            _opt_out(db, platform, user)
+    counts = _delete_answers_batched(db, "platform = ? and user = ?", [platform, user], batch)
+    # Their votes and corrections on other people's answers.
+    counts["votes"] += _delete_batched(db, "votes", "answer_id", "platform = ? and user = ?", [platform, user],
+                                       batch, gauge="value", key_filter="platform = ? and user = ?")
+    counts["corrections"] += _delete_batched(db, "corrections", "id", "platform = ? and user = ?", [platform, user],
+                                             batch, gauge="status")
     with transaction(db):
         _claim(db, delivery)
-        if opt_out:
-            _opt_out(db, platform, user)
-        votes_n = db.execute(f"delete from votes where (platform = ? and user = ?) or answer_id in ({mine})",
-                             [platform, user, platform, user]).rowcount
-        corrections_n = db.execute(
-            f"delete from corrections where (platform = ? and user = ?) or answer_id in ({mine})",
-            [platform, user, platform, user]).rowcount
-        answers_n = db.execute("delete from answers where platform = ? and user = ?", [platform, user]).rowcount
         # A question still being answered (or left by a killed process) is theirs too: no apology follows.
         db.execute("delete from inflight where platform = ? and user = ?", [platform, user])
-    return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
+    return counts
 
 
 def feedback_answers(db) -> list[dict]:
@@ -653,13 +695,16 @@ def feedback_answers(db) -> list[dict]:
     return rows
 
 
-def mark_trained(db, version: str, correction_ids: Iterable[int], answer_ids: Iterable[str]) -> None:
+def mark_trained(db, version: str, correction_ids: Iterable[int], answer_ids: Iterable[str], *,
+                 batch: int | None = None) -> None:
     """Record that promoted adapter `version` learned these corrections and upvoted answers."""
-    with transaction(db):
-        db.conn.executemany("update corrections set used_in = ? where id = ? and used_in is null",
-                            [(version, i) for i in correction_ids])
-        db.conn.executemany("update answers set trained_in = ? where id = ? and trained_in is null",
-                            [(version, i) for i in answer_ids])
+    # In batches (a training set can hold tens of thousands of upvoted answers); a crash half-way
+    # leaves some unmarked, and the next retrain counts those as new: nothing is lost.
+    for sql, ids in (("update corrections set used_in = ? where id = ? and used_in is null", list(correction_ids)),
+                     ("update answers set trained_in = ? where id = ? and trained_in is null", list(answer_ids))):
+        for chunk in _chunks(ids, batch or BATCH_ROWS):
+            with transaction(db):
+                db.conn.executemany(sql, [(version, i) for i in chunk])
 
 
 # --- training jobs and their outbox ----------------------------------------
@@ -832,33 +877,107 @@ def audit_log(db, limit: int = 50, action: str | None = None) -> list[dict]:
     return list(db.query("select * from audit order by id desc limit ?", [limit]))
 
 
-def record_forgotten(db, answer_ids: Iterable[str], correction_ids: Iterable[int], why: str) -> None:
+def record_forgotten(db, answer_ids: Iterable[str], correction_ids: Iterable[int], why: str, *,
+                     batch: int | None = None) -> None:
     now = time.time()
-    with transaction(db):
-        db.conn.executemany("insert or replace into forgotten (kind, id, at, why) values (?, ?, ?, ?)",
-                            [("answer", a, now, why) for a in answer_ids]
-                            + [("correction", str(c), now, why) for c in correction_ids])
+    rows = [("answer", a, now, why) for a in answer_ids] + [("correction", str(c), now, why) for c in correction_ids]
+    for chunk in _chunks(rows, batch or BATCH_ROWS):  # a purge forgets hundreds of thousands of ids
+        with transaction(db):
+            db.conn.executemany("insert or replace into forgotten (kind, id, at, why) values (?, ?, ?, ?)", chunk)
 
 
 def forgotten_ids(db, keep_s: float) -> tuple[set[str], set[int]]:
     """Answer and correction ids forgotten within `keep_s` seconds; older ones are dropped here."""
-    with transaction(db):
-        db.execute("delete from forgotten where at < ?", [time.time() - keep_s])
+    _delete_batched(db, "forgotten", ("kind", "id"), "at < ?", [time.time() - keep_s])
     rows = db.execute("select kind, id from forgotten").fetchall()
     return {i for k, i in rows if k == "answer"}, {int(i) for k, i in rows if k == "correction"}
 
 
-def purge_before(db, cutoff: float) -> dict:
+def purge_before(db, cutoff: float, *, batch: int | None = None) -> dict:
     """Delete questions (answers rows) older than `cutoff`, with the votes and corrections on them,
-    and older delivery keys; one transaction. Audit rows and jobs stay: they hold no chat text."""
-    old = "select id from answers where created_at < ?"
-    with transaction(db):
-        votes_n = db.execute(f"delete from votes where answer_id in ({old})", [cutoff]).rowcount
-        corrections_n = db.execute(f"delete from corrections where answer_id in ({old})", [cutoff]).rowcount
-        answers_n = db.execute("delete from answers where created_at < ?", [cutoff]).rowcount
-        db.execute("delete from deliveries where created_at < ?", [cutoff])
-        db.execute("delete from inflight where created_at < ?", [cutoff])
-    return {"answers": answers_n, "votes": votes_n, "corrections": corrections_n}
+    and older delivery keys; in batches of `batch` answers, one transaction each (`BATCH_ROWS`).
+    Audit rows and jobs stay: they hold no chat text."""
+    counts = _delete_answers_batched(db, "created_at < ?", [cutoff], batch, order="created_at")
+    _delete_batched(db, "deliveries", "key", "created_at < ?", [cutoff], batch)
+    _delete_batched(db, "inflight", "id", "created_at < ?", [cutoff], batch)
+    return counts
+
+
+# --- bulk deletes in batches ---------------------------------------------------
+# A bulk job in one transaction holds the write lock for its whole run: the retention purge of
+# 240,000 answers held it 20 s, and a vote waited out its 10 s busy_timeout and was lost. So every
+# bulk job goes in batches of BATCH_ROWS rows, one transaction each, and pauses BATCH_PAUSE_S
+# between them. The pause is what lets another writer in: a waiting process sleeps in SQLite's
+# busy handler in growing steps of up to 100 ms, so a purge that took the lock back at once would
+# find it free again before the waiter woke; a gap of 100 ms always holds one of its retries.
+
+BATCH_ROWS = 1000
+BATCH_PAUSE_S = 0.1
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        if i:
+            time.sleep(BATCH_PAUSE_S)
+        yield items[i:i + size]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _delete_answers_batched(db, where: str, args: list, batch: int | None, order: str = "id") -> dict:
+    """Delete the answers matching `where`, with every vote and correction on them, batch by batch."""
+    batch = batch or BATCH_ROWS
+    counts = {"answers": 0, "votes": 0, "corrections": 0}
+    while True:
+        with transaction(db):
+            ids = [r[0] for r in db.execute(f"select id from answers where {where} order by {order} limit ?",
+                                            args + [batch]).fetchall()]
+            if ids:
+                marks = _marks(len(ids))
+                votes = db.execute(f"delete from votes where answer_id in ({marks}) returning value", ids).fetchall()
+                fixes = db.execute(f"delete from corrections where answer_id in ({marks}) returning status",
+                                   ids).fetchall()
+                counts["answers"] += db.execute(f"delete from answers where id in ({marks})", ids).rowcount
+                counts["votes"] += len(votes)
+                counts["corrections"] += len(fixes)
+                _uncount(db, "votes", votes)
+                _uncount(db, "corrections", fixes)
+        if len(ids) < batch:
+            return counts
+        time.sleep(BATCH_PAUSE_S)
+
+
+def _delete_batched(db, table: str, key: str | tuple[str, ...], where: str, args: list, batch: int | None = None,
+                    *, gauge: str | None = None, key_filter: str = "") -> int:
+    """Delete the rows of `table` matching `where`, `batch` at a time (by `key`, a column or a few);
+    the rows' `gauge` column values are taken off their counters. `key_filter` narrows the delete
+    where `key` alone is not unique (a vote is keyed by answer and user). The number deleted."""
+    batch = batch or BATCH_ROWS
+    cols = ", ".join(key) if isinstance(key, tuple) else key
+    target = f"({cols})" if isinstance(key, tuple) else cols
+    done = 0
+    while True:
+        with transaction(db):
+            keys = db.execute(f"select {cols} from {table} where {where} limit ?", args + [batch]).fetchall()
+            if keys:
+                width = len(key) if isinstance(key, tuple) else 1
+                marks = ", ".join(["(" + _marks(width) + ")" if width > 1 else "?"] * len(keys))
+                flat = [v for k in keys for v in k]
+                extra, extra_args = (f" and {key_filter}", args) if key_filter else ("", [])
+                returning = f" returning {gauge}" if gauge else ""
+                cur = db.execute(f"delete from {table} where {target} in ({marks}){extra}{returning}",
+                                 flat + extra_args)
+                if gauge:
+                    gone = cur.fetchall()
+                    _uncount(db, table, gone)
+                    done += len(gone)
+                else:
+                    done += cur.rowcount
+        if len(keys) < batch:
+            return done
+        time.sleep(BATCH_PAUSE_S)
 
 
 # --- operations: health and metrics (bot/ops/health.py, bot/ops/metrics.py) ------------
@@ -889,10 +1008,12 @@ def answer_stats(db, buckets_ms: Iterable[float], before: float | None = None) -
 
 
 def operations_counts(db) -> dict[str, dict]:
-    """What /metrics reports as it stands: votes by value, corrections by status, jobs by state."""
+    """What /metrics reports as it stands: votes by value, corrections by status (from their
+    counters, a few rows), jobs by state (the jobs table: one row per training run, indexed by state)."""
+    kept = counters(db)
     return {
-        "votes": dict(db.execute("select value, count(*) from votes group by value").fetchall()),
-        "corrections": dict(db.execute("select status, count(*) from corrections group by status").fetchall()),
+        "votes": {int(k[0]): int(v) for k, v in kept.get("votes", {}).items()},
+        "corrections": {k[0]: int(v) for k, v in kept.get("corrections", {}).items()},
         "jobs": dict(db.execute("select state, count(*) from jobs group by state").fetchall()),
     }
 
@@ -952,3 +1073,91 @@ def index_generation(db) -> int:
     """The index generation as stored (0: never re-indexed through `bump_index_generation`)."""
     row = db.execute("select value from meta where key = ?", [INDEX_GENERATION]).fetchone()
     return int(row[0]) if row else 0
+
+
+# --- counters: what /metrics reads, kept as rows are written -----------------------
+# `answers`, `answer_latency_ms_sum` and `answer_latency_le` (platform, mode[, bound]) only ever go
+# up: they count answers given, and a purge or a forget deletes rows without lowering them (a
+# Prometheus counter that fell would read as a restart). `votes` (value) and `corrections` (status)
+# are the rows stored now: gauges, lowered by whatever deletes the rows. Every change is an upsert
+# in the transaction of the write it counts, so serve, worker and CLI processes all add to the same
+# rows, a restart loses nothing, and a rolled-back write counts nothing.
+
+# Seconds. A retrieval-only answer takes milliseconds; a CPU model many seconds;
+# BOT_GENERATION_TIMEOUT (300 s) is the longest an answer may take. Changing them needs a migration
+# that recounts `answer_latency_le` (answers already purged cannot be re-binned).
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_PURGED_TALLY = "metrics_purged_answers"  # the purge's meta tally before m013 (bot/ops/metrics.py then)
+
+
+def _bounds_ms() -> list[float]:
+    return [b * 1000 for b in LATENCY_BUCKETS_S]
+
+
+def _bump(db, changes: dict[tuple[str, tuple], float]) -> None:
+    """Add each delta to its counter, inside the caller's transaction (portable upsert: SQLite, PostgreSQL)."""
+    rows = [(name, json.dumps(list(labels), ensure_ascii=False), delta)
+            for (name, labels), delta in changes.items() if delta]
+    if rows:
+        db.conn.executemany("insert into counters (name, labels, value) values (?, ?, ?) on conflict (name, labels)"
+                            " do update set value = counters.value + excluded.value", rows)
+
+
+def _uncount(db, name: str, rows: list) -> None:
+    """Take deleted rows off gauge `name`: `rows` are the RETURNING tuples of the label column."""
+    gone: dict[tuple[str, tuple], float] = {}
+    for (label,) in rows:
+        gone[(name, (str(label),))] = gone.get((name, (str(label),)), 0) - 1
+    _bump(db, gone)
+
+
+def _count_answer(db, row: dict) -> None:
+    key = (row.get("platform") or "", row.get("mode") or "")
+    ms = row.get("latency_ms")
+    changes = {("answers", key): 1, ("answer_latency_ms_sum", key): ms or 0}
+    bucket = next((b for b in _bounds_ms() if ms is not None and ms <= b), None)
+    if bucket is not None:  # slower than the last bound (or unknown): only in +Inf, which is the count
+        changes[("answer_latency_le", key + (repr(bucket),))] = 1
+    _bump(db, changes)
+
+
+def _recount(db) -> None:
+    """Set the counters from the tables (one scan each): the migration that introduced them."""
+    db.execute("delete from counters")
+    for key, s in answer_stats(db, _bounds_ms()).items():
+        cumulative = [0] + list(s["buckets"])
+        _bump(db, {("answers", key): s["count"], ("answer_latency_ms_sum", key): s["sum_ms"],
+                   **{("answer_latency_le", key + (repr(b),)): cumulative[i + 1] - cumulative[i]
+                      for i, b in enumerate(_bounds_ms())}})
+    _bump(db, {("votes", (str(v),)): n for v, n in db.execute("select value, count(*) from votes group by value")})
+    _bump(db, {("corrections", (str(s),)): n
+               for s, n in db.execute("select status, count(*) from corrections group by status")})
+
+
+def recount_counters(db) -> None:
+    """Count the counters again from the tables: after rows were written by something other than this
+    module (a bulk load, tools.growth_bench). Deleted answers are no longer in the tables: they leave
+    the answer counters, so on a live database Prometheus would read that as a reset."""
+    with transaction(db):
+        _recount(db)
+
+
+def counters(db) -> dict[str, dict[tuple, float]]:
+    """Every counter: `{name: {labels: value}}` (one read of a table of a few dozen rows)."""
+    out: dict[str, dict[tuple, float]] = {}
+    for name, labels, value in db.execute("select name, labels, value from counters").fetchall():
+        out.setdefault(name, {})[tuple(json.loads(labels))] = value
+    return out
+
+
+def answer_counters(db, kept: dict | None = None) -> dict[tuple[str, str], dict]:
+    """Answers ever given by (platform, mode), deleted ones included: `count`, `sum_ms` and cumulative
+    `buckets` (answers with latency_ms <= each bound of LATENCY_BUCKETS_S), from the counters."""
+    kept = counters(db) if kept is None else kept
+    out = {}
+    for key, n in kept.get("answers", {}).items():
+        per = [kept.get("answer_latency_le", {}).get(key + (repr(b),), 0) for b in _bounds_ms()]
+        cumulative = [sum(per[:i + 1]) for i in range(len(per))]
+        out[key] = {"count": int(n), "sum_ms": kept.get("answer_latency_ms_sum", {}).get(key, 0.0),
+                    "buckets": [int(c) for c in cumulative]}
+    return out

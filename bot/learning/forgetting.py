@@ -64,13 +64,21 @@ class Trace:
 
     answer_ids: set[str] = field(default_factory=set)
     correction_ids: set[int] = field(default_factory=set)
-    texts: set[str] = field(default_factory=set)
+    # Texts as read; their scrubbed forms are made only when a file is searched (`texts`): scrub takes
+    # about 8 ms a text, hours for a purge of hundreds of thousands of answers with no folder to search.
+    raw: list[str] = field(default_factory=list)
+    _texts: set[str] = field(default_factory=set)
 
     def add_text(self, *texts: str | None) -> None:
-        for t in texts:
-            if t and t.strip():
-                # As written, as scrubbed, and as a snapshot writes it (scrubbed, control tokens defused).
-                self.texts.update({t, t.strip(), scrub(t), scrub(t.strip()), clean(t), clean(t.strip())})
+        self.raw.extend(t for t in texts if t and t.strip())
+
+    @property
+    def texts(self) -> set[str]:
+        while self.raw:
+            t = self.raw.pop()
+            # As written, as scrubbed, and as a snapshot writes it (scrubbed, control tokens defused).
+            self._texts.update({t, t.strip(), scrub(t), scrub(t.strip()), clean(t), clean(t.strip())})
+        return self._texts
 
     def __bool__(self) -> bool:
         return bool(self.answer_ids or self.correction_ids)

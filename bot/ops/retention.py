@@ -2,9 +2,10 @@
 
 The worker runs `purge_old` daily (a huey periodic task on bot.learning.queue's
 huey, registered in the consumer by bot.ops.worker); `python -m bot purge` does the same now. Each purge
-deletes in one transaction (store.purge_before), keeps the answer counters of
-/metrics whole (metrics.record_purged), and writes an audit row with the
-counts only: what was deleted was chat text, and the audit trail must not
+deletes in batches of a few thousand rows, one transaction each
+(store.purge_before), so a vote written meanwhile waits a fraction of a second,
+not the whole purge; the answer counters of /metrics are not lowered by it
+(store's counters); it writes an audit row with the counts only: what was deleted was chat text, and the audit trail must not
 become a second copy of it. The same rows leave the adapter version folders
 (bot.learning.forgetting: snapshots and evaluation reports rewritten, versions trained
 on them marked, a retrain queued, their weights deleted once a clean version
@@ -36,15 +37,12 @@ def purge(db, days: float, *, by: tuple[str, str] = ("system", "retention"), now
     if days <= 0:
         raise ValueError(f"a purge needs a positive number of days, not {days}")
     from bot.learning import forgetting, jobs
-    from bot.ops import metrics  # prometheus_client: only where a purge actually runs
 
     cutoff = (time.time() if now is None else now) - days * DAY_S
-    gone = metrics.purge_stats(db, cutoff)
     target = f"older than {days:g} days"
 
     def delete() -> dict:
         counts = store.purge_before(db, cutoff)
-        metrics.record_purged(db, gone)
         store.audit(db, by[0], by[1], "purge", target=target, detail=json.dumps(counts))
         return counts
 

@@ -138,7 +138,7 @@ def test_a_database_that_cannot_be_read_is_reported_not_a_failed_scrape(tmp_path
     from bot.ops import metrics
 
     db = store.connect(tmp_path / "bot.db")
-    db.execute("drop table votes")  # a broken schema: the store's queries fail
+    db.execute("drop table counters")  # a broken schema: the store's queries fail (a scrape reads counters)
     text = metrics.exposition(metrics.registry(db, lambda: {"queue_depth": 2}))
     m = _samples(text.decode())
     assert m[("bot_database_up", ())] == 0 and m[("bot_model_queue_depth", ())] == 2
