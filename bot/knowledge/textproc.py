@@ -51,7 +51,10 @@ def _stemmer():
     return snowballstemmer.stemmer("english")
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
+    # Cached: Snowball is pure Python (~0.2 ms a word), and the abstention judge stems every
+    # passage once, the same few thousand words over and over (5 s on a first question uncached).
     return _stemmer().stemWord(word)
 
 
