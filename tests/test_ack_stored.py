@@ -215,6 +215,39 @@ async def test_serve_replaces_a_dead_processes_thinking_placeholder_with_the_ret
 
 
 @pytest.mark.asyncio
+async def test_a_running_serve_finishes_a_replica_on_another_host_once_its_lease_expires(env, cmds, monkeypatch):
+    recorder = await Recorder().start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"BOT_DB": cmds.db._path, "SLACK_BOT_TOKEN": "xoxb-serve", "PORT": str(port),
+                        "SLACK_SIGNING_SECRET": "secret", "SLACK_API_URL": recorder.api_url,
+                        "BOT_LEASE_TTL": "0.5"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SLACK_APP_TOKEN", "DISCORD_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    other = "gpu-host-7:41:99:deadbeef"  # a replica elsewhere, answering: its heartbeat holds its lease
+    assert store.acquire_lease(cmds.db, inflight.lease_name(other), other, 60)
+    store.add_inflight(cmds.db, "slack", "C1", "1700000000.000001", "U1", "What is edge computing?", other,
+                       message="1700000000.000009")
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve.main_async(config.Settings.load(), stop, outbox_every_s=0.05))
+    try:
+        await asyncio.sleep(1.5)  # start-up recovery and two periodic rounds: a live replica is left alone
+        assert recorder.count("chat.update") == 0 and len(store.inflight(cmds.db)) == 1
+        assert store.lease(cmds.db, inflight.lease_name())["live"]  # this serve holds its own lease
+        cmds.db.execute("update leases set expires_at = ? where owner = ?", [time.time() - 1, other])  # it died
+        (update,) = await recorder.wait_for(lambda r: r.of("chat.update"), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await recorder.close()
+    assert (update["channel"], update["ts"]) == ("C1", "1700000000.000009")
+    assert update["text"].startswith("Sorry, I was restarted") and store.inflight(cmds.db) == []
+    assert store.lease(cmds.db, inflight.lease_name()) is None  # released at stop: its answers are others' now
+
+
+@pytest.mark.asyncio
 async def test_discord_recovery_edits_the_deferred_reply_or_posts_when_its_token_expired(cmds, monkeypatch):
     from discord_recorder import APP_ID
 
