@@ -15,6 +15,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -158,20 +159,27 @@ def _dead_owner() -> str:
     return f"{socket.gethostname()}:{int(child.stdout)}:1"
 
 
-def test_only_placeholders_of_dead_processes_on_this_host_are_recovered(cmds):
+def test_only_placeholders_of_processes_without_a_live_lease_are_recovered(cmds):
     me = Caller("slack", "U1", "C1", "1.1")
     dead = store.add_inflight(cmds.db, "slack", "C1", "1.1", "U1", "什么是边缘计算？", _dead_owner(), message="1.2")
     live = store.add_inflight(cmds.db, "slack", "C1", "1.1", "U1", "q", inflight.OWNER, message="1.3")
-    other = store.add_inflight(cmds.db, "slack", "C1", "1.1", "U1", "q", "elsewhere:1:1", message="1.4")
+    # A live replica on another host: its heartbeat keeps its lease renewed.
+    other = store.add_inflight(cmds.db, "slack", "C1", "1.1", "U1", "q", "elsewhere:1:1:a", message="1.4")
+    assert store.acquire_lease(cmds.db, inflight.lease_name("elsewhere:1:1:a"), "elsewhere:1:1:a", 60)
     reused = store.add_inflight(cmds.db, "slack", "C1", "1.1", "U1", "q", inflight.OWNER.rsplit(":", 1)[0] + ":0")
     assert inflight.begin(cmds.db, me, "q") > reused
     ids = inflight.recover(cmds.db, cmds.answerer.searcher)
     rows = {r["update_message"]: r for r in store.outbox(cmds.db)}
-    assert len(ids) == 2 and set(rows) == {"1.2", None}  # the dead one, and our pid with another start time
+    assert len(ids) == 2 and set(rows) == {"1.2", None}  # the dead one, and our pid in another process
     assert rows["1.2"]["text"].startswith(inflight.RESTARTED_ZH) and "[1]" in rows["1.2"]["text"]
     assert {r["id"] for r in store.inflight(cmds.db)} >= {live, other} and dead not in {
         r["id"] for r in store.inflight(cmds.db)}
     assert inflight.recover(cmds.db, cmds.answerer.searcher) == []  # done once
+    # The other host's replica dies: once its lease expires, any live replica finishes its placeholder.
+    cmds.db.execute("update leases set expires_at = ? where owner = ?", [time.time() - 1, "elsewhere:1:1:a"])
+    (late,) = inflight.recover(cmds.db, cmds.answerer.searcher)
+    assert {r["id"]: r["update_message"] for r in store.outbox(cmds.db)}[late] == "1.4"
+    assert other not in {r["id"] for r in store.inflight(cmds.db)} and live in {r["id"] for r in store.inflight(cmds.db)}
     # /forget me takes a person's questions in flight with the rest.
     cmds.forget(Caller("slack", "U1"))
     assert store.inflight(cmds.db) == []
@@ -204,6 +212,39 @@ async def test_serve_replaces_a_dead_processes_thinking_placeholder_with_the_ret
     assert (update["channel"], update["ts"]) == ("C1", "1700000000.000009")
     assert update["text"].startswith("Sorry, I was restarted") and "[1]" in update["text"]
     assert recorder.count("chat.postMessage") == 0 and store.inflight(cmds.db) == []
+
+
+@pytest.mark.asyncio
+async def test_a_running_serve_finishes_a_replica_on_another_host_once_its_lease_expires(env, cmds, monkeypatch):
+    recorder = await Recorder().start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"BOT_DB": cmds.db._path, "SLACK_BOT_TOKEN": "xoxb-serve", "PORT": str(port),
+                        "SLACK_SIGNING_SECRET": "secret", "SLACK_API_URL": recorder.api_url,
+                        "BOT_LEASE_TTL": "0.5"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SLACK_APP_TOKEN", "DISCORD_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    other = "gpu-host-7:41:99:deadbeef"  # a replica elsewhere, answering: its heartbeat holds its lease
+    assert store.acquire_lease(cmds.db, inflight.lease_name(other), other, 60)
+    store.add_inflight(cmds.db, "slack", "C1", "1700000000.000001", "U1", "What is edge computing?", other,
+                       message="1700000000.000009")
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve.main_async(config.Settings.load(), stop, outbox_every_s=0.05))
+    try:
+        await asyncio.sleep(1.5)  # start-up recovery and two periodic rounds: a live replica is left alone
+        assert recorder.count("chat.update") == 0 and len(store.inflight(cmds.db)) == 1
+        assert store.lease(cmds.db, inflight.lease_name())["live"]  # this serve holds its own lease
+        cmds.db.execute("update leases set expires_at = ? where owner = ?", [time.time() - 1, other])  # it died
+        (update,) = await recorder.wait_for(lambda r: r.of("chat.update"), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await recorder.close()
+    assert (update["channel"], update["ts"]) == ("C1", "1700000000.000009")
+    assert update["text"].startswith("Sorry, I was restarted") and store.inflight(cmds.db) == []
+    assert store.lease(cmds.db, inflight.lease_name()) is None  # released at stop: its answers are others' now
 
 
 @pytest.mark.asyncio

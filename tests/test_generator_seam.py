@@ -1,7 +1,8 @@
 """The generator seam (bot/llm/generator.py): every implementation against the one `Generator` protocol.
 
-This is the checklist for a new engine (the coming vLLM client): add it to
-`implementations` below. The answerer calls every member without probing,
+This is the checklist for a new engine: add it to `implementations` below
+(the remote client, bot/llm/remote.py, runs here against the loopback OpenAI
+stub, tests/openai_stub.py; the real vLLM server is tests/scale/). The answerer calls every member without probing,
 so a generator missing one fails here, not on a user's question.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bot.answering import pipeline
 from bot.knowledge import retrieval
 from bot.llm.generator import Generation, Generator, is_out_of_memory
 from fakes import ScriptedGenerator
+from openai_stub import Stub
 
 QUESTION = [{"role": "system", "content": "你是知识库助手。"}, {"role": "user", "content": "什么是用户优势？"}]
 METHODS = ("count_tokens", "generate", "submit")
@@ -42,7 +44,22 @@ def worker(tiny_model_dir, tmp_path):
         yield w
 
 
-implementations = pytest.mark.parametrize("make", [scripted, local, worker], ids=["scripted", "local", "worker"])
+@contextmanager
+def remote(tiny_model_dir, tmp_path):
+    from bot.llm import remote as remote_llm
+
+    stub = Stub()
+    # The tiny model's tokenizer.json counts tokens, as BOT_LLM_TOKENIZER does in a web replica.
+    gen = remote_llm.RemoteGenerator(stub.url, tokenizer=remote_llm.load_tokenizer(str(tiny_model_dir)))
+    try:
+        yield gen
+    finally:
+        gen.close()
+        stub.close()
+
+
+implementations = pytest.mark.parametrize("make", [scripted, local, worker, remote],
+                                          ids=["scripted", "local", "worker", "remote"])
 
 
 @pytest.fixture

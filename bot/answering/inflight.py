@@ -11,18 +11,24 @@ needs no model) through the outbox: the Slack sender updates the placeholder,
 the Discord sender edits the deferred reply or, where that is no longer
 possible, posts in the channel.
 
-An owner is `host:pid:start`, the process start time telling a live process
-from a later one that reuses its pid. Only owners on this host can be judged
-dead (their pid is gone or started at another time); records of other hosts
-are left alone, so replicas never finish each other's live answers. A
-replica that dies for good on another host needs a lease or a heartbeat to
-be recovered: not done yet.
+An owner is `host:pid:start:random`, and a `serve` process holds the
+heartbeat lease `inflight:<owner>` in the database (bot.ops.serve renews it
+through bot.learning.leases) from before its first placeholder until it
+stops. A record is recovered when its owner's lease is gone: released by a
+stopping process, or expired because the process died, froze, or lost the
+database, on whatever host it ran. A pid and a hostname cannot tell that
+from another host, or from another container that shares the hostname and
+reuses the pid, so they are not consulted. A live replica renews its lease
+and its placeholders are never touched; a killed one's are recovered at the
+next `recover` after its lease expires (BOT_LEASE_TTL): `serve` runs it at
+start and then every BOT_LEASE_TTL seconds.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import uuid
 
 from bot import store
 from bot.messages import RESTARTED_EN, RESTARTED_ZH  # noqa: F401  (the apology's words live in the catalogue)
@@ -41,31 +47,28 @@ def _start_time(pid: int) -> str:
 
 
 def owner_id(pid: int | None = None) -> str:
+    """host:pid:start for the operator to read; the random tail keeps two containers that share a hostname,
+    a pid and a start tick apart."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}:{uuid.uuid4().hex[:8]}"
 
 
 OWNER = owner_id()
+LEASE_PREFIX = "inflight:"
 
 
-def dead(owner: str, host: str | None = None) -> bool:
-    """True when `owner` ran on this host and is no longer running; False for live or other hosts' owners."""
-    try:
-        name, pid, start = (owner or "").rsplit(":", 2)
-        pid_n = int(pid)
-    except ValueError:
-        return False  # not an owner id this code wrote: not ours to judge
-    if name != (host or socket.gethostname()):
+def lease_name(owner: str | None = None) -> str:
+    """The lease a process holds while its placeholders are its own to finish."""
+    return LEASE_PREFIX + (owner or OWNER)
+
+
+def dead(db, owner: str) -> bool:
+    """True when `owner`'s placeholders are for someone else to finish: its lease is released or expired.
+    This process is never dead to itself."""
+    if owner == OWNER:
         return False
-    if pid_n == os.getpid():
-        return start != _start_time(pid_n)
-    try:
-        os.kill(pid_n, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's: a pid reused by another user's process
-        return True
-    return start != _start_time(pid_n)
+    row = store.lease(db, lease_name(owner))
+    return not (row and row["live"])
 
 
 def begin(db, caller, question: str, *, interaction: str | None = None) -> int:
@@ -95,12 +98,17 @@ def apology(question: str, searcher, k: int = 5) -> str:
     return _notice(question, RESTARTED_EN, RESTARTED_ZH) + "\n" + retrieval_only_text(question, hits, reason)
 
 
-def recover(db, searcher, k: int = 5, host: str | None = None) -> list[int]:
-    """Give every placeholder a dead process left on this host its apology and retrieval-only answer,
-    through the outbox; returns the outbox ids. Safe to run from several processes at once."""
+def recover(db, searcher, k: int = 5) -> list[int]:
+    """Give every placeholder whose owner holds no live lease (a dead process, on any host) its apology and
+    retrieval-only answer, through the outbox; returns the outbox ids. Safe to run from several processes at
+    once (each record goes to the outbox once)."""
     out = []
+    verdicts: dict[str, bool] = {}  # one lease read per owner, however many placeholders it left
     for row in store.inflight(db):
-        if row["owner"] == OWNER or not dead(row["owner"], host):
+        owner = row["owner"]
+        if owner not in verdicts:
+            verdicts[owner] = dead(db, owner)
+        if not verdicts[owner]:
             continue
         try:
             text = apology(row["question"] or "", searcher, k)

@@ -2,9 +2,12 @@
 
 A version is an immutable folder `adapters/<version>/` with peft's files and,
 once the training loop writes it, a `card.json` (parent, data hash, metrics,
-verdict). Promotion and rollback only move the pointer (`adapters/current`,
-replaced atomically) and record the move, so the serving process picks the
-change up on its next request and rollback knows where to return.
+verdict). Promotion and rollback only move the pointer and record the move,
+so the serving process picks the change up on its next request and rollback
+knows where to return. The database's promotions log is the truth (every
+replica reads the same, and promote/rollback work out the previous version
+from it); the file `adapters/current` (replaced atomically) is still written
+after each move for the in-process model, which follows it.
 """
 from __future__ import annotations
 
@@ -93,7 +96,8 @@ def promote(db, adapters_dir: Path, version: str, by: str, *, base: tuple | None
         check_folder(Path(adapters_dir) / version, base)
     except AdapterError as e:
         raise RegistryError(f"cannot promote {version!r}: {e}") from None
-    previous = read_pointer(Path(adapters_dir))
+    # The database, not the file: a file moved by hand (or left by a replica on another host) is not the truth.
+    previous = adopt_file_pointer(db, adapters_dir)
     if previous == version:
         raise RegistryError(f"{version} is already in service")
     # Recorded first: a process killed between the two still leaves `rollback` a way back (a record
@@ -105,7 +109,7 @@ def promote(db, adapters_dir: Path, version: str, by: str, *, base: tuple | None
 
 def rollback(db, adapters_dir: Path, by: str, *, base: tuple | None) -> str | None:
     """Point back at the version served before the current one (checked against `base`, as `promote`)."""
-    current = read_pointer(Path(adapters_dir))
+    current = adopt_file_pointer(db, adapters_dir)
     history = [p for p in store.promotions(db) if p["version"] == current and p["action"] == "promote"]
     if not history:
         raise RegistryError("nothing to roll back to: the version in service was not promoted here")

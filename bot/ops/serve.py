@@ -8,9 +8,12 @@ single model worker. `/healthz` (liveness), `/readyz` (readiness) and
 starts, and tells the operator what it serves, with nothing set.
 Each running platform also posts the training jobs' outbox (bot.chat.outbox,
 with its sender from bot.chat.slack.send / bot.chat.discord.send), which also
-carries the answers a killed process left unfinished: at start,
-`inflight.recover` gives each an apology with the retrieval-only answer, and
-the sender puts it in place of the placeholder.
+carries the answers a killed process left unfinished: `inflight.recover`
+(at start, then every BOT_LEASE_TTL seconds) gives each placeholder whose
+owner's heartbeat lease is gone, on any host, an apology with the
+retrieval-only answer, and the sender puts it in place of the placeholder.
+This process holds its own `inflight:` lease from before its first
+placeholder, so other replicas leave its answers alone.
 
 This module is the process only: it builds its parts through bot.wiring,
 starts the transports, the posters and the health routes (bot.ops.health),
@@ -47,7 +50,9 @@ async def main_async(settings: config.Settings, stop: asyncio.Event | None = Non
     cmds = wiring.build_commands(settings)
     discord_lease = _discord_lease(settings, cmds.db)  # before anything starts: a second one refuses here
     stop = stop or asyncio.Event()
-    # Before any platform starts: what a killed process of this host left "Thinking…" goes to the
+    # Held before any placeholder exists: replicas judge this process's placeholders by this lease alone.
+    inflight_lease = _inflight_lease(settings, cmds.db)
+    # Before any platform starts: what a dead process (any host) left "Thinking…" goes to the
     # outbox now, answered from retrieval (no model needed), and the posters put it in place.
     await asyncio.to_thread(inflight.recover, cmds.db, cmds.answerer.searcher)
     state = {"slack": "off", "discord": "off"}  # the platforms, as they start and stop
@@ -87,6 +92,8 @@ async def main_async(settings: config.Settings, stop: asyncio.Event | None = Non
             outbox, "discord", discord_sender(client), outbox_every_s, stop,
             ready=lambda: client.user is not None and not client.is_closed())), "discord outbox", state))
         state["discord"] = "gateway"
+    # A replica killed while this one runs: its lease expires, and its placeholders are finished from here.
+    tasks.append(_watch(asyncio.create_task(_recover_every(cmds, settings.lease_ttl, stop)), "recovery", state))
     if state["slack"] == "off" and state["discord"] == "off":
         log.warning("no chat platform configured (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, or DISCORD_TOKEN); "
                     "serving /healthz, /readyz and /metrics on :%s only", port)
@@ -101,6 +108,34 @@ async def main_async(settings: config.Settings, stop: asyncio.Event | None = Non
     await runner.cleanup()
     if discord_lease is not None:
         discord_lease.release()
+    inflight_lease.release()  # what is still "Thinking…" here is for a live replica (or the next start) to finish
+
+
+def _inflight_lease(settings: config.Settings, db):
+    """The `inflight:<owner>` lease: while it is renewed, no replica touches this process's placeholders."""
+    from bot.answering import inflight
+    from bot.learning import leases
+
+    lease = leases.Lease(db, inflight.lease_name(), settings.lease_ttl, owner=inflight.OWNER)
+    if not lease.acquire():  # the owner id is unique to this process: only a broken database refuses it
+        raise RuntimeError(f"cannot take the lease {inflight.lease_name()}")
+    return lease
+
+
+async def _recover_every(cmds, every_s: float, stop: asyncio.Event) -> None:
+    """`inflight.recover` every `every_s` seconds until `stop`: the leases of replicas that died since expire."""
+    from bot.answering import inflight
+
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            await asyncio.to_thread(inflight.recover, cmds.db, cmds.answerer.searcher)
+        except Exception:  # noqa: BLE001 (a locked database): the next round retries
+            log.exception("recovering placeholders of stopped replicas failed")
 
 
 def _discord_lease(settings: config.Settings, db):
