@@ -36,13 +36,14 @@ test: setup
 	$(BIN)/python -m pytest -q --ignore=tests/scale
 
 # Tests against real engines (tests/scale/, not in `make test`): a missing engine fails here, never skips.
-# scale-deps installs them idempotently on a fresh machine: redis-server (Debian) and the redis extra.
+# scale-deps installs them idempotently on a fresh machine: redis-server (Debian), the redis and postgres extras
+# (PostgreSQL 15 itself comes with the machine image: tests/scale/conftest.py fails clearly without it).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 scale-deps: setup $(VENV)/.scale-installed
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
 
 $(VENV)/.scale-installed: pyproject.toml
-	$(BIN)/pip install -e '.[dev,redis]'
+	$(BIN)/pip install -e '.[dev,redis,postgres]'
 	@touch $@
 
 test-scale: scale-deps vllm-venv lint-deploy

@@ -27,7 +27,7 @@ class Setting:
     name: str
     default: str
     help: str
-    kind: str = "str"  # str | path | int | float | list | secret
+    kind: str = "str"  # str | path | db (a path, or a postgresql:// URL) | int | float | list | secret
 
 
 class SettingError(ValueError):
@@ -46,7 +46,7 @@ class Settings:
     """Every setting, typed. Built once by `Settings.load()` at an entry point (the CLI, `serve`, the
     worker's task) and passed in; library code never reads the environment itself."""
 
-    db: Path = _setting('BOT_DB', "data/bot.db", "SQLite database file (answers, feedback, index, jobs).", 'path')
+    db: Path | str = _setting('BOT_DB', "data/bot.db", "SQLite database file (answers, feedback, index, jobs), or a PostgreSQL URL `postgresql://user@host:port/name`.", 'db')
     knowledge_dir: Path = _setting('BOT_KNOWLEDGE_DIR', "knowledge/docs", "Folder of Markdown/text documents that `index` reads by default.", 'path')
     adapters_dir: Path = _setting('BOT_ADAPTERS_DIR', "adapters", "Folder holding trained LoRA adapter versions and the in-service pointer.", 'path')
     embedder: str = _setting('BOT_EMBEDDER', "none", "Dense embedder fused with the lexical index: `none`, `minilm` (English all-MiniLM-L6-v2 shipped "
@@ -123,11 +123,15 @@ def _dotenv() -> dict[str, str]:
 def _typed(setting: Setting, raw: str | None):
     """One raw value (None: not set) as the setting's kind says."""
     name = setting.name
+    if setting.kind == "db" and raw is not None and "://" in raw:
+        if not raw.startswith(("postgresql://", "postgres://")):
+            raise SettingError(f"setting {name}={raw!r}: a SQLite file path or a postgresql:// URL")
+        return raw  # a server's URL, kept as written (a Path would fold its `//`)
     if raw is None:
         raw = setting.default
-        if setting.kind == "path":
+        if setting.kind in ("path", "db"):
             return ROOT / raw
-    if setting.kind == "path":
+    if setting.kind in ("path", "db"):
         return Path(raw).expanduser().resolve()
     if setting.kind == "list":
         return tuple(x.strip() for x in raw.split(",") if x.strip())

@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 
 import sqlite_utils
 
+from bot import pgdb
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
 
@@ -252,7 +254,13 @@ class ThreadLocalDatabase(sqlite_utils.Database):
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) and migrate the database; usable from any thread (see ThreadLocalDatabase)."""
+    """Open (creating if needed) and migrate the database; usable from any thread (see ThreadLocalDatabase).
+
+    A `postgresql://` URL opens PostgreSQL instead, through the same queries (bot/pgdb.py)."""
+    if pgdb.is_url(path):
+        db = pgdb.PostgresDatabase(str(path))
+        migrate(db)
+        return db
     if str(path) == ":memory:":
         db = sqlite_utils.Database(":memory:")  # one private database: it cannot be shared by threads
         db.execute("PRAGMA foreign_keys = ON")
@@ -279,7 +287,10 @@ def transaction(db):
     Writers of one process queue on a lock first: SQLite's busy handler sleeps
     in growing steps (up to 100 ms) between tries, so threads contending inside
     SQLite leave the file idle between commits; a queue hands the lock on at
-    once (300 concurrent votes: the slowest waited over 3 s without it)."""
+    once (300 concurrent votes: the slowest waited over 3 s without it).
+
+    On PostgreSQL (bot/pgdb.py) BEGIN IMMEDIATE is a plain BEGIN at READ COMMITTED: row locks
+    instead of one file lock, so writers of other rows no longer wait for each other."""
     conn = db.conn
     with _writer_lock(db):
         conn.execute("BEGIN IMMEDIATE")
@@ -386,8 +397,8 @@ def passages(db) -> list[dict]:
     sql = """
     select p.id, p.text, p.tokens, o.doc, o.heading, o.ord
     from passages p
-    join occurrences o on o.rowid = (
-        select rowid from occurrences where passage_id = p.id order by doc, ord limit 1)
+    join occurrences o on (o.doc, o.ord) = (
+        select doc, ord from occurrences where passage_id = p.id order by doc, ord limit 1)
     order by p.id
     """
     return list(db.query(sql))
@@ -834,11 +845,14 @@ def claim_outbox(db, platform: str, claimer: str, limit: int = 20, lease_s: floa
     offered again, so a message is posted at least once; two bot processes
     never claim the same row at the same time."""
     now = time.time()
+    # PostgreSQL: rows another poster is claiming right now are passed over, not waited for (SQLite's
+    # one writer at a time needs no such clause).
+    skip = " for update skip locked" if getattr(db, "dialect", "sqlite") == pgdb.DIALECT else ""
     with transaction(db):
         cur = db.execute(
             "update outbox set claimed_by = ?, claimed_at = ? where id in ("
             " select id from outbox where platform = ? and sent_at is null"
-            " and (claimed_at is null or claimed_at < ?) order by id limit ?) returning *",
+            f" and (claimed_at is null or claimed_at < ?) order by id limit ?{skip}) returning *",
             [claimer, now, platform, now - lease_s, limit])
         cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -988,6 +1002,8 @@ def ping(path: Path | str, timeout: float = 2.0) -> int:
     A fresh connection, not the process's cached ones: those keep working on a
     file that was deleted or moved away, so only a new open shows whether the
     next connection (a new thread, a restart) would find the database."""
+    if pgdb.is_url(path):
+        return pgdb.ping(str(path), timeout)
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=timeout)
     try:
         return conn.execute("select count(*) from _migrations").fetchone()[0]
@@ -1000,7 +1016,8 @@ def answer_stats(db, buckets_ms: Iterable[float], before: float | None = None) -
 
     One scan of `answers` (of those created before `before` when given: what a purge is about to delete)."""
     bounds = [float(b) for b in buckets_ms]  # floats, so nothing but numbers reaches the SQL text
-    cols = "".join(f", sum(latency_ms <= {b!r})" for b in bounds)
+    # case, not sum(latency_ms <= b): PostgreSQL does not sum booleans
+    cols = "".join(f", sum(case when latency_ms <= {b!r} then 1 else 0 end)" for b in bounds)
     where, args = (" where created_at < ?", [before]) if before is not None else ("", [])
     rows = db.execute(f"select coalesce(platform, ''), coalesce(mode, ''), count(*), coalesce(sum(latency_ms), 0)"
                       f"{cols} from answers{where} group by 1, 2", args).fetchall()
