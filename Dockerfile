@@ -38,7 +38,7 @@ COPY models ./models
 COPY knowledge ./knowledge
 # Editable, so the package stays at /app/bot: the settings' relative defaults and the presets (models/)
 # resolve against the checkout the package sits in, as in `make run`. The redis extra: the queue and the
-# shared rate limits on Redis (BOT_REDIS_URL).
+# shared rate limits on Redis (BOT_REDIS_URL); the postgres extra: psycopg for BOT_DB=postgresql://.
 RUN pip install --no-cache-dir -e '.[redis,postgres]'
 
 # By number, so a runtime that cannot read /etc/passwd (and Kubernetes' runAsNonRoot) still sees non-root.
