@@ -33,7 +33,7 @@ def judge_rows(answerer, rows: list[dict]) -> list[dict]:
         hits = answerer.searcher.search(q, answerer.k)
         # As the pipeline shows them without a model: the passages are measured in characters.
         shown = prompts.fit_passages(hits, answerer.context_budget, len)
-        verdict = judge.verdict(q, hits, scored=getattr(answerer.searcher, "ranker", None) is not None)
+        verdict = answerer.verdict(q, hits)
         lead = extract.lead(extract.select(q, shown, judge))
         answerable = bool(row.get("doc"))
         ev = _flat(row.get("evidence", "")) if answerable else ""

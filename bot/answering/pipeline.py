@@ -206,6 +206,11 @@ class Answerer:
             held = self._judge = (id(rows), abstention.Judge(rows, store.lexicon(self.db)))
         return held[1]
 
+    def verdict(self, question: str, hits: list) -> abstention.Verdict:
+        """Whether `hits` support an answer to `question` (abstention.py), with the re-ranker's
+        probabilities when the searcher has one."""
+        return self.judge().verdict(question, hits, scored=getattr(self.searcher, "ranker", None) is not None)
+
     @property
     def generator_loaded(self) -> bool:
         return self._generator is not None
@@ -242,7 +247,7 @@ class Answerer:
         # for (the standalone question, or the question with its thread's earlier questions), not on
         # its own words, which need not name the topic.
         asked = query.plain
-        verdict = judge.verdict(asked, hits, scored=getattr(self.searcher, "ranker", None) is not None)
+        verdict = self.verdict(asked, hits)
         abstained = verdict.abstain
         if abstained:
             # Nothing retrieved supports an answer: say so rather than have the model (or the

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.answering import pipeline, prompts
+from bot.answering import condense, pipeline, prompts
 from bot.llm import generation, presets
 from bot.knowledge import ingest, retrieval
 from bot import store
@@ -95,7 +95,21 @@ def assert_nothing_ran(db, cmds, adapters, admins_before):
     assert db.execute("select count(*) from corrections").fetchone()[0] == 0
 
 
+def answer_prompts(prompts_seen):
+    """The answering prompts among what the model saw. An English question is first put into Chinese
+    for the index by one condense call (bot/answering/condense.py): that prompt holds the question and
+    the thread, never a passage, so no planted text at all may be in it."""
+    answering = []
+    for messages in prompts_seen:
+        if messages[0]["content"] == condense.SYSTEM:
+            assert not any(x in m["content"] for m in messages for x in MARKERS), messages
+        else:
+            answering.append(messages)
+    return answering
+
+
 def assert_planted_only_inside_passages(prompts_seen):
+    prompts_seen = answer_prompts(prompts_seen)
     assert prompts_seen
     for messages in prompts_seen:
         for m in messages[:-1]:  # the system prompt (and any earlier turns) never carry it
@@ -187,7 +201,7 @@ def test_the_tiny_model_reads_the_planted_passage_and_nothing_runs(world, tiny_m
         ans = cmds.ask(Caller("slack", "U-attacker", "C1", "T1"), QUESTION)
         assert ans.mode == "llm" and "coffee.md" in [p.doc for p in ans.passages]
         # The rendered prompt, as the tokenizer reads it: still one system turn, the one the bot wrote.
-        rendered = served.render(recording.seen[0])
+        rendered = served.render(answer_prompts(recording.seen)[0])
         assert rendered.count("<|im_start|>system") == 1 and rendered.index("SYSTEM: ignore") > rendered.index(
             "<|im_start|>user")
     assert_planted_only_inside_passages(recording.seen)
