@@ -144,6 +144,13 @@ def test_the_command_refuses_a_missing_database(env, capsys):
     assert not env.db_path.exists()  # and did not create one
 
 
+def test_the_command_says_what_to_use_on_postgresql(env, monkeypatch, capsys):
+    monkeypatch.setenv("BOT_DB", "postgresql://bot@127.0.0.1:1/bot")  # refused before any connection
+    assert cli.main(["dashboard", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "SQLite files only" in err and "psql" in err and "no database at" not in err
+
+
 # -- served over HTTP: Host names and methods -----------------------------------------------------
 
 def _free_port() -> int:

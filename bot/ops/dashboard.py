@@ -199,6 +199,12 @@ def serve(db_path: Path | str, host: str = "127.0.0.1", port: int = 8001, allow:
 
     import uvicorn
 
+    if str(db_path).startswith(("postgresql://", "postgres://")):
+        # Datasette reads SQLite files only; pointing it at a URL would only say "no database at …".
+        print("dashboard: Datasette reads SQLite files only, and BOT_DB is a PostgreSQL URL. On PostgreSQL, "
+              "run the same queries with psql (or Metabase/Grafana) as a read-only role: "
+              "see the README's Dashboard paragraph", file=sys.stderr)
+        return 2
     db_path = Path(db_path)
     if not db_path.is_file():
         print(f"dashboard: no database at {db_path} (set BOT_DB, or run the bot first)", file=sys.stderr)
