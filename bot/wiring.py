@@ -43,7 +43,11 @@ def build_answerer(settings: config.Settings, db, model: str | None = None):
     if settings.llm_url.lower() not in ("", "none"):
         return build_remote_answerer(settings, db, searcher, preset_name)
 
+    g, problem = _preset_generation(preset_name)
+
     def load():
+        if problem:  # a bad preset: the answerer gives it as the reason for its fallback
+            raise RuntimeError(problem)
         from bot.llm import generation
 
         # This process only serves: keep bitsandbytes' fast CPU inference layout.
@@ -51,17 +55,23 @@ def build_answerer(settings: config.Settings, db, model: str | None = None):
                               adapters_dir=settings.adapters_dir, trainable=False)
         return generation.ModelWorker(gen)
 
-    budgets = {}
+    return answering.Answerer(db, searcher, load, k=settings.search_k,
+                              timeout_s=settings.generation_timeout, **_budgets(g))
+
+
+def _preset_generation(preset_name: str):
+    """(the preset's generation settings, None) or (None, why it cannot be loaded)."""
     try:
         from bot.llm import presets
 
-        g = presets.load(preset_name).generation
-        budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens}
-    except Exception as e:  # a bad preset: the answerer gives it as the reason for its fallback
-        def load(e=e):
-            raise RuntimeError(str(e))
-    return answering.Answerer(db, searcher, load, k=settings.search_k,
-                              timeout_s=settings.generation_timeout, **budgets)
+        return presets.load(preset_name).generation, None
+    except Exception as e:
+        return None, str(e)
+
+
+def _budgets(g) -> dict:
+    """The answerer's prompt and answer budgets from the preset; its own defaults without one."""
+    return {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens} if g else {}
 
 
 def build_remote_answerer(settings: config.Settings, db, searcher, preset_name: str):
@@ -73,13 +83,7 @@ def build_remote_answerer(settings: config.Settings, db, searcher, preset_name: 
     from bot.learning import registry
 
     registry.adopt_file_pointer(db, settings.adapters_dir)
-    g = None
-    try:
-        from bot.llm import presets
-
-        g = presets.load(preset_name).generation
-    except Exception:  # no preset: the server's defaults and the answerer's budgets
-        pass
+    g, _ = _preset_generation(preset_name)  # no preset: the server's defaults and the answerer's budgets
 
     def load():
         from bot.llm import generation, remote
@@ -95,9 +99,8 @@ def build_remote_answerer(settings: config.Settings, db, searcher, preset_name: 
             server_adapters_dir=None if settings.llm_adapters_dir in ("", "resolver") else settings.llm_adapters_dir,
             total_timeout_s=settings.generation_timeout, **extra)
 
-    budgets = {"context_budget": g.context_budget_tokens, "max_new_tokens": g.max_new_tokens} if g else {}
     return answering.Answerer(db, searcher, load, k=settings.search_k,
-                              timeout_s=settings.generation_timeout, **budgets)
+                              timeout_s=settings.generation_timeout, **_budgets(g))
 
 
 def reindexer(settings: config.Settings, db, searcher):

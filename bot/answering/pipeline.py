@@ -211,6 +211,11 @@ class Answerer:
         probabilities when the searcher has one."""
         return self.judge().verdict(question, hits, scored=getattr(self.searcher, "ranker", None) is not None)
 
+    def warm(self) -> None:
+        """Pay at start what the first question would: the judge's dictionaries (jieba, CC-CEDICT)
+        and its view of the passages, about 3 s."""
+        self.verdict("融资 funding", self.searcher.search("融资 funding", k=1))
+
     @property
     def generator_loaded(self) -> bool:
         return self._generator is not None

@@ -102,6 +102,7 @@ async def main_async(settings: config.Settings, stop: asyncio.Event | None = Non
                  state["slack"], state["discord"], port, extra={"slack": state["slack"], "discord": state["discord"]})
     # Load the model now, off the loop, so the first question does not pay for it.
     asyncio.get_running_loop().run_in_executor(None, cmds.answerer.generator)
+    asyncio.get_running_loop().run_in_executor(None, cmds.answerer.warm)
     await stop.wait()
     for t in tasks:
         t.cancel()
