@@ -50,7 +50,7 @@ class Recorder:
     unhandled: list[Request] = field(default_factory=list)  # requests Discord would not have understood
     expired: set = field(default_factory=set)  # interaction tokens past their 15 minutes: 404 Unknown Webhook
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1340000000000000001))
-    cdn: dict = field(default_factory=dict)  # attachment path -> its bytes (`attachment`)
+    cdn: dict = field(default_factory=dict)  # attachment id -> its bytes (`attachment`)
 
     async def start(self) -> str:
         """Serve on a free loopback port; returns the base URL (http://127.0.0.1:PORT)."""
@@ -106,13 +106,14 @@ class Recorder:
         """An attachment as an interaction's `resolved.attachments` carries it, its bytes on the CDN here."""
         attachment_id = str(next(self._ids))
         path = f"/attachments/{CHANNEL_OF_ATTACHMENTS}/{attachment_id}/{quote(name, safe='')}"
-        self.cdn[path] = data
+        self.cdn[attachment_id] = data
         return {"id": attachment_id, "filename": name, "size": len(data), "content_type": content_type,
                 "url": self.base + path, "proxy_url": self.base + path, "ephemeral": True}
 
     async def _cdn(self, request: web.Request) -> web.Response:
         await self._record(Request("GET", request.path, dict(request.query), None))
-        data = self.cdn.get(request.path)
+        parts = request.match_info["tail"].split("/")  # CHANNEL/ID/NAME: found by its id, as the CDN does
+        data = self.cdn.get(parts[1]) if len(parts) > 2 else None
         if data is None:
             return web.Response(status=404, text="not found")
         return web.Response(body=data, content_type="application/octet-stream")

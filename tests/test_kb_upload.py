@@ -111,6 +111,21 @@ def test_a_file_over_the_limit_or_of_an_unknown_type_is_refused_by_name(kb_db, t
     assert [r["result"].split(":")[0] for r in store.audit_log(kb_db)] == ["error"] * 3
 
 
+@pytest.mark.parametrize("text, call", [
+    ("list", ("kb_list", (), {})), ("remove 季度 报告.md", ("kb_remove", ("季度 报告.md",), {})),
+    ("remove", ("kb_remove", ("",), {})),
+])
+def test_slack_kb_text_becomes_one_typed_call(text, call):
+    from bot.chat.slack import parse
+    from test_chat_seams import ME, Recorder as Calls
+
+    cmds = Calls()
+    parse.kb(cmds, ME, text)
+    assert cmds.calls == [call]
+    assert [parse.is_kb_add(t) for t in ("add", " ADD ", "/kb add", "add this", "address")] == \
+        [True, True, True, False, False]
+
+
 # -- Slack, through the recorder -------------------------------------------------------------
 
 class Slack:
@@ -245,3 +260,77 @@ async def test_slack_without_files_read_the_sign_in_page_is_recognised_not_index
     assert store.document(slack.db, "uploads/warranty.md") is None
     nothing = await slack.command("add", channel="C0EMPTY")
     assert nothing["text"].startswith("No file was shared here lately")
+
+
+# -- Discord, through the recorder ------------------------------------------------------------
+
+from test_discord import ADMIN_USER, USER, TOKEN as DISCORD_TOKEN, answered, deliver, ephemeral, rec, slash  # noqa: E402,F401
+
+
+@pytest_asyncio.fixture
+async def discord_bot(rec, kb_db, tmp_path):  # noqa: F811 (rec: the recorder fixture of test_discord)
+    from bot.chat.discord import app as discord_app
+
+    client = discord_app.build_client(make_commands(kb_db, tmp_path, {"discord": [ADMIN_USER]}, max_file_mb=0.01))
+    await client.login(DISCORD_TOKEN)
+    yield client
+    await client.close()
+
+
+def kb_add(rec, name: str, data: bytes, user: str = ADMIN_USER) -> dict:  # noqa: F811
+    attachment = rec.attachment(name, data)
+    payload = slash("kb", [{"type": 1, "name": "add", "options": [{"type": 11, "name": "file",
+                                                                    "value": attachment["id"]}]}], user=user)
+    payload["data"]["resolved"] = {"attachments": {attachment["id"]: attachment}}
+    return payload
+
+
+def kb(verb: str, user: str = ADMIN_USER, **options) -> dict:
+    return slash("kb", [{"type": 1, "name": verb, "options": [
+        {"type": 3, "name": k, "value": v} for k, v in options.items()]}], user=user)
+
+
+async def said(rec, client, payload) -> tuple:
+    deliver(client, payload)
+    (deferred,), (reply,) = await answered(rec, payload, 2)
+    return deferred, reply
+
+
+def downloads(rec) -> int:
+    return len(rec.find("GET", r"/attachments/.*"))
+
+
+@pytest.mark.asyncio
+async def test_discord_admin_adds_an_attachment_lists_finds_and_removes_it(rec, discord_bot, tmp_path):  # noqa: F811
+    db, doc = discord_bot.kb.db, "uploads/warranty.md"
+    deferred, reply = await said(rec, discord_bot, kb_add(rec, "warranty.md", WARRANTY))
+    passages = store.document(db, doc)["chunks"]
+    assert not ephemeral(deferred) and not ephemeral(reply) and downloads(rec) == 1
+    assert reply.json["content"].startswith(f"{doc} added: {passages} passage(s).")
+    assert "Sample search “星尘咖啡机保修政策” → uploads/warranty.md" in reply.json["content"]
+
+    _, listing = await said(rec, discord_bot, kb("list", user=USER))
+    assert ephemeral(listing) and f"• {doc}: {passages} passage(s), added " in listing.json["content"]
+    _, found = await said(rec, discord_bot, kb("search", user=USER, query="XK-9 warranty card"))
+    assert found.json["content"].startswith(f"[1] {doc}")
+    _, removed = await said(rec, discord_bot, kb("remove", name="warranty.md"))
+    assert removed.json["content"] == f"{doc} removed: {passages} passage(s) are out of the knowledge base."
+    assert store.document(db, doc) is None and not (tmp_path / "uploads" / "warranty.md").exists()
+    assert [(r["action"], r["result"]) for r in store.audit_log(db)][::-1] == [("kb add", "ok"), ("kb remove", "ok")]
+
+
+@pytest.mark.asyncio
+async def test_discord_refusals_and_a_file_that_fails_to_convert(rec, discord_bot, tmp_path):  # noqa: F811
+    db = discord_bot.kb.db
+    _, refused = await said(rec, discord_bot, kb_add(rec, "warranty.md", WARRANTY, user=USER))
+    assert ephemeral(refused) and "admins only" in refused.json["content"]
+    assert rec.find("DELETE", r"/webhooks/.*/messages/@original")  # the public "thinking…" went first
+    _, big = await said(rec, discord_bot, kb_add(rec, "big.md", b"# Big\n\n" + b"x" * 20000))
+    assert big.json["content"].startswith("Could not add big.md: it is 20 KB, over the 10 KB limit")
+    assert downloads(rec) == 0  # Discord said the size and who asked: nothing was fetched
+    _, broken = await said(rec, discord_bot, kb_add(rec, "../损坏.md", NOT_UTF8))
+    assert ephemeral(broken) and broken.json["content"].startswith("Could not add 损坏.md: not UTF-8 text")
+    assert downloads(rec) == 1 and store.document(db, "uploads/损坏.md") is None
+    assert not any((tmp_path / "uploads").iterdir())
+    assert [(r["user"], r["result"].split(":")[0]) for r in store.audit_log(db)][::-1] == [
+        (USER, "refused"), (ADMIN_USER, "error"), (ADMIN_USER, "error")]

@@ -31,7 +31,7 @@ from typing import Literal, Optional
 import discord
 from discord import app_commands
 
-from bot.commands import Caller, Commands, Reply
+from bot.commands import Caller, Commands, Reply, upload_name
 from bot.chat.discord.render import answer_messages, split_message
 from bot.messages import TRY_AGAIN as SORRY, UNKNOWN_BUTTON, UNKNOWN_FORM
 
@@ -232,7 +232,8 @@ async def add_attachment(interaction: discord.Interaction, file: discord.Attachm
         except (discord.HTTPException, asyncio.TimeoutError) as e:
             why = f"took over {DOWNLOAD_TIMEOUT_S:.0f} s" if isinstance(e, asyncio.TimeoutError) else \
                 f"failed (HTTP {e.status})"
-            reply = Reply(f"Could not add {file.filename}: downloading it {why}. Nothing was added.",
+            reply = Reply(f"Could not add {upload_name(file.filename) or 'the file'}: downloading it {why}. "
+                          "Nothing was added.",
                           ok=False, private=True)
         else:
             reply = await asyncio.to_thread(cmds.kb_add, caller, file.filename, data)

@@ -17,7 +17,10 @@ through `Commands.first_delivery`) makes each event and command count once,
 the feedback writes' own delivery key each click. Every placeholder is on
 record (`Commands.inflight_*`) until its answer lands, so a restart finishes
 answers a killed process left "Thinking…". Slack's command text is parsed
-into typed calls by bot/chat/slack/parse.py.
+into typed calls by bot/chat/slack/parse.py. `/kb add` (or `@kb add` on a
+message with files, or in a thread with one) fetches the file first
+(bot/chat/slack/files.py), after the command layer has said the caller and
+the file's name and size may go on.
 
 Questions are admitted (rate limits, the queue bound) before any work: past
 a limit the asker is told "busy, try again in N s" at once. Input is checked
