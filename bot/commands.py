@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal
@@ -48,6 +51,10 @@ HELP = [
     ("/ask <question>", "answer from the knowledge base, with numbered sources and 👍/👎 buttons"),
     ("/kb search <query>", "show the passages that match a query"),
     ("/kb reindex", "re-read the knowledge base folder (admin)"),
+    ("/kb add", "add the file shared here (Slack: the latest in the channel, or mention me on it; Discord: "
+                "attach it) to the knowledge base; a file of the same name is replaced (admin)"),
+    ("/kb list", "the documents, with their passage counts and when they were added"),
+    ("/kb remove <name>", "take a document added from chat out of the knowledge base (admin)"),
     ("/feedback", "your recent answers, to rate or correct"),
     ("/feedback optout|optin", "keep your questions and feedback out of training (or back in)"),
     ("/feedback review [accept|reject <id>]", "corrections waiting for review; accept or reject one (admin)"),
@@ -138,6 +145,8 @@ class Reply:
     jobs: list[dict] | None = None  # /jobs: the listing, newest first
     adapters: dict | None = None  # /adapter list: `registry.listing` ({"in_service", "versions"})
     in_service: str | None = None  # /adapter promote|rollback: the version now served (None: the base model)
+    document: dict | None = None  # /kb add|remove: the document (doc, passages, replaced, sample)
+    documents: list[dict] | None = None  # /kb list: every document (doc, passages, added_at, added_by)
 
 
 class Commands:
@@ -154,6 +163,10 @@ class Commands:
         self.reviewers = settings.trusted_reviewers  # whose corrections are accepted without a review
         self.model = settings.model  # the serving preset: its control tokens are refused in corrections
         self.cache_dir = settings.cache_dir  # where its weights are: an adapter is checked against that base
+        # /kb add: where originals are kept, the largest accepted, and the chunk size `index` uses.
+        self.uploads_dir, self.chunk_chars = settings.uploads_dir, settings.chunk_chars
+        self.max_file_bytes = int(settings.max_file_mb * 1024 * 1024)
+        self._kb_lock = threading.Lock()  # one add or remove at a time: each is a read-check-write of a file
 
     # -- de-duplication: each platform calls this once per delivery (a Slack middleware, a Discord helper) --
 
@@ -254,6 +267,169 @@ class Commands:
             return self._failed(caller, "kb reindex", "", e)
         self._audit(caller, "kb reindex", "", "ok", text.splitlines()[0][:200] if text else "")
         return Reply(text)
+
+    # -- documents added from chat: /kb add, /kb list, /kb remove --------------
+    # An upload is kept as sent under BOT_UPLOADS_DIR and indexed as `uploads/NAME` (the folder's name):
+    # outside BOT_KNOWLEDGE_DIR, so `index` and `/kb reindex` of that folder neither re-read it nor
+    # remove it as vanished (they remove only files under the folders they walk). Only /kb remove does.
+
+    def _upload_doc(self, name: str) -> str:
+        return f"{self.uploads_dir.name}/{name}"
+
+    def kb_add_refusal(self, caller: Caller, filename: str | None = None, size: int | None = None) -> Reply | None:
+        """Why a file may not be added (None: it may), checked before a transport downloads anything:
+        who asks, then (when given) the file's name, type and size as the platform reports them."""
+        name = upload_name(filename) if filename is not None else None
+        if not self.is_admin(caller):
+            return self._refuse(caller, "/kb add", "kb add", name or "")
+        if filename is None:
+            return None
+        why = self._bad_upload(name, size)
+        if why:
+            self._audit(caller, "kb add", name or "", f"error: {why}"[:300])
+            return Reply(why, ok=False, private=True)
+        return None
+
+    def _bad_upload(self, name: str | None, size: int | None) -> str | None:
+        from bot.knowledge import ingest
+
+        if not name:
+            return "That file has no usable name; rename it and share it again. Nothing was added."
+        suffix = "." + name.rpartition(".")[2].lower() if "." in name else ""
+        if suffix not in ingest.SUPPORTED_SUFFIXES:
+            kinds = " ".join(sorted(ingest.SUPPORTED_SUFFIXES))
+            return f"Could not add {name}: unsupported type “{suffix or 'no suffix'}” (supported: {kinds}). " \
+                   "Nothing was added."
+        if size is not None and size > self.max_file_bytes:
+            return (f"Could not add {name}: it is {_mb(size)}, over the {_mb(self.max_file_bytes)} limit "
+                    "(BOT_MAX_FILE_MB). Nothing was added.")
+        if size == 0:
+            return f"Could not add {name}: the file is empty. Nothing was added."
+        return None
+
+    def kb_add(self, caller: Caller, filename: str, data: bytes) -> Reply:
+        """Keep `data` as uploads/NAME, index it (replacing a document of the same name), and say how many
+        passages it gave with a sample search. A file that fails to convert leaves the index as it was."""
+        refusal = self.kb_add_refusal(caller, filename, len(data))
+        if refusal:
+            return refusal
+        name = upload_name(filename)
+        doc = self._upload_doc(name)
+        try:
+            with self._kb_lock:
+                done = self._add(caller, name, doc, data)
+        except Exception as e:
+            return self._failed(caller, "kb add", doc, e)
+        if isinstance(done, str):  # the document's own fault: said by name, nothing added
+            self._audit(caller, "kb add", doc, f"error: {done}"[:300])
+            return Reply(f"Could not add {name}: {done}. Nothing was added.", ok=False, private=True)
+        sample = self._sample(doc)
+        done["sample"] = sample
+        self._audit(caller, "kb add", doc, "ok", f"{done['passages']} passages, {len(data)} bytes"
+                    + (", replaced" if done["replaced"] else "") + (", unchanged" if done["unchanged"] else ""))
+        what = ("replaced (re-indexed)" if done["replaced"] and not done["unchanged"] else
+                "already in the knowledge base with the same content" if done["unchanged"] else "added")
+        text = f"{doc} {what}: {done['passages']} passage(s)."
+        if sample:
+            text += (f"\nSample search “{sample['query']}” → {sample['doc']} › {sample['heading']}\n"
+                     f"{_short(sample['text'], 300)}")
+        return Reply(text, document=done)
+
+    def _add(self, caller: Caller, name: str, doc: str, data: bytes) -> dict | str:
+        from bot.knowledge import ingest
+
+        folder = self.uploads_dir
+        path = folder / name
+        old = store.document(self.db, doc)
+        if old is not None and old["source"] != str(path.absolute()):
+            return f"a document of the knowledge folder is already called {doc}; rename the file"
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = path.read_bytes() if path.exists() else None
+        _write(path, data)
+        reports = [r for r in ingest.index_paths(self.db, [path], folder.parent, self.chunk_chars, progress=False)
+                   if r.doc == doc]
+        report = reports[0] if reports else None
+        if report is None or report.status not in ("indexed", "unchanged"):
+            # Nothing half-added: the file goes, and a replaced original comes back with its passages
+            # (the indexer drops a document whose file turned bad).
+            why = report.message if report is not None and report.message else "it could not be indexed"
+            if previous is None:
+                path.unlink(missing_ok=True)
+                if store.document(self.db, doc):
+                    ingest.remove_document(self.db, doc)
+            else:
+                _write(path, previous)
+                ingest.index_paths(self.db, [path], folder.parent, self.chunk_chars, progress=False)
+            store.bump_index_generation(self.db)
+            return why
+        store.record_upload(self.db, doc, name, f"{caller.platform}:{caller.user}", len(data),
+                            ingest.file_digest(data))
+        store.bump_index_generation(self.db)  # every replica's searcher reloads on its next question
+        return {"doc": doc, "passages": report.chunks, "replaced": old is not None,
+                "unchanged": report.status == "unchanged", "bytes": len(data)}
+
+    def _sample(self, doc: str) -> dict | None:
+        """The top passage for a query made from the document's first heading (else its first words)."""
+        searcher = getattr(self.answerer, "searcher", None)
+        first = store.document_passages(self.db, doc, 1)
+        if searcher is None or not first:
+            return None
+        heading = first[0]["heading"].split(" > ")[-1].strip()
+        query = heading if heading and heading != doc.rpartition("/")[2].rpartition(".")[0] \
+            else " ".join(first[0]["text"].split())[:40]
+        hits = searcher.search(query, 1)
+        return {"query": query, **hits[0].as_json()} if hits else None
+
+    def kb_list(self, caller: Caller) -> Reply:
+        """Every document with its passage count and when it was added (from chat: by whom; from the
+        knowledge folder: when it was last indexed)."""
+        added = store.uploads(self.db)
+        rows = []
+        for d in store.documents(self.db):
+            up = added.get(d["doc"])
+            rows.append({"doc": d["doc"], "passages": d["chunks"], "uploaded": up is not None,
+                         "added_at": up["added_at"] if up else d["indexed_at"],
+                         "added_by": up["added_by"] if up else None})
+        if not rows:
+            return Reply("The knowledge base is empty. An admin adds documents with /kb add.", private=True,
+                         documents=[])
+        shown = sorted(rows, key=lambda r: -r["added_at"])[:LIST_SHOWN]
+        lines = [f"• {r['doc']}: {r['passages']} passage(s), "
+                 + (f"added {_when(r['added_at'])} by {r['added_by']}" if r["uploaded"]
+                    else f"indexed {_when(r['added_at'])}") for r in shown]
+        more = f"\n…and {len(rows) - len(shown)} more (the oldest)." if len(rows) > len(shown) else ""
+        return Reply(f"{len(rows)} document(s), {sum(r['passages'] for r in rows)} passage(s), newest first:\n"
+                     + "\n".join(lines) + more, private=True, documents=rows)
+
+    def kb_remove(self, caller: Caller, name: str | None) -> Reply:
+        """Take a document added from chat out of the index, and delete the kept original. A document of
+        the knowledge folder is not removed here: it would come back with the next re-index."""
+        from bot.knowledge import ingest
+
+        given = (name or "").strip()
+        safe = upload_name(given.removeprefix(self.uploads_dir.name + "/")) if given else None
+        doc = self._upload_doc(safe) if safe else ""
+        if not self.is_admin(caller):
+            return self._refuse(caller, "/kb remove", "kb remove", doc)
+        if not safe:
+            return Reply("Which document? `/kb remove <name>` (as `/kb list` shows it).", ok=False, private=True)
+        try:
+            with self._kb_lock:
+                if doc not in store.uploads(self.db):
+                    where = store.document(self.db, given)
+                    why = (f"{given} is a file of the knowledge folder: delete it there and run /kb reindex"
+                           if where else f"there is no document added from chat called {doc} (see /kb list)")
+                    self._audit(caller, "kb remove", doc, f"error: {why}"[:300])
+                    return Reply(_sentence(why), ok=False, private=True)
+                removed = ingest.remove_document(self.db, doc)
+                store.forget_upload(self.db, doc)
+                (self.uploads_dir / safe).unlink(missing_ok=True)
+                store.bump_index_generation(self.db)
+        except Exception as e:
+            return self._failed(caller, "kb remove", doc, e)
+        self._audit(caller, "kb remove", doc, "ok", f"{removed} passages")
+        return Reply(f"{doc} removed: {removed} passage(s) are out of the knowledge base.",
+                     document={"doc": doc, "passages": removed})
 
     # -- feedback ------------------------------------------------------------
 
@@ -502,6 +678,45 @@ class Commands:
 
     def help(self, caller: Caller) -> Reply:
         return Reply("\n".join(f"`{c}` — {d}" for c, d in HELP), private=True)
+
+
+LIST_SHOWN = 40  # /kb list names the newest documents; a chat message holds about this many lines
+
+
+def upload_name(filename) -> str | None:
+    """A file name from chat made safe to keep and to show: the last path part only (no `..`, slashes or
+    NUL), characters no file system allows replaced, Unicode (CJK included) kept as written, the name
+    cut to 100 bytes with its suffix (lower-cased) kept. None when nothing usable is left."""
+    from pathvalidate import sanitize_filename
+
+    base = re.split(r"[\\/]", str(filename or "").replace("\x00", ""))[-1]
+    base = unicodedata.normalize("NFC", " ".join(base.split())).strip(" .")
+    stem, dot, suffix = base.rpartition(".")
+    if not dot or not stem:
+        stem, suffix = base, ""
+    suffix = sanitize_filename(suffix, platform="universal").lower()[:16]
+    stem = sanitize_filename(stem, replacement_text="_", platform="universal").strip(" .")
+    stem = stem.encode()[:100].decode(errors="ignore").strip(" .")  # a cut never splits a character
+    if not stem:
+        return None
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+def _write(path, data: bytes) -> None:
+    """Write a file whole or not at all (a reader never sees half of it)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{max(1, round(size / 1024))} KB"
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 def _already() -> Reply:

@@ -83,6 +83,8 @@ class Settings:
     llm_adapters_dir: str = _setting('BOT_LLM_ADAPTERS_DIR', "resolver", "With BOT_LLM_URL: the adapters folder as the vLLM server sees it; a promoted version is then loaded through its runtime API (/v1/load_lora_adapter). `resolver`: the server's filesystem resolver loads versions by name.")
     retention_days: int = _setting('BOT_RETENTION_DAYS', "180", "Days questions, answers and the votes and corrections on them are kept; the worker purges older ones daily (04:30) and `purge` does it now. 180 keeps half a year of feedback for retraining while not holding what people asked for ever; 0 keeps everything.", 'int')
     lease_ttl: float = _setting('BOT_LEASE_TTL', "30", "Seconds a heartbeat lease in the database (a running training job, the one Discord client) outlives its last renewal; the holder renews it every third of that. A job whose lease expired is recovered as failed by any worker, on any host.", 'float')
+    uploads_dir: Path = _setting('BOT_UPLOADS_DIR', "data/uploads", "Where documents added from chat (`/kb add`) are kept, as they were uploaded; indexed as `uploads/NAME` (the folder's name). Keep it outside BOT_KNOWLEDGE_DIR: a re-index of that folder then neither re-reads nor removes them.", 'path')
+    max_file_mb: float = _setting('BOT_MAX_FILE_MB', "25", "Largest document, in MB, that `index` reads or `/kb add` accepts; a larger one is refused by name (in chat before it is downloaded, when the platform tells the size).", 'float')
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> "Settings":

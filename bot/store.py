@@ -217,6 +217,15 @@ def m013_counters(db: sqlite_utils.Database) -> None:
         db.execute("delete from meta where key = ?", [_PURGED_TALLY])
 
 
+@migration
+def m014_uploads(db: sqlite_utils.Database) -> None:
+    # Documents added from chat (`/kb add`): who added each, when, and what they sent, beside its row
+    # in `documents` (whose `indexed_at` moves on every re-index, so it cannot say when it was added).
+    # Plain SQL so it ports to PostgreSQL as it is.
+    db.execute("create table uploads (doc text primary key, name text not null, added_at float not null,"
+               " added_by text not null, size integer not null, sha256 text not null)")
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -1178,3 +1187,31 @@ def answer_counters(db, kept: dict | None = None) -> dict[tuple[str, str], dict]
         out[key] = {"count": int(n), "sum_ms": kept.get("answer_latency_ms_sum", {}).get(key, 0.0),
                     "buckets": [int(c) for c in cumulative]}
     return out
+
+
+# --- documents added from chat (`/kb add`) -------------------------------------------
+
+
+def record_upload(db, doc: str, name: str, added_by: str, size: int, sha256: str) -> None:
+    """Who added `doc` from chat, and when (now); a replacement is added again, by whoever replaced it."""
+    with transaction(db):
+        db.execute("insert into uploads (doc, name, added_at, added_by, size, sha256) values (?, ?, ?, ?, ?, ?)"
+                   " on conflict (doc) do update set name = excluded.name, added_at = excluded.added_at,"
+                   " added_by = excluded.added_by, size = excluded.size, sha256 = excluded.sha256",
+                   [doc, name, time.time(), added_by, size, sha256])
+
+
+def uploads(db) -> dict[str, dict]:
+    """The documents added from chat, by document name."""
+    return {r["doc"]: r for r in db.query("select * from uploads")}
+
+
+def forget_upload(db, doc: str) -> None:
+    with transaction(db):
+        db.execute("delete from uploads where doc = ?", [doc])
+
+
+def document_passages(db, doc: str, limit: int = 3) -> list[dict]:
+    """A document's first passages in order (heading, text): what a sample search is made from."""
+    return list(db.query("select o.heading, p.text from occurrences o join passages p on p.id = o.passage_id"
+                         " where o.doc = ? order by o.ord limit ?", [doc, limit]))

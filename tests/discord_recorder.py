@@ -5,6 +5,8 @@ interaction webhooks) and `DiscordWebSocket.DEFAULT_GATEWAY` point here. It
 answers the calls the bot makes with payloads shaped like Discord's, and
 `Content-Type: application/json` exactly: with a charset, discord.py reads
 the body as text. Tests read `requests` and wait on them with `wait_for`.
+Files people attach (`attachment`) are served from `/attachments/...`, as
+Discord's CDN serves them, to whoever has the URL.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
 FIXTURES = Path(__file__).parent / "fixtures" / "discord"
+CHANNEL_OF_ATTACHMENTS = "1300000000000000200"
 APP_ID = "1300000000000000001"
 BOT_USER = {"id": APP_ID, "username": "kb-assistant", "discriminator": "0", "global_name": None, "avatar": None,
             "bot": True, "verified": True, "mfa_enabled": False, "flags": 0}
@@ -46,6 +50,7 @@ class Recorder:
     unhandled: list[Request] = field(default_factory=list)  # requests Discord would not have understood
     expired: set = field(default_factory=set)  # interaction tokens past their 15 minutes: 404 Unknown Webhook
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1340000000000000001))
+    cdn: dict = field(default_factory=dict)  # attachment id -> its bytes (`attachment`)
 
     async def start(self) -> str:
         """Serve on a free loopback port; returns the base URL (http://127.0.0.1:PORT)."""
@@ -55,6 +60,7 @@ class Recorder:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{tail:.*}", self._cdn)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -93,6 +99,24 @@ class Recorder:
         self.requests.append(request)
         async with self._changed:
             self._changed.notify_all()
+
+    # -- files people attach --------------------------------------------------
+
+    def attachment(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> dict:
+        """An attachment as an interaction's `resolved.attachments` carries it, its bytes on the CDN here."""
+        attachment_id = str(next(self._ids))
+        path = f"/attachments/{CHANNEL_OF_ATTACHMENTS}/{attachment_id}/{quote(name, safe='')}"
+        self.cdn[attachment_id] = data
+        return {"id": attachment_id, "filename": name, "size": len(data), "content_type": content_type,
+                "url": self.base + path, "proxy_url": self.base + path, "ephemeral": True}
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        await self._record(Request("GET", request.path, dict(request.query), None))
+        parts = request.match_info["tail"].split("/")  # CHANNEL/ID/NAME: found by its id, as the CDN does
+        data = self.cdn.get(parts[1]) if len(parts) > 2 else None
+        if data is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(body=data, content_type="application/octet-stream")
 
     # -- REST -----------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """A stand-in for Slack's servers on loopback, for tests and `python -m tools.slack_load`.
 
-Two halves of Slack that the bot talks to: the Web API (`/api/<method>`:
-chat.postMessage, chat.update, views.open, chat.postEphemeral, auth.test ...)
-and response URLs (`/response/<id>`). The recorder answers each like Slack
+Three parts of Slack that the bot talks to: the Web API (`/api/<method>`:
+chat.postMessage, chat.update, views.open, chat.postEphemeral, auth.test,
+conversations.history/replies and files.info over what `share` posted ...),
+response URLs (`/response/<id>`), and file downloads (`/files/<id>/<name>`,
+served as Slack does: the bytes to the bot token, a sign-in page to anyone else). The recorder answers each like Slack
 does (`{"ok": true, ...}` with plausible fields such as a fresh `ts`) and
 records every call, in order, with its arrival time. The other direction,
 Slack calling the bot, is `signed_headers` / `post_signed`: requests signed
@@ -17,7 +19,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
 
@@ -43,14 +45,17 @@ class Recorder:
         # (method, data) -> an error code or None: refuses by what is sent (e.g. blocks Slack finds too long).
         self.refuse = None
         self._ts = itertools.count(1)
+        self.token = ""  # the bot token a file download must carry (`share` files are served to it alone)
+        self.files: dict[str, tuple[dict, bytes]] = {}  # file id -> (Slack's file object, its bytes)
+        self.messages: dict[str, list[dict]] = {}  # channel -> messages shared there, oldest first
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.base = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> "Recorder":
         app = web.Application()
-        app.add_routes([web.post("/api/{method}", self._api), web.post("/response/{id}", self._response),
-                        web.post("/upload/{id}", self._upload)])
+        app.add_routes([web.post("/api/{method}", self._api), web.get("/api/{method}", self._api), web.post("/response/{id}", self._response),
+                        web.post("/upload/{id}", self._upload), web.get("/files/{id}/{name:.*}", self._file)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -121,6 +126,33 @@ class Recorder:
         await self._record(Call("upload", {"id": request.match_info["id"], "bytes": body}, path=request.path))
         return web.Response(text="OK - %d" % len(body))
 
+    def share(self, channel: str, name: str, data: bytes, *, user: str = "U0ALICE", thread: str | None = None,
+              text: str = "") -> dict:
+        """A person shares a file in a channel (or a thread): the message as Slack stores it, file included."""
+        file_id = f"F{next(self._ts):08d}"
+        file = {"id": file_id, "name": name, "title": name, "size": len(data), "mode": "hosted",
+                "mimetype": "application/octet-stream", "user": user,
+                "url_private": f"{self.base}/files/{file_id}/{quote(name, safe='')}",
+                "url_private_download": f"{self.base}/files/{file_id}/{quote(name, safe='')}"}
+        self.files[file_id] = (file, data)
+        message = {"type": "message", "user": user, "text": text, "ts": self.next_ts(), "files": [file]}
+        if thread:
+            message["thread_ts"] = thread
+        self.messages.setdefault(channel, []).append(message)
+        return message
+
+    async def _file(self, request: web.Request) -> web.Response:
+        """A file download: its bytes for the bot token; Slack's sign-in page (HTML, 200) without it."""
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        file, data = self.files.get(request.match_info["id"], (None, b""))
+        await self._record(Call("file", {"id": request.match_info["id"]}, path=request.path, token=token))
+        if file is None:
+            return web.Response(status=404, text="not found")
+        if not self.token or token != self.token:
+            return web.Response(text="<!DOCTYPE html><html><body>Sign in to Slack</body></html>",
+                                content_type="text/html")
+        return web.Response(body=data, content_type="application/octet-stream")
+
     async def _response(self, request: web.Request) -> web.Response:
         await self._record(Call("response_url", await self._payload(request), path=request.path))
         return web.Response(text="ok")
@@ -149,6 +181,18 @@ class Recorder:
             files = data.get("files")
             files = json.loads(files) if isinstance(files, str) else files or []
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title", "")} for f in files]}
+        if method == "conversations.history":  # newest first, as Slack lists a channel
+            messages = [m for m in self.messages.get(data.get("channel", ""), []) if not m.get("thread_ts")]
+            return {"ok": True, "messages": list(reversed(messages))[:int(data.get("limit") or 100)],
+                    "has_more": False}
+        if method == "conversations.replies":  # the parent first, then its replies, oldest first
+            ts = data.get("ts")
+            thread = [m for m in self.messages.get(data.get("channel", ""), [])
+                      if m["ts"] == ts or m.get("thread_ts") == ts]
+            return {"ok": True, "messages": thread, "has_more": False}
+        if method == "files.info":
+            found = self.files.get(data.get("file", ""))
+            return {"ok": True, "file": found[0]} if found else {"ok": False, "error": "file_not_found"}
         if method == "views.open":
             return {"ok": True, "view": {**(data.get("view") or {}), "id": f"V{next(self._ts):08d}"}}
         return {"ok": True}

@@ -63,7 +63,7 @@ def test_slack_feedback_text_becomes_one_typed_call(text, call):
 
 
 @pytest.mark.parametrize("run, text, usage", [
-    (parse.kb, "frobnicate", "Use `/kb search <query>` or `/kb reindex`."),
+    (parse.kb, "frobnicate", "Use `/kb search <query>`, `/kb reindex`, `/kb add`, `/kb list` or `/kb remove <name>`."),
     (parse.jobs, "list", "Use `/jobs` or `/jobs cancel <id>`."),
     (parse.adapter, "frobnicate",
      "Use `/adapter list`, `/adapter chart`, `/adapter promote <version>` or `/adapter rollback`."),

@@ -473,7 +473,9 @@ async def test_sync_commands_registers_the_tree_globally_or_to_one_guild(rec):
     assert all(re.fullmatch(r"[-_a-z0-9]{1,32}", name) for name, _ in texts for name in name.split())
     assert all(len(o.get("choices", [])) <= 25 and all(len(ch["name"]) <= 100 for ch in o.get("choices", []))
                for c in put.json for o in c.get("options", []))
-    assert [o["name"] for o in schema["kb"]["options"]] == ["search", "reindex"]
+    assert [o["name"] for o in schema["kb"]["options"]] == ["search", "reindex", "add", "list", "remove"]
+    add = next(o for o in schema["kb"]["options"] if o["name"] == "add")
+    assert [(o["name"], o["type"], o["required"]) for o in add["options"]] == [("file", 11, True)]  # an attachment
     action, version = schema["adapter"]["options"]
     assert [c["value"] for c in action["choices"]] == ["list", "chart", "promote", "rollback"] and action["required"]
     assert version["name"] == "version" and not version.get("required")

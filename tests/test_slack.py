@@ -396,14 +396,19 @@ def test_the_manifest_declares_every_command_and_event():
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {"app_mention", "message.im"}
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     # Only the scopes the code uses: each Web API method the Slack package calls, and each event.
+    # conversations.history/replies (/kb add finds the newest shared file) need the history scope of each
+    # kind of conversation the bot reads: public and private channels and DMs.
+    history = ("channels:history", "groups:history", "im:history")
     needs = {"chat_postMessage": "chat:write", "chat_postEphemeral": "chat:write", "chat_update": "chat:write",
-             "files_upload_v2": "files:write", "views_open": None, "auth_test": None}
+             "files_upload_v2": "files:write", "views_open": None, "auth_test": None, "files_info": "files:read",
+             "conversations_history": history, "conversations_replies": history}
     called = set()
     for path in (ROOT / "bot" / "chat" / "slack").glob("*.py"):
         called |= set(re.findall(r"client\.([a-z]+_[A-Za-z0-9_]+)\(", path.read_text(encoding="utf-8")))
     assert called <= set(needs), called - set(needs)
-    assert scopes == {needs[m] for m in called if needs[m]} | {
-        "commands", "chat:write.public", "app_mentions:read", "im:history"}, scopes
+    wanted = {s for m in called if needs[m] for s in ((needs[m],) if isinstance(needs[m], str) else needs[m])}
+    # files:read also covers the download of url_private_download, made with the bot token over HTTP.
+    assert scopes == wanted | {"commands", "chat:write.public", "app_mentions:read", "im:history", "files:read"}, scopes
     assert manifest["settings"]["socket_mode_enabled"] is False
 
 

@@ -363,3 +363,21 @@ def rebuild_lexicon(db) -> None:
              if t and not t.startswith("~") and textproc.CJK_RE.fullmatch(t)}
     store.save_lexicon(db, crosslingual.build(vocab))
     store.set_meta(db, "lexicon_built", str(len(vocab)))
+
+
+# --- helper B's stand-ins for what A's converters provide (A's versions win at merge) ----------
+
+# Every suffix `index` reads: the seam the chat upload (/kb add) checks a file's type against.
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES
+
+
+def remove_document(db, doc: str) -> int:
+    """Take one document out of the index (/kb remove): its passages, then the lexicon and re-ranker
+    re-derived from what is left. Returns how many passages it had (0: no such document)."""
+    row = store.document(db, doc)
+    if row is None:
+        return 0
+    store.remove_document(db, doc)
+    rebuild_lexicon(db)
+    retrieval.train_ranker(db)
+    return int(row["chunks"] or 0)

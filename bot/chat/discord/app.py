@@ -31,7 +31,7 @@ from typing import Literal, Optional
 import discord
 from discord import app_commands
 
-from bot.commands import Caller, Commands, Reply
+from bot.commands import Caller, Commands, Reply, upload_name
 from bot.chat.discord.render import answer_messages, split_message
 from bot.messages import TRY_AGAIN as SORRY, UNKNOWN_BUTTON, UNKNOWN_FORM
 
@@ -40,6 +40,7 @@ LIMIT = 2000  # Discord's maximum message length
 CORRECTION_ID = re.compile(r"kb:correct:(?P<answer>[0-9a-f]{6,32})")
 VOTE_ID = re.compile(r"kb:vote:(?P<value>up|down):(?P<answer>[0-9a-f]{6,32})")
 FIELD = "correction"
+DOWNLOAD_TIMEOUT_S = 60.0  # /kb add: fetching an attachment from Discord's CDN
 
 
 # -- who is asking, and where ------------------------------------------------
@@ -204,11 +205,39 @@ async def _run(interaction: discord.Interaction, method, *args, public: bool = F
     reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args, **kwargs)
     if reply.duplicate:
         return
+    await _follow_up(interaction, reply, public)
+
+
+async def _follow_up(interaction: discord.Interaction, reply: Reply, public: bool) -> None:
+    """The reply to a deferred command: a private one after a public "thinking" deletes that first."""
     if public and reply.private:
         await interaction.delete_original_response()
     file = reply.attachment  # /adapter chart: the PNG rides on the follow-up
     chart = discord.File(io.BytesIO(file.content), filename=file.name) if file is not None else None
     await _post(interaction.followup.send, reply.text, _feedback_view(reply), file=chart, ephemeral=reply.private)
+
+
+async def add_attachment(interaction: discord.Interaction, file: discord.Attachment) -> None:
+    """/kb add: who asks, and the file's name, type and size (Discord says them), are checked before the
+    file is downloaded from Discord's CDN (with a timeout); then it is indexed, off the loop."""
+    cmds: Commands = interaction.client.kb
+    if not await _first(cmds, _delivery(interaction)):
+        return  # a redelivery: the first one is being added
+    await interaction.response.defer(thinking=True)  # public: the channel sees what was added
+    caller = caller_for(interaction)
+    reply = await asyncio.to_thread(cmds.kb_add_refusal, caller, file.filename, file.size)
+    if reply is None:
+        try:
+            data = await asyncio.wait_for(file.read(), DOWNLOAD_TIMEOUT_S)
+        except (discord.HTTPException, asyncio.TimeoutError) as e:
+            why = f"took over {DOWNLOAD_TIMEOUT_S:.0f} s" if isinstance(e, asyncio.TimeoutError) else \
+                f"failed (HTTP {e.status})"
+            reply = Reply(f"Could not add {upload_name(file.filename) or 'the file'}: downloading it {why}. "
+                          "Nothing was added.",
+                          ok=False, private=True)
+        else:
+            reply = await asyncio.to_thread(cmds.kb_add, caller, file.filename, data)
+    await _follow_up(interaction, reply, public=True)
 
 
 def _feedback_view(reply: Reply) -> discord.ui.View | None:
@@ -318,6 +347,20 @@ def _register(tree: app_commands.CommandTree) -> None:
     @kb.command(name="reindex", description="Re-read the knowledge base folder (admin)")
     async def kb_reindex(interaction: discord.Interaction) -> None:
         await _run(interaction, interaction.client.kb.kb_reindex, public=True)
+
+    @kb.command(name="add", description="Add a document to the knowledge base; one of the same name is replaced (admin)")
+    @app_commands.describe(file="The document to add: any type `python -m bot index` reads")
+    async def kb_add(interaction: discord.Interaction, file: discord.Attachment) -> None:
+        await add_attachment(interaction, file)
+
+    @kb.command(name="list", description="The documents, with passage counts and when they were added")
+    async def kb_list(interaction: discord.Interaction) -> None:
+        await _run(interaction, interaction.client.kb.kb_list)
+
+    @kb.command(name="remove", description="Take a document added from chat out of the knowledge base (admin)")
+    @app_commands.describe(name="The document's name, as /kb list shows it")
+    async def kb_remove(interaction: discord.Interaction, name: str) -> None:
+        await _run(interaction, interaction.client.kb.kb_remove, name, public=True)
 
     tree.add_command(kb)
 

@@ -17,7 +17,10 @@ through `Commands.first_delivery`) makes each event and command count once,
 the feedback writes' own delivery key each click. Every placeholder is on
 record (`Commands.inflight_*`) until its answer lands, so a restart finishes
 answers a killed process left "Thinking…". Slack's command text is parsed
-into typed calls by bot/chat/slack/parse.py.
+into typed calls by bot/chat/slack/parse.py. `/kb add` (or `@kb add` on a
+message with files, or in a thread with one) fetches the file first
+(bot/chat/slack/files.py), after the command layer has said the caller and
+the file's name and size may go on.
 
 Questions are admitted (rate limits, the queue bound) before any work: past
 a limit the asker is told "busy, try again in N s" at once. Input is checked
@@ -39,7 +42,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 
 from bot import guard, messages
-from bot.chat.slack import parse, render
+from bot.chat.slack import files, parse, render
 from bot.commands import Caller, Commands, Reply
 from bot.messages import SORRY
 
@@ -212,6 +215,43 @@ class Listeners:
         except Exception as e:  # no files:write scope, or not in the channel: say so, keep serving
             log.warning("chart upload to %s failed: %s", channel, type(e).__name__)
 
+    def kb(self, plain):
+        """`/kb`: `add` fetches the newest file shared in the channel first; every other verb is `plain`."""
+        async def listener(ack, command, respond, client):
+            if not parse.is_kb_add(render.unescape(command.get("text") or "")) or not command.get("user_id"):
+                await plain(ack, command, respond, client)
+                return
+            await ack()
+            caller = Caller(PLATFORM, command["user_id"], command.get("channel_id", ""))
+            reply = await self.add_file(client, caller, None)
+            await respond(**render.reply_message(reply))
+        return listener
+
+    async def add_file(self, client, caller: Caller, file: dict | None, thread: str | None = None) -> Reply:
+        """/kb add: the admin check before anything is read, then the file (`file`, else the newest shared
+        in the thread or channel), its name and size checked before its bytes are fetched, then indexed."""
+        cmds = self.commands
+        try:
+            refusal = await self._submit(self.quick, cmds.kb_add_refusal, caller)
+            if refusal:
+                return refusal
+            file = file or await files.latest_file(client, caller.channel, thread)
+            if file is None:
+                return Reply("No file was shared here lately. Share the document, then run `/kb add`, or mention "
+                             "me on the message that carries it (`@kb add`).", ok=False, private=True)
+            file = await files.described(client, file)
+            refusal = await self._submit(self.quick, cmds.kb_add_refusal, caller, file.get("name") or "",
+                                         file.get("size"))
+            if refusal:
+                return refusal
+            data = await files.download(file, client.token, cmds.max_file_bytes)
+            return await self._submit(self.pool, cmds.kb_add, caller, file.get("name") or "", data)
+        except files.FetchError as e:
+            return Reply(f"Could not add the file: {e}. Nothing was added.", ok=False, private=True)
+        except Exception:  # a bug or the database: the caller hears so, the log gets no chat text
+            log.exception("/kb add by %s failed", caller.user)
+            return Reply(SORRY, ok=False, private=True)
+
     async def ask(self, ack, command, respond, client):
         question = render.unescape(command.get("text") or "").strip()
         user, channel = command.get("user_id"), command.get("channel_id")
@@ -343,6 +383,9 @@ class Listeners:
             return  # nobody to answer, nowhere to answer: there is no one to tell either
         caller = Caller(PLATFORM, event["user"], event["channel"], thread)
         question = render.question_from_event(event.get("text") or "")
+        if parse.is_kb_add(question):  # `@kb add` on a message with a file, or in a thread that has one
+            await self._add_from_event(client, caller, event)
+            return
         refusal = self.commands.check_question(question)
         # Only a question that can be asked takes a slot; a refused one is told why and costs nothing.
         admission = self.commands.admission(caller) if refusal is None else contextlib.nullcontext()
@@ -357,6 +400,23 @@ class Listeners:
                                 caller.user, e.response.get("error"))
                 return
             await self.answer(client, caller, question)
+
+    async def _add_from_event(self, client, caller: Caller, event: dict) -> None:
+        """`@kb add`: the files the message carries, else the newest in its thread (a reply) or channel."""
+        carried = files.shared(event.get("files"))
+        in_thread = event.get("thread_ts")
+        replies = [await self.add_file(client, caller, f) for f in carried] if carried else \
+            [await self.add_file(client, caller, None, in_thread)]
+        for reply in replies:
+            try:
+                if reply.private:
+                    await client.chat_postEphemeral(channel=caller.channel, user=caller.user, thread_ts=caller.thread,
+                                                    text=render.escape(reply.text))
+                else:
+                    await client.chat_postMessage(channel=caller.channel, thread_ts=caller.thread,
+                                                  text=render.escape(reply.text))
+            except SlackApiError as e:
+                log.warning("could not reply to /kb add by %s: %s", caller.user, e.response.get("error"))
 
     # -- 👍 / 👎 and corrections ------------------------------------------------
 
@@ -477,7 +537,7 @@ class Listeners:
         cmds = self.commands
         app.middleware(self.once)
         app.command("/ask")(self.ask)
-        app.command("/kb")(self.command(functools.partial(parse.kb, cmds)))
+        app.command("/kb")(self.kb(self.command(functools.partial(parse.kb, cmds))))
         app.command("/feedback")(self.stored_command(functools.partial(parse.feedback, cmds)))
         app.command("/forget")(self.stored_command(functools.partial(parse.forget, cmds)))
         # The job's progress and verdict go to the channel /train was run in (the outbox, posted by serve).

@@ -16,14 +16,28 @@ def _words(text: str) -> list[str]:
     return (text or "").split()
 
 
+KB_USAGE = "Use `/kb search <query>`, `/kb reindex`, `/kb add`, `/kb list` or `/kb remove <name>`."
+
+
 def kb(commands: Commands, caller: Caller, text: str) -> Reply:
-    """`/kb search <query>` | `/kb reindex`"""
+    """`/kb search <query>` | `/kb reindex` | `/kb list` | `/kb remove <name>` (`/kb add` fetches a file
+    first: the listener runs it, see `is_kb_add`)"""
     verb, _, rest = (text or "").partition(" ")
     if verb == "search":
         return commands.kb_search(caller, rest.strip())
     if verb == "reindex":
         return commands.kb_reindex(caller)
-    return Reply("Use `/kb search <query>` or `/kb reindex`.", ok=False, private=True)
+    if verb == "list":
+        return commands.kb_list(caller)
+    if verb == "remove":
+        return commands.kb_remove(caller, rest.strip())
+    return Reply(KB_USAGE, ok=False, private=True)
+
+
+def is_kb_add(text: str) -> bool:
+    """`/kb add`, or a mention saying `add` (`@kb add`, `@kb /kb add`): add the file shared there."""
+    words = (text or "").lower().split()
+    return words in (["add"], ["/kb", "add"], ["kb", "add"])
 
 
 def feedback(commands: Commands, caller: Caller, text: str, delivery: str | None = None) -> Reply:
