@@ -693,6 +693,8 @@ def forget_user(db, platform: str, user: str, delivery: str | None = None, opt_o
         _claim(db, delivery)
         # A question still being answered (or left by a killed process) is theirs too: no apology follows.
         db.execute("delete from inflight where platform = ? and user = ?", [platform, user])
+        # The documents they added stay (the team's knowledge), no longer naming who added them.
+        db.execute("update uploads set added_by = 'forgotten' where added_by = ?", [f"{platform}:{user}"])
     return counts
 
 

@@ -334,3 +334,13 @@ async def test_discord_refusals_and_a_file_that_fails_to_convert(rec, discord_bo
     assert not any((tmp_path / "uploads").iterdir())
     assert [(r["user"], r["result"].split(":")[0]) for r in store.audit_log(db)][::-1] == [
         (USER, "refused"), (ADMIN_USER, "error"), (ADMIN_USER, "error")]
+
+
+def test_forgetting_the_person_who_added_a_document_keeps_it_but_not_their_name(kb_db, tmp_path, indexed_kb):
+    cmds = make_commands(kb_db, tmp_path, {"slack": [ADMIN]})
+    assert cmds.kb_add(Caller("slack", ADMIN, "C1"), "warranty-forget.md", WARRANTY).ok
+    assert store.uploads(kb_db)["uploads/warranty-forget.md"]["added_by"] == f"slack:{ADMIN}"
+    store.forget_user(kb_db, "slack", ADMIN)
+    assert store.uploads(kb_db)["uploads/warranty-forget.md"]["added_by"] == "forgotten"
+    assert "uploads/warranty-forget.md" in docs_of(kb_db, "星尘咖啡机保修期")
+    cmds.kb_remove(Caller("slack", ADMIN, "C1"), "warranty-forget.md")  # the module's index is shared
