@@ -299,16 +299,46 @@ def transaction(db):
     once (300 concurrent votes: the slowest waited over 3 s without it).
 
     On PostgreSQL (bot/pgdb.py) BEGIN IMMEDIATE is a plain BEGIN at READ COMMITTED: row locks
-    instead of one file lock, so writers of other rows no longer wait for each other."""
+    instead of one file lock, so writers of other rows no longer wait for each other. What that
+    changes for a transaction that reads before it writes is handled where it does (`_lock`,
+    `_for_update`); counter changes (`_bump`) are held until the end of the block and written then,
+    in one order, so that no two transactions lock counter rows in opposite orders (a deadlock on
+    PostgreSQL) and a hot counter row is locked for the commit only, not the whole transaction."""
     conn = db.conn
     with _writer_lock(db):
         conn.execute("BEGIN IMMEDIATE")
+        pending = _PENDING.__dict__.setdefault("by_db", {})
+        pending[id(db)] = {}
         try:
             yield conn
+            _write_counters(db, pending.pop(id(db)))
         except BaseException:
+            pending.pop(id(db), None)
             conn.rollback()
             raise
         conn.commit()
+
+
+# Counter changes of this thread's open transaction, per database (see `transaction`, `_bump`).
+_PENDING = threading.local()
+
+
+def _lock(db, *key) -> None:
+    """Serialise, until the end of the current transaction, the transactions that take the same `key`.
+
+    For a read-then-write whose row may not exist yet (a first vote, a first pending correction):
+    there is no row for `select … for update` to lock. SQLite needs nothing: BEGIN IMMEDIATE already
+    holds the one write lock. PostgreSQL (READ COMMITTED): a transaction-scoped advisory lock on a
+    64-bit hash of the key (a collision only makes two unrelated writes wait for each other)."""
+    if getattr(db, "dialect", "sqlite") == pgdb.DIALECT:
+        db.execute("select pg_advisory_xact_lock(hashtextextended(?, 0))",
+                   [json.dumps(key, ensure_ascii=False)])
+
+
+def _for_update(db) -> str:
+    """` for update` on PostgreSQL: the row read is locked until commit, so a concurrent update or
+    delete of it waits (or has happened, and is read); SQLite has no such clause and needs none."""
+    return " for update" if getattr(db, "dialect", "sqlite") == pgdb.DIALECT else ""
 
 
 _WRITERS: dict[str, threading.Lock] = {}
@@ -325,13 +355,36 @@ def _writer_lock(db) -> threading.Lock:
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    db["_migrations"].create({"name": str, "applied_at": float}, pk="name", if_not_exists=True)
+    if getattr(db, "dialect", "sqlite") == pgdb.DIALECT:
+        # Replicas starting together: one migrates, the others wait here, then find it done. A
+        # session lock, not a transaction's: each migration commits on its own (SQLite: each
+        # migration's BEGIN IMMEDIATE and the re-read of `_migrations` inside it do the same; here
+        # `create table if not exists` itself is not safe against a concurrent create).
+        db.execute("select pg_advisory_lock(?)", [MIGRATION_LOCK])
+        try:
+            _migrate(db)
+        finally:
+            db.execute("select pg_advisory_unlock(?)", [MIGRATION_LOCK])
+    else:
+        _migrate(db)
+
+
+MIGRATION_LOCK = 0x626F74_6D6967  # "bot" "mig": the advisory lock key migrate() holds on PostgreSQL
+
+
+def _migrate(db) -> None:
+    with transaction(db):  # SQLite: a bare CREATE beside another process's start got "database is locked" at once
+        db["_migrations"].create({"name": str, "applied_at": float}, pk="name", if_not_exists=True)
     done = {r["name"] for r in db["_migrations"].rows}
     for fn in MIGRATIONS:
         if fn.__name__ not in done:
             # One transaction per migration, recorded with it: a crash half-way leaves it unapplied
             # (`with db.conn:` would commit each statement, and a rerun would trip on what was done).
             with transaction(db):
+                # Read again under the write lock: a process starting beside this one (on SQLite,
+                # which has no migration lock) may have applied it since `done` was read.
+                if db.execute("select 1 from _migrations where name = ?", [fn.__name__]).fetchone():
+                    continue
                 fn(db)
                 db["_migrations"].insert({"name": fn.__name__, "applied_at": time.time()})
 
@@ -351,6 +404,7 @@ def documents(db) -> list[dict]:
 def remove_document(db, doc: str) -> None:
     """Forget a document; passages no other document shares go with it."""
     with transaction(db):
+        _lock(db, "index")
         db.execute("delete from occurrences where doc = ?", [doc])
         db.execute("delete from documents where doc = ?", [doc])
         _drop_orphans(db)
@@ -371,6 +425,9 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
     """
     new: list[int] = []
     with transaction(db):
+        # PostgreSQL: two re-indexes at once (two replicas' /kb reindex) would both miss a new passage
+        # and both insert it, or drop as orphans the passages the other is linking; one at a time.
+        _lock(db, "index")
         db.execute("delete from occurrences where doc = ?", [record["doc"]])
         db.execute(
             "insert or replace into documents (doc, source, sha256, size, mtime, indexed_at, chunks)"
@@ -438,6 +495,7 @@ def lexicon(db) -> dict[str, list[tuple[str, float]]]:
 
 def save_lexicon(db, rows: Iterable[tuple[str, str, float]]) -> None:
     with transaction(db):
+        _lock(db, "index")  # PostgreSQL: a concurrent delete-then-insert would mix two lexicons
         db.execute("delete from lexicon")
         db.conn.executemany("insert or replace into lexicon (term, zh, weight) values (?, ?, ?)", list(rows))
 
@@ -451,6 +509,7 @@ def ranker(db, name: str = "lexical") -> dict | None:
 def save_ranker(db, model: str | None, signature: str, name: str = "lexical") -> None:
     """Store (or, with model None, remove) the re-ranker."""
     with transaction(db):
+        _lock(db, "index")  # PostgreSQL: two saves at once would both delete, then both insert (a key conflict)
         db.execute("delete from rankers where name = ?", [name])
         if model is not None:
             db.execute("insert into rankers (name, model, signature, trained_at) values (?, ?, ?, ?)",
@@ -538,7 +597,11 @@ def delivered(db, key: str) -> bool:
 def record_vote(db, answer_id: str, user: str, platform: str, value: int, delivery: str | None = None) -> None:
     with transaction(db):
         _claim(db, delivery)
-        old = db.execute("select value from votes where answer_id = ? and user = ?", [answer_id, user]).fetchone()
+        # PostgreSQL: two clicks of one person at once must not both read "no vote" (the counter would
+        # count two), and a forget or purge deleting this vote waits for the row lock, or has happened.
+        _lock(db, "vote", answer_id, user)
+        old = db.execute("select value from votes where answer_id = ? and user = ?" + _for_update(db),
+                         [answer_id, user]).fetchone()
         db.execute("insert or replace into votes (answer_id, user, platform, value, created_at)"
                    " values (?, ?, ?, ?, ?)", [answer_id, user, platform, value, time.time()])
         if not old or old[0] != value:  # a changed vote moves from one value to the other
@@ -554,10 +617,13 @@ def record_correction(db, answer_id: str, user: str, platform: str, text: str, s
     now = time.time()
     with transaction(db):  # BEGIN IMMEDIATE: two corrections from one person cannot both miss and both insert
         _claim(db, delivery)
+        _lock(db, "correction", answer_id, user, platform)  # PostgreSQL: the same, by an advisory lock
+        # `status = 'pending'` again outside the subquery: on PostgreSQL a review committed while this
+        # waited for the row is seen there, and the reviewed text is left alone (a new item follows).
         row = status == "pending" and db.execute(
             "update corrections set text = ?, created_at = ? where id = (select id from corrections"
             " where answer_id = ? and user = ? and platform = ? and status = 'pending' order by id limit 1)"
-            " returning id", [text, now, answer_id, user, platform]).fetchone()
+            " and status = 'pending' returning id", [text, now, answer_id, user, platform]).fetchone()
         if row:
             cid = row[0]
         else:
@@ -957,8 +1023,11 @@ def _delete_answers_batched(db, where: str, args: list, batch: int | None, order
     counts = {"answers": 0, "votes": 0, "corrections": 0}
     while True:
         with transaction(db):
-            ids = [r[0] for r in db.execute(f"select id from answers where {where} order by {order} limit ?",
-                                            args + [batch]).fetchall()]
+            # PostgreSQL: the answers are locked first, so a vote or correction being written on one of
+            # them (its foreign key check holds a share lock) commits before the deletes read, or waits
+            # and then fails as on SQLite; without it the answer's delete would fail on that new row.
+            ids = [r[0] for r in db.execute(f"select id from answers where {where} order by {order} limit ?"
+                                            + _for_update(db), args + [batch]).fetchall()]
             if ids:
                 marks = _marks(len(ids))
                 votes = db.execute(f"delete from votes where answer_id in ({marks}) returning value", ids).fetchall()
@@ -1123,9 +1192,20 @@ def _bounds_ms() -> list[float]:
 
 
 def _bump(db, changes: dict[tuple[str, tuple], float]) -> None:
-    """Add each delta to its counter, inside the caller's transaction (portable upsert: SQLite, PostgreSQL)."""
-    rows = [(name, json.dumps(list(labels), ensure_ascii=False), delta)
-            for (name, labels), delta in changes.items() if delta]
+    """Add each delta to its counter, in the caller's transaction: held until its end (`transaction`)."""
+    pending = getattr(_PENDING, "by_db", {}).get(id(db))
+    if pending is None:  # outside `transaction` (none of this module's callers): at once
+        _write_counters(db, changes)
+        return
+    for key, delta in changes.items():
+        pending[key] = pending.get(key, 0) + delta
+
+
+def _write_counters(db, changes: dict[tuple[str, tuple], float]) -> None:
+    """The upserts, in (name, labels) order: transactions lock counter rows in one order (portable
+    upsert: SQLite, PostgreSQL)."""
+    rows = sorted((name, json.dumps(list(labels), ensure_ascii=False), delta)
+                  for (name, labels), delta in changes.items() if delta)
     if rows:
         db.conn.executemany("insert into counters (name, labels, value) values (?, ?, ?) on conflict (name, labels)"
                             " do update set value = counters.value + excluded.value", rows)
