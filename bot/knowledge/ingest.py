@@ -23,6 +23,9 @@ from bot.knowledge import crosslingual, retrieval, textproc
 from bot import store
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+# What `index` accepts: text as it is, the rest converted to Markdown first (bot.knowledge.convert).
+CONVERTED_SUFFIXES = {".pdf", ".docx", ".pptx", ".xlsx", ".html", ".htm", ".zip"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | CONVERTED_SUFFIXES
 CHUNKER_VERSION = 2  # bump when chunk_markdown's or textproc.tokens' output changes
 
 # Chat-template control tokens (ChatML, Llama, generic). They must never reach
@@ -355,6 +358,30 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     if changed or retrieval.ranker_stale(db):
         retrieval.train_ranker(db)  # the re-ranker learns from the passages as they now are
     return reports
+
+
+def remove_document(db, doc: str) -> int:
+    """Forget one indexed document by name; returns how many passages it had (0: no such document).
+
+    `doc` is the name `index` gave it (`doc_name`: relative to the knowledge folder, e.g.
+    `uploads/report.pdf`), or its file name when exactly one document has that file name;
+    a file name that several documents share raises LookupError naming them. The original
+    file is left where it is: a caller that saved it (a chat upload) deletes it, or the
+    next `index` of that folder adds it again. The lexicon and the re-ranker are rebuilt and
+    the index generation bumped, so running replicas stop serving its passages."""
+    row = store.document(db, doc)
+    if row is None:
+        same = [d for d in store.documents(db) if Path(d["doc"]).name == doc]
+        if len(same) > 1:
+            raise LookupError(f"{doc!r} names {len(same)} documents: " + ", ".join(d["doc"] for d in same))
+        row = same[0] if same else None
+    if row is None:
+        return 0
+    store.remove_document(db, row["doc"])
+    rebuild_lexicon(db)
+    retrieval.train_ranker(db)
+    store.bump_index_generation(db)
+    return int(row["chunks"] or 0)
 
 
 def rebuild_lexicon(db) -> None:
