@@ -239,7 +239,7 @@ class Commands:
         hits = self.answerer.searcher.search(query, k)
         if not hits:
             return Reply("No passage matches that query.", private=True)
-        lines = [f"[{n}] {h.doc} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
+        lines = [f"[{n}] {getattr(h, 'source', h.doc)} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
         return Reply("\n\n".join(lines), private=True, hits=[h.as_json() for h in hits])
 
     def kb_reindex(self, caller: Caller) -> Reply:

@@ -77,6 +77,7 @@ class Settings:
     retrain_min_feedback: int = _setting('BOT_RETRAIN_MIN_FEEDBACK', "5", "The scheduled retrain runs only when at least this many new accepted examples (corrections, upvoted answers) exist.", 'int')
     search_k: int = _setting('BOT_SEARCH_K', "5", "How many passages a search returns by default.", 'int')
     chunk_chars: int = _setting('BOT_CHUNK_CHARS', "600", "Target passage size in characters when a section is split into passages.", 'int')
+    max_file_mb: float = _setting('BOT_MAX_FILE_MB', "50", "Largest file `index` reads, in MB (also each file inside a zip); a larger one is skipped with a message. A zip may expand to at most four times this.", 'float')
     log_format: str = _setting('BOT_LOG_FORMAT', "json", "Log format of `serve` and `worker`: `json` (one object per line: time, level, logger, message and extra fields, for a log collector) or `text` (for a terminal).")
     llm_url: str = _setting('BOT_LLM_URL', "none", "OpenAI-compatible server (vLLM) that generates instead of the in-process model, e.g. `http://gpu-host:8000/v1`. `none`: the model of BOT_MODEL runs in this process.")
     llm_tokenizer: str = _setting('BOT_LLM_TOKENIZER', "model", "With BOT_LLM_URL: the served model's tokenizer (a folder with tokenizer.json, or a hub id) used to count prompt tokens; `model`: BOT_MODEL's.")

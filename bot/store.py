@@ -217,6 +217,13 @@ def m013_counters(db: sqlite_utils.Database) -> None:
         db.execute("delete from meta where key = ?", [_PURGED_TALLY])
 
 
+@migration
+def m014_passage_location(db: sqlite_utils.Database) -> None:
+    # Where in its document a passage sits, for citations: "p. 12" (PDF), "slide 3", "sheet Revenue",
+    # or the file inside a zip. On the occurrence, not the passage: the same text can sit in two places.
+    db["occurrences"].add_column("location", str, not_null_default="")
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -354,7 +361,7 @@ def _drop_orphans(db) -> None:
 
 
 def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) -> list[int]:
-    """Store a document's chunks (heading, text, hash, tokens) in one transaction.
+    """Store a document's chunks (heading, text, hash, tokens[, location]) in one transaction.
 
     Plain SQL here rather than sqlite-utils' insert helpers: those commit on
     their own, and a crash half-way must leave the previous version intact.
@@ -368,7 +375,7 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
             " values (:doc, :source, :sha256, :size, :mtime, :indexed_at, :chunks)",
             {**record, "chunks": len(chunks)},
         )
-        for ord_, (heading, text, digest, tokens) in enumerate(chunks):
+        for ord_, (heading, text, digest, tokens, *where) in enumerate(chunks):
             row = db.execute("select id from passages where hash = ?", [digest]).fetchone()
             if row:
                 pid = row[0]
@@ -378,8 +385,8 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
                 ).lastrowid
                 new.append(pid)
             db.execute(
-                "insert or ignore into occurrences (doc, ord, heading, passage_id) values (?, ?, ?, ?)",
-                [record["doc"], ord_, heading, pid],
+                "insert or ignore into occurrences (doc, ord, heading, passage_id, location) values (?, ?, ?, ?, ?)",
+                [record["doc"], ord_, heading, pid, where[0] if where else ""],
             )
         _drop_orphans(db)
     return new
@@ -395,7 +402,7 @@ def replace_document_meta(db, record: dict) -> None:
 def passages(db) -> list[dict]:
     """Every passage with the first place it occurs (document order), for building indexes."""
     sql = """
-    select p.id, p.text, p.tokens, o.doc, o.heading, o.ord
+    select p.id, p.text, p.tokens, o.doc, o.heading, o.ord, o.location
     from passages p
     join occurrences o on (o.doc, o.ord) = (
         select doc, ord from occurrences where passage_id = p.id order by doc, ord limit 1)
