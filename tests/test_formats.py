@@ -212,3 +212,18 @@ def test_import_of_the_cli_does_not_import_the_converter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(ingest.__file__).parents[2])
     assert out.stdout.strip() == "False"
+
+
+def test_a_long_sheet_becomes_passages_of_rows_under_their_header(tmp_path, db):
+    from tools.format_fixtures import _xlsx
+
+    rows = [("Part 零件", "Stock 库存")] + [(f"part-{n:03d} 零件{n}", f"{n * 7} units") for n in range(120)]
+    _xlsx(tmp_path / "stock.xlsx", {"Stock": rows})
+    [report] = ingest.index_paths(db, [tmp_path / "stock.xlsx"], tmp_path, limit=300, progress=False)
+    texts = [t for _, _, t in _occurrences(db, "stock.xlsx")]
+    assert report.status == "indexed" and len(texts) > 10
+    assert all(t.startswith("## Stock\n| Part 零件 | Stock 库存 |") or t.startswith("| Part 零件 | Stock 库存 |\n| --- |")
+               for t in texts), texts[:2]
+    assert all(len(t) < 2 * 300 for t in texts)
+    body = "\n".join(texts)
+    assert all(f"| part-{n:03d} 零件{n} | {n * 7} units |" in body for n in range(120))  # no row lost

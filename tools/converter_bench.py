@@ -13,7 +13,7 @@ It prints, per converter and format: seconds per MB (on tools/format_fixtures.py
 `--scale` times, so that a file's fixed cost does not dominate), heading fidelity (the share of
 the fixtures' headings, slide titles and sheet names that come out as Markdown heading lines),
 the import time, and the install size (site-packages beside an empty venv's, and what it adds to
-the venv this runs in, which already has numpy, torch, lxml...). Then the same for this project's
+this project's dependencies without a converter, which already bring numpy, torch, lxml...). Then the same for this project's
 own path (bot.knowledge.convert: markitdown, PDFs page by page with pdfminer) and the time of a
 whole `index` of one file per format into a fresh database, per MB.
 """
@@ -85,6 +85,39 @@ def _site_mb(python: str) -> float:
     return int(subprocess.run(["du", "-sk", site], capture_output=True, text=True, check=True).stdout.split()[0]) / 1024
 
 
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions these requirements pull in, as installed in this venv (markers evaluated)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), ()) for r in requirements]
+    while todo:
+        req, _ = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        for r in dist.requires or []:
+            sub = Requirement(r)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in (req.extras or {""})):
+                todo.append((sub, ()))
+    return seen
+
+
+def _project_without_converter() -> set[str]:
+    """What the project installs without a document converter: its dependencies but markitdown."""
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    return _closure([d for d in deps if not d.lower().startswith("markitdown")]) | {"pip", "setuptools", "wheel"}
+
+
 def _run(python: str, converter: str, files: list[Path]) -> dict:
     proc = subprocess.run([python, "-c", WORKER], input=json.dumps({"converter": converter, "files": [str(f) for f in files]}),
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -133,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         small, big = ff.write_fixtures(tmp / "small"), ff.write_fixtures(tmp / "big", args.scale)
         files = [small[f] for f in FORMATS] + [big[f] for f in FORMATS]
         base_mb = _site_mb(args.base_python)
-        from importlib import metadata
-
-        here = {d.metadata["Name"].lower().replace("_", "-") for d in metadata.distributions()}
+        here = _project_without_converter()
         result: dict = {"scale": args.scale, "mb": {f: round(big[f].stat().st_size / 2**20, 3) for f in FORMATS}}
         for name, python in (("markitdown", args.markitdown_python), ("docling", args.docling_python)):
             r = _run(python, name, files)
@@ -161,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("markitdown", "docling"):
         r = result[name]
         print(f"\n{name}: import {r['import_s']} s; install {r['install_mb']} MB (empty venv = 0), "
-              f"{r['adds_to_this_venv_mb']} MB beyond what this venv has")
+              f"{r['adds_to_this_venv_mb']} MB beyond this project's other dependencies")
         print(f"  {'format':6} {'s/MB':>8} {'headings':>9}")
         for f, row in r["formats"].items():
             s = "failed" if row["s_per_mb"] is None else f"{row['s_per_mb']:.3f}"

@@ -202,9 +202,9 @@ def write_bad_files(out: Path, max_file_mb: float = 1.0) -> dict[str, Path]:
     (out / "plain.pdf").unlink()
     p["corrupt.pdf"].write_bytes(b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nthis is not a pdf body\n")
     _pdf(p["scanned.pdf"], PDF_PAGES[:2], image_only=True)
-    with open(p["huge.txt"], "w", encoding="utf-8") as f:  # just over the limit
+    with open(p["huge.txt"], "w", encoding="utf-8") as f:  # over the limit by a fifth
         line = "A line of text that makes the file large.\n"
-        f.write(line * (int(max_file_mb * 1024 * 1024) // len(line) + 2))
+        f.write(line * (int(max_file_mb * 1.2 * 2**20) // len(line)))
     p["photo.bmp"].write_bytes(b"BM" + bytes(64))
     # A bomb: a small archive that claims a huge expansion (zeros compress about 1000:1).
     with zipfile.ZipFile(p["bomb.zip"], "w", zipfile.ZIP_DEFLATED) as z:

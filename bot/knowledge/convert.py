@@ -6,14 +6,16 @@ inside a zip). ingest.index_paths chunks each part with the heading-aware chunke
 location with each passage, so a citation reads `report.pdf p. 12`.
 
 Why markitdown (Microsoft) and not docling: measured by `python -m tools.converter_bench` on the
-generated fixtures (tools/format_fixtures.py; figures in README "Documents beyond Markdown").
-markitdown converts each format in milliseconds once imported and adds a few hundred MB without
-a model; docling runs layout and table models (torch) on every PDF page, takes seconds per page
-on these CPUs, and downloads model weights at first use, which a bot behind a firewall cannot.
-Both keep DOCX, PPTX and HTML headings as Markdown headings; for PDF, markitdown gives plain text
-with neither headings nor page numbers, so PDFs are read here page by page with pdfminer.six (the
-library markitdown itself uses for PDF, installed with it) and a line set in a larger font than
-the body becomes a heading. markitdown's own zip converter merges every file into one text, so
+generated fixtures (tools/format_fixtures.py; table in README "Documents beyond Markdown").
+markitdown[pdf,docx,pptx,xlsx] installs 333 MB (247 MB beyond this project's other dependencies)
+against docling's 1,757 MB (409 MB beyond), imports in 3.5 s against 15 s, is faster on DOCX,
+PPTX and HTML (14 against 55 s/MB for PPTX) and keeps sheet names as headings, which docling
+drops; docling cannot convert a PDF at all without its layout model's weights, fetched from the
+Hugging Face hub at first use, which a bot on a closed network cannot do. Both keep DOCX, PPTX
+and HTML headings as Markdown headings. For PDF, markitdown gives plain text with neither
+headings nor page numbers, so PDFs are read here page by page with pdfminer.six (the library
+markitdown itself uses for PDF, installed with it) and a line set in a larger font than the body
+becomes a heading. markitdown's own zip converter merges every file into one text, so
 zips are walked here, in memory, with limits (see `Limits`).
 
 Nothing here is imported at start-up: markitdown (pandas, magika) is imported on the first
@@ -48,6 +50,7 @@ class Limits:
     max_zip_entries: int = 5000
     max_ratio: float = 100.0  # uncompressed / compressed: text compresses ~5:1, a bomb 1000:1
     max_depth: int = 2  # a zip inside a zip (Notion's large exports) is opened; deeper is not
+    table_chars: int = 600  # a longer Markdown table is cut into tables of about this size (BOT_CHUNK_CHARS)
 
 
 @dataclass
@@ -67,12 +70,42 @@ class Converted:
 def convert(name: str, data: bytes, limits: Limits = Limits()) -> Converted:
     """The Markdown parts of one file; raises BadFile with the reason the user sees."""
     suffix = PurePosixPath(name).suffix.lower()
-    if suffix == ".zip":
-        return _zip(name, data, limits, depth=1)
-    parts = _one(name, data)
-    if not any(p.markdown.strip() for p in parts):
+    out = _zip(name, data, limits, depth=1) if suffix == ".zip" else Converted(_one(name, data))
+    if not any(p.markdown.strip() for p in out.parts):
         raise BadFile("empty document: no text after conversion")
-    return Converted(parts)
+    for p in out.parts:
+        p.markdown = split_tables(p.markdown, limits.table_chars)
+    return out
+
+
+_TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
+_TABLE_RULE = re.compile(r"^\s*\|(\s*:?-{3,}:?\s*\|)+\s*$")
+
+
+def split_tables(md: str, limit: int) -> str:
+    """Cut each Markdown table longer than `limit` characters into tables of rows that fit, each under
+    the header row again: the chunker splits at blank lines, and a sheet of 2,000 rows must not be one
+    passage, nor a row lose the header that says what its cells are."""
+    lines, out, i = md.split("\n"), [], 0
+    while i < len(lines):
+        if i + 1 < len(lines) and _TABLE_ROW.match(lines[i]) and _TABLE_RULE.match(lines[i + 1]):
+            j = i + 2
+            while j < len(lines) and _TABLE_ROW.match(lines[j]):
+                j += 1
+            head, rows = lines[i:i + 2], lines[i + 2:j]
+            size, group = 0, []
+            for row in rows:
+                if group and size + len(row) > limit:
+                    out += head + group + [""]
+                    size, group = 0, []
+                group.append(row)
+                size += len(row) + 1
+            out += head + group
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return "\n".join(out)
 
 
 def _one(name: str, data: bytes) -> list[Part]:

@@ -315,7 +315,8 @@ def document_chunks(path: Path, content: bytes | str, limit: int, max_file_mb: f
     """The passages of one file, each with its location, and what was skipped inside a zip."""
     if isinstance(content, str):
         return chunk_markdown(content, title=path.stem, limit=limit), []
-    limits = convert.Limits(max_file_bytes=int(max_file_mb * 2**20), max_zip_bytes=int(4 * max_file_mb * 2**20))
+    limits = convert.Limits(max_file_bytes=int(max_file_mb * 2**20), max_zip_bytes=int(4 * max_file_mb * 2**20),
+                            table_chars=limit)
     converted = convert.convert(path.name, content, limits)
     chunks: list[Chunk] = []
     last = ""
