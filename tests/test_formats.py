@@ -119,8 +119,9 @@ def test_reindexing_every_format_is_incremental(tmp_path, db):
 
     folder = tmp_path / "docs"
     paths = write_fixtures(folder)
+    (folder / "~$ronfield-handbook.docx").write_bytes(b"\x0bowner-name" + bytes(150))  # Word's lock file: not listed
     first = {r.doc: r.status for r in ingest.index_paths(db, [folder], folder, progress=False)}
-    assert set(first.values()) == {"indexed"}
+    assert set(first.values()) == {"indexed"} and len(first) == 6
     ids = db.execute("select count(*), max(id) from passages").fetchone()
     for p in paths.values():  # touched, not changed: the hash says so, nothing is converted again
         os.utime(p, (p.stat().st_atime + 60, p.stat().st_mtime + 60))

@@ -268,7 +268,9 @@ def _discover(paths: list[Path]) -> tuple[list[Path], list[Path], list[FileRepor
     for p in paths:
         if p.is_dir():
             roots.append(p)
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in SUPPORTED_SUFFIXES and not f.is_dir()))
+            # `~$report.docx` is Office's lock file beside an open document: not a document.
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in SUPPORTED_SUFFIXES and not f.is_dir()
+                                and not f.name.startswith("~$")))
         elif p.exists() or p.is_symlink():
             files.append(p)
         else:

@@ -168,3 +168,13 @@ def test_forget_and_purge_in_batches(db):
     assert store.purge_before(db, 2.0, batch=1)["answers"] == 2
     assert store.operations_counts(db)["votes"] == {1: 0}
     assert store.answer_counters(db)[("slack", "retrieval")]["count"] == 5  # counters never go down
+
+
+def test_passage_location_round_trip(db):
+    """m014: where in a converted file a passage sits (`p. 2`), stored per occurrence on both engines."""
+    record = {"doc": "report.pdf", "source": "report.pdf", "sha256": "x", "size": 3, "mtime": 1.0, "indexed_at": 2.0}
+    store.replace_document(db, record, [("Revenue", "营收4870万元", "h1", "营收", "p. 2"),
+                                        ("Offices", "工程师137名", "h2", "工程师", "p. 3")])
+    assert [(p["text"], p["location"]) for p in store.passages(db)] == [("营收4870万元", "p. 2"), ("工程师137名", "p. 3")]
+    store.replace_document(db, {**record, "doc": "notes.md"}, [("Notes", "plain", "h3", "plain")])  # no location: ""
+    assert {p["doc"]: p["location"] for p in store.passages(db) if p["text"] == "plain"} == {"notes.md": ""}
