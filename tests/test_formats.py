@@ -228,3 +228,20 @@ def test_a_long_sheet_becomes_passages_of_rows_under_their_header(tmp_path, db):
     assert all(len(t) < 2 * 300 for t in texts)
     body = "\n".join(texts)
     assert all(f"| part-{n:03d} 零件{n} | {n * 7} units |" in body for n in range(120))  # no row lost
+
+
+def test_a_partly_scanned_pdf_indexes_its_text_pages_and_names_the_others(tmp_path, db):
+    from pypdf import PdfReader, PdfWriter
+
+    from tools.format_fixtures import PDF_PAGES, _pdf
+
+    _pdf(tmp_path / "text.pdf", PDF_PAGES[1:2])
+    _pdf(tmp_path / "scan.pdf", PDF_PAGES[:1], image_only=True)
+    merged = PdfWriter()
+    for name in ("scan.pdf", "text.pdf"):
+        merged.append(PdfReader(tmp_path / name))
+    with open(tmp_path / "mixed.pdf", "wb") as f:
+        merged.write(f)
+    [report] = ingest.index_paths(db, [tmp_path / "mixed.pdf"], tmp_path, progress=False)
+    assert report.status == "indexed" and report.message == "skipped inside: p. 1: no text layer: needs OCR"
+    assert [loc for loc, _, _ in _occurrences(db, "mixed.pdf")] == ["p. 2"]

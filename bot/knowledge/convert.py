@@ -73,6 +73,10 @@ def convert(name: str, data: bytes, limits: Limits = Limits()) -> Converted:
     out = _zip(name, data, limits, depth=1) if suffix == ".zip" else Converted(_one(name, data))
     if not any(p.markdown.strip() for p in out.parts):
         raise BadFile("empty document: no text after conversion")
+    if suffix == ".pdf":  # a partly scanned PDF: its text pages are indexed, the others named
+        blank = [p.location for p in out.parts if not p.markdown.strip()]
+        if blank:
+            out.skipped.append(f"{', '.join(blank[:10])}{' …' if len(blank) > 10 else ''}: no text layer: needs OCR")
     for p in out.parts:
         p.markdown = split_tables(p.markdown, limits.table_chars)
     return out

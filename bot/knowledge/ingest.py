@@ -10,6 +10,13 @@ lexical ranker and the model's context budget do better with paragraphs.
 A table of contents is not the parent of the body it lists (`is_toc`).
 Indexing ends by re-deriving the English lexicon and re-training the
 search re-ranker when anything changed.
+
+Files other than Markdown and text (SUPPORTED_SUFFIXES: PDF, DOCX, PPTX,
+XLSX, HTML, zip exports) are converted to Markdown parts first
+(bot.knowledge.convert), and each passage keeps its part's location (`p. 12`,
+`slide 3`, `sheet Revenue`, a file inside a zip) for citations. A chat upload
+is indexed with `index_paths` on the saved file and removed with
+`remove_document`.
 """
 from __future__ import annotations
 
