@@ -245,3 +245,20 @@ def test_a_partly_scanned_pdf_indexes_its_text_pages_and_names_the_others(tmp_pa
     [report] = ingest.index_paths(db, [tmp_path / "mixed.pdf"], tmp_path, progress=False)
     assert report.status == "indexed" and report.message == "skipped inside: p. 1: no text layer: needs OCR"
     assert [loc for loc, _, _ in _occurrences(db, "mixed.pdf")] == ["p. 2"]
+
+
+def test_zip_names_from_chinese_windows_and_damaged_entries(tmp_path):
+    import io
+    import zipfile
+
+    from bot.knowledge import convert
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("xxxx.md", "# 报告\n\n年度报告的内容。\n")  # renamed below to GBK bytes, unflagged
+        z.writestr("broken.md", "# Broken\n\nThis text is damaged in the archive.\n")
+    data = buf.getvalue().replace(b"xxxx.md", "报告.md".encode("gbk"))
+    data = data.replace(b"This text is damaged", b"This text is DAMAGED")  # the stored CRC no longer matches
+    out = convert.convert("windows-export.zip", data)
+    assert [p.location for p in out.parts] == ["报告.md"]
+    assert len(out.skipped) == 1 and out.skipped[0].startswith("broken.md: unreadable in the zip") and "CRC" in out.skipped[0]

@@ -27,6 +27,7 @@ import io
 import re
 import statistics
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -214,6 +215,23 @@ def _pdf(data: bytes, title: str) -> list[Part]:
     return parts
 
 
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    """An entry's name as its maker wrote it: without the UTF-8 flag, zipfile reads the bytes as
+    cp437, but a zip made on Chinese Windows holds GBK there (and some tools write UTF-8 unflagged)."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        raw = info.filename.encode("cp437")
+    except UnicodeEncodeError:
+        return info.filename
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return info.filename
+
+
 def _safe_name(name: str) -> bool:
     p = PurePosixPath(name.replace("\\", "/"))
     return not (p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", name))
@@ -241,8 +259,8 @@ def _zip(name: str, data: bytes, limits: Limits, depth: int) -> Converted:
         raise BadFile(f"zip refused: it expands to {total / 2**20:.0f} MB, over the {limits.max_zip_bytes / 2**20:.0f} MB limit")
     parts: list[Part] = []
     skipped: list[str] = []
-    for i in sorted(infos, key=lambda i: i.filename):
-        inner = i.filename
+    for i in sorted(infos, key=_entry_name):
+        inner = _entry_name(i)
         suffix = PurePosixPath(inner).suffix.lower()
         base = PurePosixPath(inner).name
         if base.startswith(".") or inner.startswith("__MACOSX/"):
@@ -253,9 +271,14 @@ def _zip(name: str, data: bytes, limits: Limits, depth: int) -> Converted:
         if i.file_size > limits.max_file_bytes:
             skipped.append(f"{inner}: too large ({i.file_size / 2**20:.1f} MB)")
             continue
-        # ZipExtFile stops at the declared size, which the checks above bounded.
-        blob = z.read(i)
         try:
+            # ZipExtFile stops at the declared size, which the checks above bounded (more fails the CRC).
+            try:
+                blob = z.read(i)
+            except RuntimeError:  # zipfile's word for an encrypted entry
+                raise BadFile("encrypted in the zip: it needs a password") from None
+            except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, zlib.error) as e:
+                raise BadFile(f"unreadable in the zip: {e}") from None
             if suffix == ".zip":
                 if depth >= limits.max_depth:
                     raise BadFile("a zip nested too deep")
