@@ -262,3 +262,20 @@ def test_zip_names_from_chinese_windows_and_damaged_entries(tmp_path):
     out = convert.convert("windows-export.zip", data)
     assert [p.location for p in out.parts] == ["报告.md"]
     assert len(out.skipped) == 1 and out.skipped[0].startswith("broken.md: unreadable in the zip") and "CRC" in out.skipped[0]
+
+
+def test_text_drawn_inside_a_form_xobject_is_text_not_a_scan(tmp_path):
+    from reportlab.pdfgen import canvas
+
+    from bot.knowledge import convert
+
+    c = canvas.Canvas(str(tmp_path / "form.pdf"))
+    c.beginForm("letterhead")  # some generators wrap every page's content in a form like this
+    c.setFont("Helvetica", 11)
+    c.drawString(72, 700, "The Kestrel drone weighs 2.4 kilograms.")
+    c.endForm()
+    c.doForm("letterhead")
+    c.showPage()
+    c.save()
+    parts = convert.convert("form.pdf", (tmp_path / "form.pdf").read_bytes()).parts
+    assert [(p.location, p.markdown) for p in parts] == [("p. 1", "The Kestrel drone weighs 2.4 kilograms.")]

@@ -167,17 +167,24 @@ def _pdf(data: bytes, title: str) -> list[Part]:
     """One part per page, lines in a larger font than the body made headings."""
     try:
         from pdfminer.high_level import extract_pages
-        from pdfminer.layout import LTChar, LTTextContainer
+        from pdfminer.layout import LAParams, LTChar, LTFigure, LTTextContainer
         from pdfminer.pdfdocument import PDFEncryptionError, PDFPasswordIncorrect
     except ImportError:
         raise BadFile("converter not installed: pip install markitdown[docx,pptx,xlsx,pdf]") from None
     pages: list[list[tuple[float, str, bool]]] = []  # per page: (font size, text, starts a box)
+
+    def boxes(item):
+        # Text drawn inside a form XObject sits in an LTFigure: a page made that way is not a scan.
+        for child in item:
+            if isinstance(child, LTTextContainer):
+                yield child
+            elif isinstance(child, LTFigure):
+                yield from boxes(child)
+
     try:
-        for page in extract_pages(io.BytesIO(data)):
+        for page in extract_pages(io.BytesIO(data), laparams=LAParams(all_texts=True)):
             lines = []
-            for box in page:
-                if not isinstance(box, LTTextContainer):
-                    continue
+            for box in boxes(page):
                 for i, line in enumerate(box):
                     text = line.get_text().strip() if hasattr(line, "get_text") else ""
                     sizes = [round(c.size, 1) for c in line if isinstance(c, LTChar)] if hasattr(line, "__iter__") else []
