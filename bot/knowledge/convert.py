@@ -8,8 +8,8 @@ location with each passage, so a citation reads `report.pdf p. 12`.
 Why markitdown (Microsoft) and not docling: measured by `python -m tools.converter_bench` on the
 generated fixtures (tools/format_fixtures.py; table in README "Documents beyond Markdown").
 markitdown[pdf,docx,pptx,xlsx] installs 333 MB (247 MB beyond this project's other dependencies)
-against docling's 1,757 MB (409 MB beyond), imports in 3.5 s against 15 s, is faster on DOCX,
-PPTX and HTML (14 against 55 s/MB for PPTX) and keeps sheet names as headings, which docling
+against docling's 1,757 MB (409 MB beyond), imports in 3 s against 13 s, is faster on DOCX,
+PPTX and HTML (9 against 41 s/MB for PPTX) and keeps sheet names as headings, which docling
 drops; docling cannot convert a PDF at all without its layout model's weights, fetched from the
 Hugging Face hub at first use, which a bot on a closed network cannot do. Both keep DOCX, PPTX
 and HTML headings as Markdown headings. For PDF, markitdown gives plain text with neither
