@@ -59,7 +59,8 @@ def cmd_index(args) -> int:
     kdir = args.settings.knowledge_dir
     paths = [Path(p) for p in args.paths] or [kdir]
     t0 = time.perf_counter()
-    reports = ingest.index_paths(db, paths, kdir, args.settings.chunk_chars, progress=not args.json)
+    reports = ingest.index_paths(db, paths, kdir, args.settings.chunk_chars, progress=not args.json,
+                                 max_file_mb=args.settings.max_file_mb)
     embedder = args.settings.embedder
     if embedder.lower() != "none":
         model = retrieval.load_embedder(embedder)
@@ -97,7 +98,7 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         print("No passage matches that question.")
     for n, h in enumerate(hits, 1):
-        print(f"[{n}] {h.doc} › {h.heading}  (score {h.score:.3f})")
+        print(f"[{n}] {getattr(h, 'source', h.doc)} › {h.heading}  (score {h.score:.3f})")
         print("    " + h.text.strip().replace("\n", "\n    "))
         print()
 

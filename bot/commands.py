@@ -252,7 +252,7 @@ class Commands:
         hits = self.answerer.searcher.search(query, k)
         if not hits:
             return Reply("No passage matches that query.", private=True)
-        lines = [f"[{n}] {h.doc} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
+        lines = [f"[{n}] {getattr(h, 'source', h.doc)} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
         return Reply("\n\n".join(lines), private=True, hits=[h.as_json() for h in hits])
 
     def kb_reindex(self, caller: Caller) -> Reply:
@@ -346,7 +346,8 @@ class Commands:
         folder.mkdir(parents=True, exist_ok=True)
         previous = path.read_bytes() if path.exists() else None
         _write(path, data)
-        reports = [r for r in ingest.index_paths(self.db, [path], folder.parent, self.chunk_chars, progress=False)
+        reports = [r for r in ingest.index_paths(self.db, [path], folder.parent, self.chunk_chars, progress=False,
+                                                     max_file_mb=self.max_file_bytes / (1024 * 1024))
                    if r.doc == doc]
         report = reports[0] if reports else None
         if report is None or report.status not in ("indexed", "unchanged"):
@@ -359,7 +360,8 @@ class Commands:
                     ingest.remove_document(self.db, doc)
             else:
                 _write(path, previous)
-                ingest.index_paths(self.db, [path], folder.parent, self.chunk_chars, progress=False)
+                ingest.index_paths(self.db, [path], folder.parent, self.chunk_chars, progress=False,
+                                   max_file_mb=self.max_file_bytes / (1024 * 1024))
             store.bump_index_generation(self.db)
             return why
         store.record_upload(self.db, doc, name, f"{caller.platform}:{caller.user}", len(data),

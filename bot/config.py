@@ -77,6 +77,7 @@ class Settings:
     retrain_min_feedback: int = _setting('BOT_RETRAIN_MIN_FEEDBACK', "5", "The scheduled retrain runs only when at least this many new accepted examples (corrections, upvoted answers) exist.", 'int')
     search_k: int = _setting('BOT_SEARCH_K', "5", "How many passages a search returns by default.", 'int')
     chunk_chars: int = _setting('BOT_CHUNK_CHARS', "600", "Target passage size in characters when a section is split into passages.", 'int')
+    max_file_mb: float = _setting('BOT_MAX_FILE_MB', "50", "Largest file, in MB, that `index` reads (also each file inside a zip) or `/kb add` accepts; a larger one is refused by name (in chat before it is downloaded, when the platform tells the size). A zip may expand to at most four times this.", 'float')
     log_format: str = _setting('BOT_LOG_FORMAT', "json", "Log format of `serve` and `worker`: `json` (one object per line: time, level, logger, message and extra fields, for a log collector) or `text` (for a terminal).")
     llm_url: str = _setting('BOT_LLM_URL', "none", "OpenAI-compatible server (vLLM) that generates instead of the in-process model, e.g. `http://gpu-host:8000/v1`. `none`: the model of BOT_MODEL runs in this process.")
     llm_tokenizer: str = _setting('BOT_LLM_TOKENIZER', "model", "With BOT_LLM_URL: the served model's tokenizer (a folder with tokenizer.json, or a hub id) used to count prompt tokens; `model`: BOT_MODEL's.")
@@ -84,7 +85,6 @@ class Settings:
     retention_days: int = _setting('BOT_RETENTION_DAYS', "180", "Days questions, answers and the votes and corrections on them are kept; the worker purges older ones daily (04:30) and `purge` does it now. 180 keeps half a year of feedback for retraining while not holding what people asked for ever; 0 keeps everything.", 'int')
     lease_ttl: float = _setting('BOT_LEASE_TTL', "30", "Seconds a heartbeat lease in the database (a running training job, the one Discord client) outlives its last renewal; the holder renews it every third of that. A job whose lease expired is recovered as failed by any worker, on any host.", 'float')
     uploads_dir: Path = _setting('BOT_UPLOADS_DIR', "data/uploads", "Where documents added from chat (`/kb add`) are kept, as they were uploaded; indexed as `uploads/NAME` (the folder's name). Keep it outside BOT_KNOWLEDGE_DIR: a re-index of that folder then neither re-reads nor removes them.", 'path')
-    max_file_mb: float = _setting('BOT_MAX_FILE_MB', "25", "Largest document, in MB, that `index` reads or `/kb add` accepts; a larger one is refused by name (in chat before it is downloaded, when the platform tells the size).", 'float')
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> "Settings":

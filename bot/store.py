@@ -226,6 +226,13 @@ def m014_uploads(db: sqlite_utils.Database) -> None:
                " added_by text not null, size integer not null, sha256 text not null)")
 
 
+@migration
+def m015_passage_location(db: sqlite_utils.Database) -> None:
+    # Where in its document a passage sits, for citations: "p. 12" (PDF), "slide 3", "sheet Revenue",
+    # or the file inside a zip. On the occurrence, not the passage: the same text can sit in two places.
+    db["occurrences"].add_column("location", str, not_null_default="")
+
+
 class ThreadLocalDatabase(sqlite_utils.Database):
     """A database file with one sqlite3 connection per thread.
 
@@ -417,7 +424,7 @@ def _drop_orphans(db) -> None:
 
 
 def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) -> list[int]:
-    """Store a document's chunks (heading, text, hash, tokens) in one transaction.
+    """Store a document's chunks (heading, text, hash, tokens[, location]) in one transaction.
 
     Plain SQL here rather than sqlite-utils' insert helpers: those commit on
     their own, and a crash half-way must leave the previous version intact.
@@ -434,7 +441,7 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
             " values (:doc, :source, :sha256, :size, :mtime, :indexed_at, :chunks)",
             {**record, "chunks": len(chunks)},
         )
-        for ord_, (heading, text, digest, tokens) in enumerate(chunks):
+        for ord_, (heading, text, digest, tokens, *where) in enumerate(chunks):
             row = db.execute("select id from passages where hash = ?", [digest]).fetchone()
             if row:
                 pid = row[0]
@@ -444,8 +451,8 @@ def replace_document(db, record: dict, chunks: list[tuple[str, str, str, str]]) 
                 ).lastrowid
                 new.append(pid)
             db.execute(
-                "insert or ignore into occurrences (doc, ord, heading, passage_id) values (?, ?, ?, ?)",
-                [record["doc"], ord_, heading, pid],
+                "insert or ignore into occurrences (doc, ord, heading, passage_id, location) values (?, ?, ?, ?, ?)",
+                [record["doc"], ord_, heading, pid, where[0] if where else ""],
             )
         _drop_orphans(db)
     return new
@@ -461,7 +468,7 @@ def replace_document_meta(db, record: dict) -> None:
 def passages(db) -> list[dict]:
     """Every passage with the first place it occurs (document order), for building indexes."""
     sql = """
-    select p.id, p.text, p.tokens, o.doc, o.heading, o.ord
+    select p.id, p.text, p.tokens, o.doc, o.heading, o.ord, o.location
     from passages p
     join occurrences o on (o.doc, o.ord) = (
         select doc, ord from occurrences where passage_id = p.id order by doc, ord limit 1)

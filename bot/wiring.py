@@ -28,7 +28,7 @@ def build_searcher(settings: config.Settings, db, embedder: str | None = None):
     if not store.documents(db):
         kdir = settings.knowledge_dir
         print(f"(the index is empty: indexing {kdir} first)", file=sys.stderr)
-        ingest.index_paths(db, [kdir], kdir, settings.chunk_chars)
+        ingest.index_paths(db, [kdir], kdir, settings.chunk_chars, max_file_mb=settings.max_file_mb)
     return retrieval.Searcher(db, embedder or settings.embedder)
 
 
@@ -110,7 +110,7 @@ def reindexer(settings: config.Settings, db, searcher):
     kdir = settings.knowledge_dir
 
     def reindex() -> str:
-        reports = ingest.index_paths(db, [kdir], kdir, settings.chunk_chars, progress=False)
+        reports = ingest.index_paths(db, [kdir], kdir, settings.chunk_chars, progress=False, max_file_mb=settings.max_file_mb)
         if any(r.status in ("indexed", "removed") for r in reports):
             store.bump_index_generation(db)  # every other replica's searcher reloads on its next question
         searcher.reload()  # serve the new index at once

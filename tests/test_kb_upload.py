@@ -344,3 +344,21 @@ def test_forgetting_the_person_who_added_a_document_keeps_it_but_not_their_name(
     assert store.uploads(kb_db)["uploads/warranty-forget.md"]["added_by"] == "forgotten"
     assert "uploads/warranty-forget.md" in docs_of(kb_db, "星尘咖啡机保修期")
     cmds.kb_remove(Caller("slack", ADMIN, "C1"), "warranty-forget.md")  # the module's index is shared
+
+
+def test_a_pdf_from_chat_is_cited_by_page_and_a_corrupt_one_is_refused_by_name(kb_db, tmp_path, indexed_kb):
+    from tools import format_fixtures
+
+    made = format_fixtures.write_fixtures(tmp_path / "made")
+    pdf = next(p for p in made.values() if p.suffix == ".pdf")
+    cmds = make_commands(kb_db, tmp_path, {"slack": [ADMIN]})
+    admin = Caller("slack", ADMIN, "C1")
+    added = cmds.kb_add(admin, "heron-report.pdf", pdf.read_bytes())
+    assert added.ok and added.document["passages"] >= 3, added.text
+    hit = retrieval.Searcher(kb_db).search("鹭田机器人成都办公室工程师", 1)[0]
+    assert (hit.doc, hit.source) == ("uploads/heron-report.pdf", "uploads/heron-report.pdf p. 3")
+
+    corrupt = cmds.kb_add(admin, "broken.pdf", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nnot a pdf body\n")
+    assert not corrupt.ok and corrupt.text.startswith("Could not add broken.pdf:") and "Nothing was added" in corrupt.text
+    assert store.document(kb_db, "uploads/broken.pdf") is None and not (tmp_path / "uploads" / "broken.pdf").exists()
+    assert cmds.kb_remove(admin, "heron-report.pdf").ok  # the module's index is shared

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from bot.answering import abstention, condense, extract, prompts
@@ -240,6 +240,9 @@ class Answerer:
         t_search = time.perf_counter()
         query = condense.standalone(question, history, gen, timeout_s=self.condense_timeout_s)
         hits = query.search(self.searcher, self.k)
+        # A passage of a converted file is cited with its place in it (`report.pdf p. 12`): from here on,
+        # prompt, citations and the stored answer name the document that way.
+        hits = [replace(h, doc=h.source, location="") if getattr(h, "location", "") else h for h in hits]
         retrieval_ms = (time.perf_counter() - t_search) * 1000
 
         count = gen.count_tokens if gen else len

@@ -10,6 +10,13 @@ lexical ranker and the model's context budget do better with paragraphs.
 A table of contents is not the parent of the body it lists (`is_toc`).
 Indexing ends by re-deriving the English lexicon and re-training the
 search re-ranker when anything changed.
+
+Files other than Markdown and text (SUPPORTED_SUFFIXES: PDF, DOCX, PPTX,
+XLSX, HTML, zip exports) are converted to Markdown parts first
+(bot.knowledge.convert), and each passage keeps its part's location (`p. 12`,
+`slide 3`, `sheet Revenue`, a file inside a zip) for citations. A chat upload
+is indexed with `index_paths` on the saved file and removed with
+`remove_document`.
 """
 from __future__ import annotations
 
@@ -19,10 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.knowledge import crosslingual, retrieval, textproc
+from bot.knowledge import convert, crosslingual, retrieval, textproc
+from bot.knowledge.convert import BadFile  # raised here too; callers catch it as ingest.BadFile
 from bot import store
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+# What `index` accepts: text as it is, the rest converted to Markdown first (bot.knowledge.convert).
+CONVERTED_SUFFIXES = {".pdf", ".docx", ".pptx", ".xlsx", ".html", ".htm", ".zip"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | CONVERTED_SUFFIXES
 CHUNKER_VERSION = 2  # bump when chunk_markdown's or textproc.tokens' output changes
 
 # Chat-template control tokens (ChatML, Llama, generic). They must never reach
@@ -38,6 +49,7 @@ SENTENCE_END_RE = re.compile(r"(?<=[。！？；!?;])|(?<=\.)(?=\s)")
 class Chunk:
     heading: str  # heading path, outermost first, joined by " > "
     text: str
+    location: str = ""  # where in a converted file: "p. 12", "slide 3", "sheet Revenue", a file in a zip
 
 
 @dataclass
@@ -47,10 +59,6 @@ class FileReport:
     message: str = ""
     chunks: int = 0
     new_passages: list[int] = field(default_factory=list)
-
-
-class BadFile(Exception):
-    """A file that cannot be indexed; the message names why, for the user."""
 
 
 def strip_chat_tokens(text: str) -> str:
@@ -267,7 +275,9 @@ def _discover(paths: list[Path]) -> tuple[list[Path], list[Path], list[FileRepor
     for p in paths:
         if p.is_dir():
             roots.append(p)
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in TEXT_SUFFIXES and not f.is_dir()))
+            # `~$report.docx` is Office's lock file beside an open document: not a document.
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in SUPPORTED_SUFFIXES and not f.is_dir()
+                                and not f.name.startswith("~$")))
         elif p.exists() or p.is_symlink():
             files.append(p)
         else:
@@ -282,8 +292,63 @@ def doc_name(path: Path, knowledge_dir: Path) -> str:
         return str(path.absolute())
 
 
-def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, progress: bool = True) -> list[FileReport]:
-    """Index files and folders incrementally: unchanged files are skipped by size, mtime and hash."""
+MAX_FILE_MB = 50.0  # the default of BOT_MAX_FILE_MB
+
+
+def read_document(path: Path, max_file_mb: float = MAX_FILE_MB) -> tuple[str, bytes | str]:
+    """(content hash, what to chunk): the text of a text file, or the bytes of a file to convert.
+
+    The hash is of the original's bytes for a converted file (of its text for a text file, as
+    before): an unchanged file is not converted again."""
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix not in SUPPORTED_SUFFIXES:
+        raise BadFile(f"unsupported type {suffix or '(no suffix)'}: index takes "
+                      + " ".join(sorted(SUPPORTED_SUFFIXES - {".markdown"})))
+    size = path.stat().st_size if path.is_file() else 0
+    if size > max_file_mb * 1024 * 1024:
+        raise BadFile(f"too large: {size / 2**20:.1f} MB is over the {max_file_mb:g} MB limit (BOT_MAX_FILE_MB)")
+    if suffix in CONVERTED_SUFFIXES:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BadFile(f"unreadable: {e.strerror or e}") from None
+        if not data.strip():
+            raise BadFile("empty file")
+        return file_digest(data), data
+    text = read_text(path)
+    return file_digest(text.encode()), text
+
+
+def document_chunks(path: Path, content: bytes | str, limit: int, max_file_mb: float = MAX_FILE_MB
+                    ) -> tuple[list[Chunk], list[str]]:
+    """The passages of one file, each with its location, and what was skipped inside a zip."""
+    if isinstance(content, str):
+        return chunk_markdown(content, title=path.stem, limit=limit), []
+    limits = convert.Limits(max_file_bytes=int(max_file_mb * 2**20), max_zip_bytes=int(4 * max_file_mb * 2**20),
+                            table_chars=limit)
+    converted = convert.convert(path.name, content, limits)
+    chunks: list[Chunk] = []
+    last = ""
+    for part in converted.parts:
+        title = part.title or path.stem
+        for c in chunk_markdown(strip_chat_tokens(part.markdown), title=title, limit=limit):
+            # A PDF page that starts mid-section belongs to the heading the last page ended under.
+            heading = last if part.continues and last and c.heading == title else c.heading
+            chunks.append(Chunk(heading, c.text, part.location))
+        if chunks:
+            last = chunks[-1].heading
+    if not chunks:
+        raise BadFile("empty document: no text after conversion")
+    return chunks, converted.skipped
+
+
+def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, progress: bool = True,
+                max_file_mb: float = MAX_FILE_MB) -> list[FileReport]:
+    """Index files and folders incrementally: unchanged files are skipped by size, mtime and hash.
+
+    Any file in SUPPORTED_SUFFIXES: Markdown and text as they are, the others converted
+    (bot.knowledge.convert). A file that cannot be indexed gets a report saying why, by name,
+    and the rest are still indexed."""
     from tqdm import tqdm
 
     files, roots, reports = _discover(paths)
@@ -306,7 +371,7 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
             if old and not rechunk and old["size"] == st.st_size and old["mtime"] == st.st_mtime:
                 reports.append(FileReport(doc, "unchanged", chunks=old["chunks"]))
                 continue
-            data_text = read_text(path)
+            digest, content = read_document(path, max_file_mb)
         except BadFile as e:
             reports.append(FileReport(doc, "skipped", str(e)))
             if old:  # it was good once; what is there now must not be served
@@ -319,21 +384,28 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
                 store.remove_document(db, doc)
                 changed = True
             continue
-        digest = file_digest(data_text.encode())
         record = {"doc": doc, "source": str(path.absolute()), "sha256": digest, "size": st.st_size,
                   "mtime": st.st_mtime, "indexed_at": time.time()}
         if old and not rechunk and old["sha256"] == digest:  # touched but not changed
             store.replace_document_meta(db, record)
             reports.append(FileReport(doc, "unchanged", chunks=old["chunks"]))
             continue
-        chunks = chunk_markdown(data_text, title=path.stem, limit=limit)
+        try:
+            chunks, inner_skipped = document_chunks(path, content, limit, max_file_mb)
+        except BadFile as e:
+            reports.append(FileReport(doc, "skipped", str(e)))
+            if old:
+                store.remove_document(db, doc)
+                changed = True
+            continue
         # Every passage also carries its document's name, so "the platform-advantage
         # article" or "用户优势一文" can prefer the right document.
         title = f"{path.stem.replace('-', ' ').replace('_', ' ')} {chunks[0].heading.split(' > ')[0] if chunks else ''}"
-        rows = [(c.heading, c.text, passage_hash(c.text), " ".join(textproc.tokens(f"{title}\n{c.heading}\n{c.text}")))
-                for c in chunks]
+        rows = [(c.heading, c.text, passage_hash(c.text), " ".join(textproc.tokens(f"{title}\n{c.heading}\n{c.text}")),
+                 c.location) for c in chunks]
         new = store.replace_document(db, record, rows)
-        reports.append(FileReport(doc, "indexed", chunks=len(rows), new_passages=new))
+        note = f"skipped inside: {'; '.join(inner_skipped)}" if inner_skipped else ""
+        reports.append(FileReport(doc, "indexed", note, chunks=len(rows), new_passages=new))
         changed = True
     for root in roots:
         prefix = str(root.absolute()).rstrip("/") + "/"
@@ -357,27 +429,33 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     return reports
 
 
+def remove_document(db, doc: str) -> int:
+    """Forget one indexed document by name; returns how many passages it had (0: no such document).
+
+    `doc` is the name `index` gave it (`doc_name`: relative to the knowledge folder, e.g.
+    `uploads/report.pdf`), or its file name when exactly one document has that file name;
+    a file name that several documents share raises LookupError naming them. The original
+    file is left where it is: a caller that saved it (a chat upload) deletes it, or the
+    next `index` of that folder adds it again. The lexicon and the re-ranker are rebuilt and
+    the index generation bumped, so running replicas stop serving its passages."""
+    row = store.document(db, doc)
+    if row is None:
+        same = [d for d in store.documents(db) if Path(d["doc"]).name == doc]
+        if len(same) > 1:
+            raise LookupError(f"{doc!r} names {len(same)} documents: " + ", ".join(d["doc"] for d in same))
+        row = same[0] if same else None
+    if row is None:
+        return 0
+    store.remove_document(db, row["doc"])
+    rebuild_lexicon(db)
+    retrieval.train_ranker(db)
+    store.bump_index_generation(db)
+    return int(row["chunks"] or 0)
+
+
 def rebuild_lexicon(db) -> None:
     """Re-derive the English->Chinese query lexicon from the corpus vocabulary."""
     vocab = {t for r in store.passages(db) for t in (r["tokens"] or "").split(" ")
              if t and not t.startswith("~") and textproc.CJK_RE.fullmatch(t)}
     store.save_lexicon(db, crosslingual.build(vocab))
     store.set_meta(db, "lexicon_built", str(len(vocab)))
-
-
-# --- helper B's stand-ins for what A's converters provide (A's versions win at merge) ----------
-
-# Every suffix `index` reads: the seam the chat upload (/kb add) checks a file's type against.
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES
-
-
-def remove_document(db, doc: str) -> int:
-    """Take one document out of the index (/kb remove): its passages, then the lexicon and re-ranker
-    re-derived from what is left. Returns how many passages it had (0: no such document)."""
-    row = store.document(db, doc)
-    if row is None:
-        return 0
-    store.remove_document(db, doc)
-    rebuild_lexicon(db)
-    retrieval.train_ranker(db)
-    return int(row["chunks"] or 0)

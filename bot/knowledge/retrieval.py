@@ -37,9 +37,16 @@ class Hit:
     heading: str
     text: str
     score: float
+    location: str = ""  # where in a converted file: "p. 12", "slide 3", "sheet Revenue", a file in a zip
+
+    @property
+    def source(self) -> str:
+        """The document as a citation names it: `report.pdf p. 12`, or just `notes.md`."""
+        return f"{self.doc} {self.location}" if self.location else self.doc
 
     def as_json(self) -> dict:
-        return {"doc": self.doc, "heading": self.heading, "text": self.text, "score": round(float(self.score), 4)}
+        out = {"doc": self.doc, "heading": self.heading, "text": self.text, "score": round(float(self.score), 4)}
+        return {**out, "location": self.location} if self.location else out
 
 
 class Retriever(Protocol):
@@ -354,4 +361,5 @@ class Searcher:
             top = [i for i, _ in fused]
             p = ranker.probability(learned.features(lexical, question, lexical.analyse(question), top, rows, headings))
             fused = [(top[j], float(p[j])) for j in np.argsort(-p, kind="stable")[:k]]
-        return [Hit(rows[i]["id"], rows[i]["doc"], rows[i]["heading"], rows[i]["text"], score) for i, score in fused[:k]]
+        return [Hit(rows[i]["id"], rows[i]["doc"], rows[i]["heading"], rows[i]["text"], score, rows[i].get("location") or "")
+                for i, score in fused[:k]]

@@ -251,3 +251,13 @@ def test_replicas_migrating_a_fresh_database_together(engine, tmp_path, request)
     for db in opened:
         if isinstance(db, pgdb.PostgresDatabase):
             db.close()
+
+
+def test_passage_location_round_trip(db):
+    """m015: where in a converted file a passage sits (`p. 2`), stored per occurrence on both engines."""
+    record = {"doc": "report.pdf", "source": "report.pdf", "sha256": "x", "size": 3, "mtime": 1.0, "indexed_at": 2.0}
+    store.replace_document(db, record, [("Revenue", "营收4870万元", "h1", "营收", "p. 2"),
+                                        ("Offices", "工程师137名", "h2", "工程师", "p. 3")])
+    assert [(p["text"], p["location"]) for p in store.passages(db)] == [("营收4870万元", "p. 2"), ("工程师137名", "p. 3")]
+    store.replace_document(db, {**record, "doc": "notes.md"}, [("Notes", "plain", "h3", "plain")])  # no location: ""
+    assert {p["doc"]: p["location"] for p in store.passages(db) if p["text"] == "plain"} == {"notes.md": ""}
