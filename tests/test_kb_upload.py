@@ -362,3 +362,14 @@ def test_a_pdf_from_chat_is_cited_by_page_and_a_corrupt_one_is_refused_by_name(k
     assert not corrupt.ok and corrupt.text.startswith("Could not add broken.pdf:") and "Nothing was added" in corrupt.text
     assert store.document(kb_db, "uploads/broken.pdf") is None and not (tmp_path / "uploads" / "broken.pdf").exists()
     assert cmds.kb_remove(admin, "heron-report.pdf").ok  # the module's index is shared
+
+
+def test_a_new_chunker_re_reads_an_upload_under_its_own_name(kb_db, tmp_path, indexed_kb):
+    cmds = make_commands(kb_db, tmp_path, {"slack": [ADMIN]})
+    admin = Caller("slack", ADMIN, "C1")
+    assert cmds.kb_add(admin, "warranty-rechunk.md", WARRANTY).ok
+    store.set_meta(kb_db, "chunker", "0:0")  # as after an upgrade that changes the chunker
+    ingest.index_paths(kb_db, [indexed_kb.kb_dir], indexed_kb.kb_dir, progress=False)
+    names = [d["doc"] for d in store.documents(kb_db) if d["doc"].endswith("warranty-rechunk.md")]
+    assert names == ["uploads/warranty-rechunk.md"]
+    assert cmds.kb_remove(admin, "warranty-rechunk.md").ok  # the module's index is shared

@@ -357,12 +357,16 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     # A different chunker or chunk size makes every stored passage stale.
     signature = f"{CHUNKER_VERSION}:{limit}"
     rechunk = store.get_meta(db, "chunker") not in (None, signature)
+    stored_as: dict[Path, str] = {}
     if rechunk:
         known = {f.absolute() for f in files}
-        files += [Path(d["source"]) for d in store.documents(db) if Path(d["source"]) not in known]
+        # Re-read under the name each already has: a chat upload (`uploads/NAME`) or a file indexed
+        # from elsewhere is not under knowledge_dir, and doc_name would give it a second name.
+        stored_as = {Path(d["source"]): d["doc"] for d in store.documents(db) if Path(d["source"]) not in known}
+        files += list(stored_as)
     bar = tqdm(files, desc="indexing", unit="file", disable=not progress or len(files) < 2, leave=False)
     for path in bar:
-        doc = doc_name(path, knowledge_dir)
+        doc = stored_as.get(path) or doc_name(path, knowledge_dir)
         seen.add(doc)
         bar.set_postfix_str(doc[-40:])
         old = store.document(db, doc)
