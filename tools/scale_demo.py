@@ -7,8 +7,9 @@ without a restart. Everything is a real process on this machine:
 1. the model: the tiny model's recipe (bot/llm/tinymodel.py, pre-trained
    offline on knowledge/docs, so LoRA can learn on it) with 2 heads of 32
    (vLLM's CPU attention refuses heads under 32 wide; the `tiny` preset's are
-   16), built under the demo's own BOT_CACHE_DIR, so worker and server load
-   the same folder and the worker's adapters name it as their base;
+   16), built once under the demo's own BOT_CACHE_DIR (.cache/models/scale-demo),
+   so worker and server load the same folder and the worker's adapters name
+   it as their base;
 2. `redis-server` on a free port, and a vLLM CPU server (tools/vllm_server.py,
    `make vllm-venv`) serving that folder with `--enable-lora`;
 3. the web role: `index`, then `ask` N questions, correct each (the
@@ -45,8 +46,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-# Two heads of 32 instead of four of 16: the same width and layers as `tiny`, servable by vLLM on a CPU.
-ARCH = {"num_attention_heads": 2, "num_key_value_heads": 2}
+# Two heads of 32 (one key/value head) instead of four of 16 (two): every projection keeps the `tiny` preset's
+# shapes (q 64, k and v 32 wide), which the registry checks adapters against, and vLLM on a CPU can serve it.
+ARCH = {"num_attention_heads": 2, "num_key_value_heads": 1}
 MODES = ("resolver", "api")
 
 
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="how vLLM loads the promoted version: its filesystem resolver, or the runtime load API")
     p.add_argument("--questions", type=int, default=4, help="questions asked and corrected (default 4)")
     p.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
+    p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "models" / "scale-demo"),
+                   help="where the demo's model is built once and reused (default .cache/models/scale-demo)")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the worker's verdict")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = p.parse_args(argv)
@@ -193,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     from tools import vllm_server
 
     qs = questions(args.questions)
-    adapters, cache = work / "adapters", work / "cache"
+    # Resolved as Settings resolves BOT_CACHE_DIR: the worker's adapters name this exact path as their base,
+    # and vLLM's resolver accepts them only when it equals its --model.
+    adapters, cache = work / "adapters", Path(args.cache_dir).resolve()
     adapters.mkdir(exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "SLACK_", "DISCORD_"))}
     base_env.update(BOT_DB=str(work / "bot.db"), BOT_ADAPTERS_DIR=str(adapters), BOT_CACHE_DIR=str(cache),
