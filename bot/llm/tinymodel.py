@@ -77,8 +77,8 @@ def _tokenizer(texts: list[str]):
     )
 
 
-def _data_hash(docs: list[tuple[str, str]], steps: int) -> str:
-    h = hashlib.sha256(json.dumps({"arch": ARCH, "vocab": VOCAB_SIZE, "steps": steps, "seed": SEED}).encode())
+def _data_hash(docs: list[tuple[str, str]], steps: int, arch: dict = ARCH) -> str:
+    h = hashlib.sha256(json.dumps({"arch": arch, "vocab": VOCAB_SIZE, "steps": steps, "seed": SEED}).encode())
     for name, text in docs:
         h.update(name.encode() + b"\0" + text.encode() + b"\0")
     return h.hexdigest()
@@ -110,8 +110,13 @@ def _pretrain(model, ids, steps: int, log) -> tuple[float, float]:
     return first, last
 
 
-def build(cache_dir: Path, documents: Documents, force: bool = False, steps: int = 300, log=print) -> Path:
+def build(cache_dir: Path, documents: Documents, force: bool = False, steps: int = 300, log=print,
+          arch: dict | None = None) -> Path:
     """Build (once) the tiny model under `cache_dir/tiny` from `documents()` and return that folder.
+
+    `arch` overrides some of ARCH (e.g. 2 heads of 32 for vLLM's CPU attention, which refuses
+    heads under 32 wide): a tool building its own copy under its own cache_dir; the `tiny` preset
+    itself is always built with ARCH.
 
     An existing build with its meta.json is returned at once unless `force`.
     The model is written to a temporary folder and renamed into place at the
@@ -125,6 +130,7 @@ def build(cache_dir: Path, documents: Documents, force: bool = False, steps: int
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    arch = {**ARCH, **(arch or {})}
     t0 = time.perf_counter()
     docs = documents()
     chats = [s for _, text in docs for s in _chat_samples(text)]
@@ -139,7 +145,7 @@ def build(cache_dir: Path, documents: Documents, force: bool = False, steps: int
 
     torch.manual_seed(SEED)  # same weights, same batches, same model on every build
     config = LlamaConfig(
-        vocab_size=len(tokenizer), bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, **ARCH
+        vocab_size=len(tokenizer), bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, **arch
     )
     model = LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
@@ -159,8 +165,8 @@ def build(cache_dir: Path, documents: Documents, force: bool = False, steps: int
             "steps": steps, "first_loss": round(first, 4), "final_loss": round(last, 4),
             "seconds": round(time.perf_counter() - t0, 2), "params": params,
             "train_tokens": len(ids), "vocab_size": len(tokenizer),
-            "data_hash": _data_hash(docs, steps), "docs": [name for name, _ in docs],
-            "seed": SEED, "architecture": ARCH,
+            "data_hash": _data_hash(docs, steps, arch), "docs": [name for name, _ in docs],
+            "seed": SEED, "architecture": arch,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         if target.exists():
