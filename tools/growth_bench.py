@@ -48,6 +48,11 @@ RETENTION_DAYS = 180
 CHUNK = 50_000  # rows per loading transaction
 
 
+def say(msg: str) -> None:
+    """Progress on stderr (a million-answer run takes tens of minutes); stdout keeps the report."""
+    print(f"[growth_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 class SQLiteEngine:
     """The bulk loader for a SQLite file (store.connect opens and migrates it)."""
 
@@ -61,12 +66,15 @@ class SQLiteEngine:
         conn.execute("PRAGMA synchronous = OFF")  # a benchmark's fixture, not the bot's data
         sql = f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' * len(cols))})"
         batch: list = []
+        done = 0
         for row in rows:
             batch.append(row)
             if len(batch) >= CHUNK:
                 with conn:
                     conn.executemany(sql, batch)
+                done += len(batch)
                 batch = []
+                say(f"{table}: {done:,} rows")
         if batch:
             with conn:
                 conn.executemany(sql, batch)
@@ -87,11 +95,14 @@ class PostgresEngine:
         with psycopg.connect(self.url) as conn:
             conn.execute("set synchronous_commit = off")  # a benchmark's fixture, not the bot's data
             batch: list = []
+            done = 0
             for row in rows:
                 batch.append(row)
                 if len(batch) >= CHUNK:
                     self._copy(conn, sql, batch)
+                    done += len(batch)
                     batch = []
+                    say(f"{table}: {done:,} rows")
             if batch:
                 self._copy(conn, sql, batch)
             conn.execute(f"analyze {table}")  # fresh statistics, as autovacuum would give a live table
@@ -155,15 +166,19 @@ def build(engine, db, n_answers: int, n_votes: int, n_corrections: int, expired:
     passages = store.passages(db)
     questions = _questions(200)
     t0 = time.perf_counter()
+    say("loading answers")
     engine.load("answers", ANSWER_COLS, _answer_rows(n_answers, passages, questions, expired, now, rng))
     created = dict(db.execute("select id, created_at from answers").fetchall()) if n_votes or n_corrections else {}
     ids = list(created)
     voted = rng.sample(ids, min(n_votes, len(ids)))
+    say("loading votes")
     engine.load("votes", ["answer_id", "user", "platform", "value", "created_at"],
                 ((a, f"V{k % 500}", "slack", rng.choice((1, 1, -1)), created[a]) for k, a in enumerate(voted)))
+    say("loading corrections")
     engine.load("corrections", ["answer_id", "user", "platform", "text", "status", "created_at"],
                 ((a, "V1", "slack", "正确的答案应该是：" + "更完整的说明。" * 10, rng.choice(("pending", "accepted")),
                   created[a]) for a in rng.sample(ids, min(n_corrections, len(ids)))))
+    say("loading deliveries")
     engine.load("deliveries", ["key", "created_at"], ((f"slack:Ev{a}", c) for a, c in created.items()))
     del created, ids, voted
     # The loader bypassed the writers that keep the counters: count them once, as the migration does.
@@ -281,12 +296,15 @@ def run(args) -> dict:
         db = store.connect(path)
         ingest.index_paths(db, [DOCS], DOCS, progress=False)
         questions = _questions(args.asks)
+        say("timing scrape and ask on the empty database")
         out["empty"] = {"scrape": time_scrape(db), "ask": time_ask(db, questions)}
         out["build"] = build(engine, db, args.answers, args.votes, args.corrections, args.expired, args.seed)
         out["build"]["file_mb"] = size_mb(db, path)
+        say(f"loaded in {out['build']['load_s']} s; timing scrape and ask again")
         full = {"scrape": time_scrape(db), "full_count_ms": time_full_count(db), "ask": time_ask(db, questions)}
         before = store.answer_counters(db)
         out["full"] = full
+        say("purging with a writer voting meanwhile")
         out["purge"] = purge_with_writer(db, path, args.writer)
         out["after_purge"] = {"scrape": time_scrape(db), "counters_kept": store.answer_counters(db) == before}
     finally:
