@@ -242,6 +242,7 @@ def _vote_loop(path: str, answer_ids: list[str], stop, out) -> None:
         k += 1
         time.sleep(0.01)  # people click; the writer does not hold the lock back to back
     out.put({"writes": len(waits), "errors": errors, "max_s": max(waits, default=0.0),
+             "over_500ms": sum(w > 0.5 for w in waits), "over_1s": sum(w > 1.0 for w in waits),
              "p99_s": sorted(waits)[int(len(waits) * 0.99)] if waits else 0.0})
 
 
@@ -271,6 +272,7 @@ def purge_with_writer(db, path: str, writer: str) -> dict:
     return {"purge_s": round(purge_s, 1), "answers": result["answers"], "votes": result["votes"],
             "corrections": result["corrections"], "writer": writer, "writes": waits["writes"],
             "errors": waits["errors"], "max_wait_ms": round(waits["max_s"] * 1000, 1),
+            "writes_over_500ms": waits["over_500ms"], "writes_over_1s": waits["over_1s"],
             "p99_wait_ms": round(waits["p99_s"] * 1000, 1)}
 
 
@@ -351,6 +353,8 @@ def main(argv=None) -> int:
                 pg_server.running(Path(work), "growth_bench") as url:
             args.db = url
             out = run(args)
+            # Lock waits the server saw (over 200 ms): none means a slow write waited on the machine, not a lock.
+            out["purge"]["pg_lock_waits_over_200ms"] = len(pg_server.lock_waits(Path(work)))
         args.db = None
     else:
         out = run(args)
@@ -366,7 +370,10 @@ def main(argv=None) -> int:
               f"(p90 {e['ask']['p90_ms']} / {f['ask']['p90_ms']} ms)")
         print(f"purge: {pg['answers']:,} answers, {pg['votes']:,} votes, {pg['corrections']:,} corrections in "
               f"{pg['purge_s']} s; {pg['writes']} votes by a {pg['writer']} meanwhile: longest wait "
-              f"{pg['max_wait_ms']} ms, p99 {pg['p99_wait_ms']} ms, {pg['errors']} failed")
+              f"{pg['max_wait_ms']} ms, p99 {pg['p99_wait_ms']} ms, {pg['writes_over_1s']} over 1 s, "
+              f"{pg['errors']} failed" + (f"; lock waits over 200 ms in the server's log: "
+                                          f"{pg['pg_lock_waits_over_200ms']}" if "pg_lock_waits_over_200ms" in pg
+                                          else ""))
         print(f"counters kept across the purge: {out['after_purge']['counters_kept']}; targets: {out['targets']}")
     return 0 if all(out["targets"].values()) else 1
 

@@ -2,7 +2,8 @@
 
 `initdb` into `work/data` (trust auth, user `bot`, UTF8, C locale, no sync), `pg_ctl start` on
 127.0.0.1 at a free port (socket in `work`, fsync off: a test's data, not the bot's), about 5 s;
-stopped with `pg_ctl -m fast stop`. The PostgreSQL the machine image ships (/usr/lib/postgresql/15);
+stopped with `pg_ctl -m fast stop`. Lock waits over 200 ms go to its log
+(`lock_waits`). The PostgreSQL the machine image ships (/usr/lib/postgresql/15);
 initdb refuses to run as root, so as root the server's tools run as the `postgres` user.
 tests/scale/conftest.py's pg_server fixture, tools/replica_check.py and tools/growth_bench.py
 (`--db postgresql` / `--pg`) all start it here.
@@ -65,11 +66,21 @@ def start(work: Path) -> str:
     if init.returncode != 0:
         raise RuntimeError(f"initdb failed: {init.stderr.strip()[-1000:]}")
     started = subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                                           f"-p {port} -c listen_addresses=127.0.0.1 -k {work} -c fsync=off",
+                                           f"-p {port} -c listen_addresses=127.0.0.1 -k {work} -c fsync=off"
+                                           # a lock wait over 200 ms is logged: a slow write can then be
+                                           # told from a slow (shared) machine, see lock_waits()
+                                           " -c log_lock_waits=on -c deadlock_timeout=200ms",
                                            "start"]), capture_output=True, text=True)
     if started.returncode != 0:
         raise RuntimeError(f"PostgreSQL did not start: {started.stderr}\n{log.read_text() if log.exists() else ''}")
     return f"postgresql://bot@127.0.0.1:{port}"
+
+
+def lock_waits(work: Path) -> list[str]:
+    """The server log's lines for lock waits over 200 ms so far ("… still waiting for ShareLock …")."""
+    log = Path(work) / "log"
+    return [line for line in log.read_text(errors="replace").splitlines() if "still waiting for" in line] \
+        if log.exists() else []
 
 
 def stop(work: Path) -> None:
