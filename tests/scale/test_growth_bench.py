@@ -4,7 +4,7 @@ The million-answer run is the command itself (README, "Cost that does not grow
 with the data": about 25 minutes here); this one keeps CI to a couple of
 minutes and still holds a purge of 40,000 answers with another process voting
 through it (SQLite, always run under `make test-scale`), and 20,000 answers on
-the session's PostgreSQL 15 (tests/scale/conftest.py, about 80 s).
+the session's PostgreSQL 15 (tests/scale/conftest.py, about 2 minutes here).
 """
 from __future__ import annotations
 
