@@ -4,8 +4,7 @@ Does what the bot costs grow with what it has stored? On one database:
 
 1. the bundled knowledge base is indexed, then `ask` (retrieval-only, as with
    BOT_MODEL=none) and a /metrics scrape are timed with no answers stored;
-2. `--answers` answers are bulk-loaded (executemany in transactions of 50,000
-   rows) with realistic rows: what the pipeline's `record_answer` writes (the
+2. `--answers` answers are bulk-loaded (in transactions of 50,000 rows) with realistic rows: what the pipeline's `record_answer` writes (the
    question, three passages of the knowledge base with their text, citations,
    an answer of a few hundred characters), a delivery key each, `--votes`
    votes and `--corrections` corrections; `--expired` of them older than the
@@ -20,8 +19,12 @@ Does what the bot costs grow with what it has stored? On one database:
 Targets (issue 13): scrape under 100 ms; no write waits over 1 s during the
 purge; `ask` as fast as against the empty database. Exit code 1 when one is missed.
 
-SQLite today; `Engine` is the seam for PostgreSQL (next round): the measures
-go through store.py and bot.ops only, and only the bulk loader speaks the engine.
+On SQLite (`--db PATH`, default a temporary file) or PostgreSQL (`--db
+postgresql://…` of an empty database, or `--pg`: a throwaway PostgreSQL 15
+started for the run by tools/pg_server.py). The measures go through store.py
+and bot.ops only, as the bot runs them; only the bulk loader speaks the
+engine (SQLite: executemany; PostgreSQL: COPY FROM STDIN), and both load
+CHUNK rows per transaction.
 """
 from __future__ import annotations
 
@@ -45,6 +48,11 @@ RETENTION_DAYS = 180
 CHUNK = 50_000  # rows per loading transaction
 
 
+def say(msg: str) -> None:
+    """Progress on stderr (a million-answer run takes tens of minutes); stdout keeps the report."""
+    print(f"[growth_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 class SQLiteEngine:
     """The bulk loader for a SQLite file (store.connect opens and migrates it)."""
 
@@ -58,23 +66,69 @@ class SQLiteEngine:
         conn.execute("PRAGMA synchronous = OFF")  # a benchmark's fixture, not the bot's data
         sql = f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' * len(cols))})"
         batch: list = []
+        done = 0
         for row in rows:
             batch.append(row)
             if len(batch) >= CHUNK:
                 with conn:
                     conn.executemany(sql, batch)
+                done += len(batch)
                 batch = []
+                say(f"{table}: {done:,} rows")
         if batch:
             with conn:
                 conn.executemany(sql, batch)
         conn.close()
 
 
+class PostgresEngine:
+    """The bulk loader for PostgreSQL: COPY … FROM STDIN through psycopg, CHUNK rows per transaction
+    (a million rows of executemany would be a million round trips; COPY streams them)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def load(self, table: str, cols: list[str], rows) -> None:
+        import psycopg
+
+        sql = f"copy {table} ({', '.join(chr(34) + c + chr(34) for c in cols)}) from stdin"
+        with psycopg.connect(self.url) as conn:
+            conn.execute("set synchronous_commit = off")  # a benchmark's fixture, not the bot's data
+            batch: list = []
+            done = 0
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= CHUNK:
+                    self._copy(conn, sql, batch)
+                    done += len(batch)
+                    batch = []
+                    say(f"{table}: {done:,} rows")
+            if batch:
+                self._copy(conn, sql, batch)
+            conn.execute(f"analyze {table}")  # fresh statistics, as autovacuum would give a live table
+            conn.commit()
+
+    @staticmethod
+    def _copy(conn, sql: str, batch: list) -> None:
+        with conn.cursor() as cur, cur.copy(sql) as copy:
+            for row in batch:
+                copy.write_row(row)
+        conn.commit()
+
+
+def is_postgres(target: str) -> bool:
+    return str(target).startswith(("postgres://", "postgresql://"))
+
+
 def engine_for(target: str):
-    if target.startswith(("postgres://", "postgresql://", "postgresql+")):
-        raise SystemExit("growth_bench: PostgreSQL is not in store.py yet (issue 13, next round); "
-                         "add an Engine with a COPY loader here once it is")
-    return SQLiteEngine(Path(target))
+    return PostgresEngine(target) if is_postgres(target) else SQLiteEngine(Path(target))
+
+
+def size_mb(db, target: str) -> int:
+    """The database's size on disk: the SQLite file, or PostgreSQL's pg_database_size (tables, indexes, TOAST)."""
+    if is_postgres(target):
+        return round(db.execute("select pg_database_size(current_database())").fetchone()[0] / 1e6)
+    return round(Path(target).stat().st_size / 1e6)
 
 
 def _questions(n: int) -> list[str]:
@@ -112,15 +166,19 @@ def build(engine, db, n_answers: int, n_votes: int, n_corrections: int, expired:
     passages = store.passages(db)
     questions = _questions(200)
     t0 = time.perf_counter()
+    say("loading answers")
     engine.load("answers", ANSWER_COLS, _answer_rows(n_answers, passages, questions, expired, now, rng))
     created = dict(db.execute("select id, created_at from answers").fetchall()) if n_votes or n_corrections else {}
     ids = list(created)
     voted = rng.sample(ids, min(n_votes, len(ids)))
+    say("loading votes")
     engine.load("votes", ["answer_id", "user", "platform", "value", "created_at"],
                 ((a, f"V{k % 500}", "slack", rng.choice((1, 1, -1)), created[a]) for k, a in enumerate(voted)))
+    say("loading corrections")
     engine.load("corrections", ["answer_id", "user", "platform", "text", "status", "created_at"],
                 ((a, "V1", "slack", "正确的答案应该是：" + "更完整的说明。" * 10, rng.choice(("pending", "accepted")),
                   created[a]) for a in rng.sample(ids, min(n_corrections, len(ids)))))
+    say("loading deliveries")
     engine.load("deliveries", ["key", "created_at"], ((f"slack:Ev{a}", c) for a, c in created.items()))
     del created, ids, voted
     # The loader bypassed the writers that keep the counters: count them once, as the migration does.
@@ -184,10 +242,11 @@ def _vote_loop(path: str, answer_ids: list[str], stop, out) -> None:
         k += 1
         time.sleep(0.01)  # people click; the writer does not hold the lock back to back
     out.put({"writes": len(waits), "errors": errors, "max_s": max(waits, default=0.0),
+             "over_500ms": sum(w > 0.5 for w in waits), "over_1s": sum(w > 1.0 for w in waits),
              "p99_s": sorted(waits)[int(len(waits) * 0.99)] if waits else 0.0})
 
 
-def purge_with_writer(db, path: Path, writer: str) -> dict:
+def purge_with_writer(db, path: str, writer: str) -> dict:
     from bot.ops import retention
 
     young = [r[0] for r in db.execute("select id from answers where created_at > ? limit 1000",
@@ -213,6 +272,7 @@ def purge_with_writer(db, path: Path, writer: str) -> dict:
     return {"purge_s": round(purge_s, 1), "answers": result["answers"], "votes": result["votes"],
             "corrections": result["corrections"], "writer": writer, "writes": waits["writes"],
             "errors": waits["errors"], "max_wait_ms": round(waits["max_s"] * 1000, 1),
+            "writes_over_500ms": waits["over_500ms"], "writes_over_1s": waits["over_1s"],
             "p99_wait_ms": round(waits["p99_s"] * 1000, 1)}
 
 
@@ -226,23 +286,27 @@ def run(args) -> dict:
     os.environ.setdefault("BOT_EMBEDDER", "none")
     tmp = None
     if args.db:
-        path = Path(args.db)
+        path = args.db
     else:
         tmp = tempfile.TemporaryDirectory(prefix="growth-bench-")
-        path = Path(tmp.name) / "bot.db"
-    engine = engine_for(str(path))
-    out: dict = {"answers": args.answers, "votes": args.votes, "corrections": args.corrections,
+        path = str(Path(tmp.name) / "bot.db")
+    engine = engine_for(path)
+    out: dict = {"engine": "postgresql" if is_postgres(path) else "sqlite",
+                 "answers": args.answers, "votes": args.votes, "corrections": args.corrections,
                  "expired": args.expired, "batch_rows": store.BATCH_ROWS, "batch_pause_s": store.BATCH_PAUSE_S}
     try:
         db = store.connect(path)
         ingest.index_paths(db, [DOCS], DOCS, progress=False)
         questions = _questions(args.asks)
+        say("timing scrape and ask on the empty database")
         out["empty"] = {"scrape": time_scrape(db), "ask": time_ask(db, questions)}
         out["build"] = build(engine, db, args.answers, args.votes, args.corrections, args.expired, args.seed)
-        out["build"]["file_mb"] = round(path.stat().st_size / 1e6)
+        out["build"]["file_mb"] = size_mb(db, path)
+        say(f"loaded in {out['build']['load_s']} s; timing scrape and ask again")
         full = {"scrape": time_scrape(db), "full_count_ms": time_full_count(db), "ask": time_ask(db, questions)}
         before = store.answer_counters(db)
         out["full"] = full
+        say("purging with a writer voting meanwhile")
         out["purge"] = purge_with_writer(db, path, args.writer)
         out["after_purge"] = {"scrape": time_scrape(db), "counters_kept": store.answer_counters(db) == before}
     finally:
@@ -268,19 +332,37 @@ def main(argv=None) -> int:
     p.add_argument("--expired", type=float, default=0.8, help="share of the answers older than the retention")
     p.add_argument("--asks", type=int, default=30, help="questions of knowledge/eval/dev.jsonl timed")
     p.add_argument("--writer", choices=("process", "thread"), default="process")
-    p.add_argument("--db", help="a SQLite path (default: a temporary one, deleted after)")
+    p.add_argument("--db", help="a SQLite path or a postgresql:// URL of an empty database "
+                                "(default: a temporary SQLite file, deleted after)")
+    p.add_argument("--pg", action="store_true", help="on a throwaway PostgreSQL 15 started for the run "
+                                                      "(tools/pg_server.py; instead of --db)")
     p.add_argument("--keep", action="store_true", help="keep the temporary database; its path is printed")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.answers < 1 or args.votes < 0 or args.corrections < 0 or not 0 <= args.expired <= 1:
         p.error("--answers must be positive, --votes and --corrections not negative, --expired within 0..1")
-    out = run(args)
+    if args.pg and args.db:
+        p.error("--pg starts its own PostgreSQL: give --db or --pg, not both")
+    if args.pg:
+        from tools import pg_server
+
+        if pg_server.missing():
+            p.error(f"--pg: {pg_server.missing()}")
+        with tempfile.TemporaryDirectory(prefix="growth-bench-pg-") as work, \
+                pg_server.running(Path(work), "growth_bench") as url:
+            args.db = url
+            out = run(args)
+            # Lock waits the server saw (over 200 ms): none means a slow write waited on the machine, not a lock.
+            out["purge"]["pg_lock_waits_over_200ms"] = len(pg_server.lock_waits(Path(work)))
+        args.db = None
+    else:
+        out = run(args)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         e, f, pg = out["empty"], out["full"], out["purge"]
-        print(f"{args.answers:,} answers, {args.votes:,} votes, {args.corrections:,} corrections "
+        print(f"{out['engine']}: {args.answers:,} answers, {args.votes:,} votes, {args.corrections:,} corrections "
               f"({out['build']['file_mb']:,} MB, loaded in {out['build']['load_s']} s)")
         print(f"scrape: {e['scrape']['median_ms']} ms empty, {f['scrape']['median_ms']} ms full "
               f"(max {f['scrape']['max_ms']} ms; the old full count: {f['full_count_ms']} ms)")
@@ -288,7 +370,10 @@ def main(argv=None) -> int:
               f"(p90 {e['ask']['p90_ms']} / {f['ask']['p90_ms']} ms)")
         print(f"purge: {pg['answers']:,} answers, {pg['votes']:,} votes, {pg['corrections']:,} corrections in "
               f"{pg['purge_s']} s; {pg['writes']} votes by a {pg['writer']} meanwhile: longest wait "
-              f"{pg['max_wait_ms']} ms, p99 {pg['p99_wait_ms']} ms, {pg['errors']} failed")
+              f"{pg['max_wait_ms']} ms, p99 {pg['p99_wait_ms']} ms, {pg['writes_over_1s']} over 1 s, "
+              f"{pg['errors']} failed" + (f"; lock waits over 200 ms in the server's log: "
+                                          f"{pg['pg_lock_waits_over_200ms']}" if "pg_lock_waits_over_200ms" in pg
+                                          else ""))
         print(f"counters kept across the purge: {out['after_purge']['counters_kept']}; targets: {out['targets']}")
     return 0 if all(out["targets"].values()) else 1
 

@@ -1,11 +1,13 @@
-"""Two `serve` replicas on one database: `python -m tools.replica_check [--deliveries 200] [--outbox 100] [--db URL] [--json]`.
+"""Two `serve` replicas on one database: `python -m tools.replica_check [--deliveries 200] [--outbox 100] [--db URL | --pg] [--json]`.
 
 Starts two real `python -m bot serve` processes (Slack over HTTP, signed
 requests, `SLACK_API_URL` at the loopback recorder tests/slack_recorder.py
-standing in for Slack's Web API) on one database: `--db` (a SQLite path or,
-once the store speaks it, a `postgresql://` URL; default a temporary SQLite
-file), indexed first by `python -m bot index`. Each replica has its own bot
-token, so the recorder tells which one posted what.
+standing in for Slack's Web API) on one database: `--db` (a SQLite path or
+a `postgresql://` URL; default a temporary SQLite file), or with `--pg` a
+throwaway PostgreSQL 15 started for the run (tools/pg_server.py: initdb,
+pg_ctl on a free loopback port, stopped after), indexed first by
+`python -m bot index`. Each replica has its own bot token, so the recorder
+tells which one posted what.
 
 Deliveries: `--deliveries` @-mentions, each a new user and event id. Each is
 sent to one replica and, once acknowledged, its retry (`X-Slack-Retry-Num: 1`,
@@ -41,6 +43,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tools.serving import wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 # The stand-in for Slack's servers is a test double, kept with the tests (tests/slack_recorder.py).
 sys.path.insert(0, str(ROOT / "tests"))
@@ -70,21 +74,6 @@ def _serve(name: str, db: str, tmp: Path, api_url: str, port: int, model: str) -
     env = _env(db, tmp, model, PORT=str(port), SLACK_BOT_TOKEN=TOKENS[name], SLACK_API_URL=api_url)
     return subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(tmp / f"serve-{name}.log", "w"))
-
-
-async def _ready(session, port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode} before it was ready")
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError("serve was not ready in time")
 
 
 def delivery(i: int) -> dict:
@@ -153,7 +142,7 @@ async def check(deliveries: int, outbox: int, db: str | None, model: str, timeou
             for name in TOKENS:
                 procs[name] = _serve(name, dbs[name], tmp, recorder.api_url, ports[name], model)
             for name in TOKENS:
-                await _ready(session, ports[name], procs[name])
+                await wait_ready(session, ports[name], procs[name])
             urls = {name: f"http://127.0.0.1:{ports[name]}/slack/events" for name in TOKENS}
 
             # Written once, while both replicas' posters poll every OUTBOX_EVERY_S: each must post it once.
@@ -240,13 +229,26 @@ def main(argv=None) -> int:
     p.add_argument("--outbox", type=int, default=100, help="messages written once to the outbox")
     p.add_argument("--db", default=None, help="BOT_DB for both replicas (default: a temporary SQLite file); "
                                               "it is indexed and written to")
+    p.add_argument("--pg", action="store_true", help="run on a throwaway PostgreSQL 15 started for the run "
+                                                      "(instead of --db)")
     p.add_argument("--model", default="none", help="BOT_MODEL for serve (none: retrieval-only answers, fast)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every answer")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.deliveries < 1 or args.outbox < 0:
         p.error("--deliveries must be at least 1 and --outbox at least 0")
-    out = asyncio.run(check(args.deliveries, args.outbox, args.db, args.model, args.timeout))
+    if args.pg and args.db:
+        p.error("--pg starts its own PostgreSQL: give --db or --pg, not both")
+    if args.pg:
+        from tools import pg_server
+
+        if pg_server.missing():
+            p.error(f"--pg: {pg_server.missing()}")
+        with tempfile.TemporaryDirectory(prefix="replica-check-pg-") as work, \
+                pg_server.running(Path(work), "replica_check") as url:
+            out = asyncio.run(check(args.deliveries, args.outbox, url, args.model, args.timeout))
+    else:
+        out = asyncio.run(check(args.deliveries, args.outbox, args.db, args.model, args.timeout))
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     else:

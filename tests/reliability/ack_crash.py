@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # slack_recorder, the stand-in for Slac
 from slack_recorder import Recorder, event_body, interaction_body, post_signed  # noqa: E402
 
 import feedback_burst  # noqa: E402  (tests/reliability/: the seeded answers)
+from tools.serving import wait_ready  # noqa: E402
 
 SECRET = "ack-crash-signing-secret"
 FIXTURES = ROOT / "tests" / "fixtures" / "slack"
@@ -99,21 +100,6 @@ def _serve(tmp: Path, db: Path, api_url: str, port: int, model: str, n: int) -> 
         env.pop(name, None)
     return subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(tmp / f"serve-{n}.log", "w"))
-
-
-async def _ready(session, port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode} before it was ready")
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError("serve was not ready in time")
 
 
 async def _send(session, url: str, req: dict, retry: int | None = None) -> int | None:
@@ -181,7 +167,7 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
             port = _port()
             proc = _serve(tmp, db_path, recorder.api_url, port, model, 1)
             procs.append(proc)
-            await _ready(session, port, proc)
+            await wait_ready(session, port, proc)
             url = f"http://127.0.0.1:{port}/slack/events"
             reqs = [click(run, i, recorder) for i in range(clicks)]
             qs = [question(run, q) for q in range(questions)]
@@ -212,7 +198,7 @@ async def one_run(run: int, clicks: int, questions: int, model: str, seed: int, 
             proc2 = _serve(tmp, db_path, recorder.api_url, port2, model, 2)
             procs.append(proc2)
             try:
-                await _ready(session, port2, proc2)
+                await wait_ready(session, port2, proc2)
                 url2 = f"http://127.0.0.1:{port2}/slack/events"
                 unacked = [r for r in reqs + qs if r["status"] != 200]
                 sample = rng.sample(acknowledged, int(len(acknowledged) * resend_share))

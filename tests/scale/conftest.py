@@ -7,7 +7,6 @@ CI must not pass by skipping what it was asked to prove. Run any other way
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ helpers (loop_harness) beside conftest
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tools/ beside bot/ (tools.pg_server)
 
 REQUIRED = os.environ.get("BOT_SCALE_TESTS") == "1"
 
@@ -77,53 +77,29 @@ def redis_clean(redis_url):
     return redis_url
 
 
-# --- PostgreSQL 15 (the machine image has it; `BOT_DB=postgresql://…`) ---------------------------
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: as root, run the server's tools as the `postgres` user."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
+# --- PostgreSQL 15 (the machine image has it; `BOT_DB=postgresql://…`): started by tools/pg_server.py ---
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
     """postgresql://bot@127.0.0.1:<free port>: a PostgreSQL 15 initdb'd in a temp dir for this session
-    (trust auth, fsync off, socket in the temp dir), stopped with `pg_ctl -m fast stop`."""
-    if not (PG_BIN / "initdb").exists():
-        missing(f"PostgreSQL 15 is not installed ({PG_BIN}/initdb)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        missing("the Python package 'psycopg' is not installed (pip install '.[postgres]')")
+    (tools/pg_server.py: trust auth, fsync off, socket in the temp dir), stopped with `pg_ctl -m fast stop`."""
+    from tools import pg_server as pg
+
+    reason = pg.missing()
+    if reason:
+        missing(reason)
     work = tmp_path_factory.mktemp("pg")
-    if os.geteuid() == 0:  # the postgres user must reach the temp dir and own the data dir's parent
-        for parent in [work, *work.parents]:
-            if parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o005)
-        shutil.chown(work, "postgres")
-    port = _free_port()
-    data, log = work / "data", work / "log"
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "bot", "-A", "trust", "-E", "UTF8",
-                                 "--locale=C", "--no-sync"]), check=True, capture_output=True)
-    started = subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                                           f"-p {port} -c listen_addresses=127.0.0.1 -k {work} -c fsync=off",
-                                           "start"]), capture_output=True, text=True)
-    if started.returncode != 0:
-        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log.read_text() if log.exists() else ''}",
-                    pytrace=False)
-    yield f"postgresql://bot@127.0.0.1:{port}"
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+    try:
+        url = pg.start(work)
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield url
+    pg.stop(work)
 
 
 @pytest.fixture
 def pg_url(pg_server, request):
     """A new, empty database on the session's server for this test: its URL."""
-    import psycopg
+    from tools import pg_server as pg
 
-    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50] + f"_{time.monotonic_ns() % 10**9}"
-    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    return f"{pg_server}/{name}"
+    return pg.create_database(pg_server, pg.unique_name("t_" + request.node.name.lower()[:50]))
