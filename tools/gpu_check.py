@@ -107,9 +107,7 @@ def vllm_command(python: str, model: Path, port: int) -> list[str]:
 
 
 def start_vllm(python: str, model: Path, resolver_dir: Path, log_file: Path, timeout_s: float = 420):
-    import httpx
-
-    from tools.vllm_server import free_port, stop
+    from tools.vllm_server import free_port, wait_serving
 
     port = free_port()
     env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver", VLLM_LORA_RESOLVER_CACHE_DIR=str(resolver_dir),
@@ -118,19 +116,7 @@ def start_vllm(python: str, model: Path, resolver_dir: Path, log_file: Path, tim
     env.pop("PYTHONPATH", None)
     proc = subprocess.Popen(vllm_command(python, model, port), stdout=open(log_file, "wb"),
                             stderr=subprocess.STDOUT, env=env, cwd=str(model.parent))
-    url, deadline = f"http://127.0.0.1:{port}/v1", time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM exited with {proc.returncode}; the end of {log_file}:\n"
-                               + log_file.read_text(errors="replace")[-3000:])
-        try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop(proc)
-    raise RuntimeError(f"vLLM was not ready within {timeout_s:.0f} s; see {log_file}")
+    return proc, wait_serving(proc, port, log_file, timeout_s)
 
 
 class Checks:

@@ -118,20 +118,26 @@ def start(model_dir: Path, adapters_dir: Path, log_file: Path, port: int | None 
            "--max-num-seqs", "16"]
     log = open(log_file, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(model_dir.parent))
+    return proc, wait_serving(proc, port, Path(log_file), timeout_s)
+
+
+def wait_serving(proc: subprocess.Popen, port: int, log_file: Path, timeout_s: float) -> str:
+    """The base URL (ending in /v1) once the vLLM server `proc` answers /v1/models; the end of its log
+    if it exits first; stopped, and an error, after `timeout_s`."""
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"vLLM exited with {proc.returncode} before it was ready; see {log_file}:\n"
-                               + Path(log_file).read_text(errors="replace")[-3000:])
+                               + log_file.read_text(errors="replace")[-3000:])
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             pass
         time.sleep(1)
     stop(proc)
-    raise RuntimeError(f"vLLM was not ready within {timeout_s} s; see {log_file}")
+    raise RuntimeError(f"vLLM was not ready within {timeout_s:.0f} s; see {log_file}")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -4,7 +4,12 @@ The same commands with BOT_DB a SQLite file and then a PostgreSQL URL must give 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from bot import cli, pgdb, store
 
@@ -43,12 +48,6 @@ def test_index_ask_feedback_jobs_same_on_sqlite_and_postgresql(env, pg_url, caps
 
 
 # --- the learning loop and the operator's commands, on the tiny model -------------------------------
-
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = '{"question": "什么是天使投资？", "answer": "天使投资是指个人投资者对初创企业的早期投资。"}\n'
@@ -157,6 +156,8 @@ def test_serve_on_postgresql_answers_a_question_and_stores_a_vote(env, pg_url, c
     import socket
 
     import aiohttp
+
+    from tools import serving
     from slack_recorder import Recorder, event_body, interaction_body, post_signed
 
     monkeypatch.setenv("BOT_DB", pg_url)
@@ -181,17 +182,10 @@ def test_serve_on_postgresql_answers_a_question_and_stores_a_vote(env, pg_url, c
         url = f"http://127.0.0.1:{port}"
         try:
             async with aiohttp.ClientSession() as session:
-                deadline = time.monotonic() + 120
-                while True:
-                    assert proc.poll() is None, (env.tmp / "serve.log").read_text()[-3000:]
-                    assert time.monotonic() < deadline, "serve was not ready in time"
-                    try:
-                        async with session.get(f"{url}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except OSError:
-                        pass
-                    await asyncio.sleep(0.2)
+                try:
+                    await serving.wait_ready(session, port, proc)
+                except (RuntimeError, TimeoutError) as e:
+                    raise AssertionError((env.tmp / "serve.log").read_text()[-3000:]) from e
                 status, _, _ = await post_signed(session, f"{url}/slack/events", SECRET, event_body(mention),
                                                  json_body=True)
                 assert status == 200
