@@ -279,3 +279,30 @@ def test_text_drawn_inside_a_form_xobject_is_text_not_a_scan(tmp_path):
     c.save()
     parts = convert.convert("form.pdf", (tmp_path / "form.pdf").read_bytes()).parts
     assert [(p.location, p.markdown) for p in parts] == [("p. 1", "The Kestrel drone weighs 2.4 kilograms.")]
+
+
+def test_zips_inside_a_zip_share_its_limits(tmp_path):
+    """Each zip inside a zip under the limits must not get limits of its own: 160 small zips that each
+    expand to the limit made a 0.4 MB upload expand to 160 times the limit."""
+    import io
+    import zipfile
+
+    from bot.knowledge import convert
+
+    def zipped(files: dict[str, bytes | str]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+
+    inner = zipped({"a.md": "# A\n\n" + "x" * 400, "b.md": "# B\n\n" + "y" * 400})  # 800 bytes expanded
+    small = convert.Limits(max_zip_bytes=1000, max_file_bytes=500, max_zip_entries=5)
+    assert len(inner) <= 500 and len(convert.convert("one.zip", inner, small).parts) == 2  # alone: within
+    many = zipped({f"part-{n}.zip": inner for n in range(3)})  # 3 x 800 bytes: over 1000
+    assert len(many) <= 1000
+    with pytest.raises(ingest.BadFile, match=r"^part-\d\.zip: zip refused: it expands to .* with the zips inside it, over"):
+        convert.convert("many.zip", many, small)
+    tiny = zipped({f"{n}.md": "# t\n\nz\n" for n in range(2)})
+    with pytest.raises(ingest.BadFile, match=r"^part-\d\.zip: zip has \d+ files with the zips inside it, over the limit of 5"):  # 3 zips + 6 files > 5 entries
+        convert.convert("count.zip", zipped({f"part-{n}.zip": tiny for n in range(3)}), small)

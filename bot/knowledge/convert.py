@@ -42,6 +42,10 @@ class BadFile(Exception):
     """A file that cannot be indexed; the message names why, for the user (ingest.BadFile is this class)."""
 
 
+class _OverBudget(BadFile):
+    """A zip inside a zip took the upload over its limits: the whole upload is refused, as a bomb is."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Guards for one file: its size, and for a zip what it may expand to."""
@@ -71,7 +75,8 @@ class Converted:
 def convert(name: str, data: bytes, limits: Limits = Limits()) -> Converted:
     """The Markdown parts of one file; raises BadFile with the reason the user sees."""
     suffix = PurePosixPath(name).suffix.lower()
-    out = _zip(name, data, limits, depth=1) if suffix == ".zip" else Converted(_one(name, data))
+    out = _zip(name, data, limits, depth=1, budget=_Budget(limits.max_zip_bytes, limits.max_zip_entries)) \
+        if suffix == ".zip" else Converted(_one(name, data))
     if not any(p.markdown.strip() for p in out.parts):
         raise BadFile("empty document: no text after conversion")
     if suffix == ".pdf":  # a partly scanned PDF: its text pages are indexed, the others named
@@ -244,7 +249,16 @@ def _safe_name(name: str) -> bool:
     return not (p.is_absolute() or ".." in p.parts or re.match(r"^[A-Za-z]:", name))
 
 
-def _zip(name: str, data: bytes, limits: Limits, depth: int) -> Converted:
+@dataclass
+class _Budget:
+    """What is left of the limits for one uploaded zip, shared by the zips inside it: were each inner zip
+    checked on its own, 160 small zips that each expand to the limit would expand to 160 times it."""
+
+    bytes_left: int
+    entries_left: int
+
+
+def _zip(name: str, data: bytes, limits: Limits, depth: int, budget: _Budget) -> Converted:
     """A zip walked like a folder, in memory: each supported file inside becomes parts located at
     its path. The whole archive is refused when it looks hostile (a bomb, a path out of it)."""
     try:
@@ -252,8 +266,12 @@ def _zip(name: str, data: bytes, limits: Limits, depth: int) -> Converted:
         infos = [i for i in z.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as e:
         raise BadFile(f"corrupt zip: {e}") from None
-    if len(infos) > limits.max_zip_entries:
-        raise BadFile(f"zip has {len(infos)} files, over the limit of {limits.max_zip_entries}")
+    refuse = _OverBudget if depth > 1 else BadFile
+    within = " with the zips inside it" if depth > 1 else ""
+    if len(infos) > budget.entries_left:
+        raise refuse(f"zip has {limits.max_zip_entries - budget.entries_left + len(infos)} files{within}, "
+                     f"over the limit of {limits.max_zip_entries}")
+    budget.entries_left -= len(infos)
     unsafe = [i.filename for i in infos if not _safe_name(i.filename)]
     if unsafe:
         raise BadFile(f"zip refused: {unsafe[0]!r} points outside the archive (path traversal)")
@@ -262,8 +280,12 @@ def _zip(name: str, data: bytes, limits: Limits, depth: int) -> Converted:
             raise BadFile(f"zip refused: {i.filename!r} expands {i.file_size / max(i.compress_size, 1):.0f}:1 "
                           f"(a zip bomb?)")
     total = sum(i.file_size for i in infos)
-    if total > limits.max_zip_bytes:
-        raise BadFile(f"zip refused: it expands to {total / 2**20:.0f} MB, over the {limits.max_zip_bytes / 2**20:.0f} MB limit")
+    if total > budget.bytes_left:
+        # Declared sizes bound what is read: zipfile stops an entry at its declared size (more fails the CRC).
+        expands = limits.max_zip_bytes - budget.bytes_left + total
+        raise refuse(f"zip refused: it expands to {expands / 2**20:.0f} MB{within}, "
+                     f"over the {limits.max_zip_bytes / 2**20:.0f} MB limit")
+    budget.bytes_left -= total
     parts: list[Part] = []
     skipped: list[str] = []
     for i in sorted(infos, key=_entry_name):
@@ -289,12 +311,14 @@ def _zip(name: str, data: bytes, limits: Limits, depth: int) -> Converted:
             if suffix == ".zip":
                 if depth >= limits.max_depth:
                     raise BadFile("a zip nested too deep")
-                sub = _zip(inner, blob, limits, depth + 1)
+                sub = _zip(inner, blob, limits, depth + 1, budget)
                 parts += [Part(f"{inner}/{p.location}" if p.location else inner, p.markdown, p.title, p.continues)
                           for p in sub.parts]
                 skipped += [f"{inner}/{s}" for s in sub.skipped]
                 continue
             inner_parts = _one(inner, blob)
+        except _OverBudget as e:
+            raise _OverBudget(f"{inner}: {e}") from None
         except BadFile as e:
             skipped.append(f"{inner}: {e}")
             continue
