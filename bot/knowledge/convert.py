@@ -35,6 +35,7 @@ MARKITDOWN_SUFFIXES = {".docx", ".pptx", ".xlsx", ".html", ".htm"}
 TEXT_IN_ZIP = {".md", ".markdown", ".txt"}
 _SLIDE_RE = re.compile(r"^<!-- Slide number: (\d+) -->$", re.M)
 _SHEET_RE = re.compile(r"^## (.+)$", re.M)
+_NAN_CELL = re.compile(r"\| NaN (?=\|)")
 _CJK_END = re.compile(r"[\u2e80-\u9fff\uff00-\uffef]$")
 
 
@@ -127,8 +128,8 @@ def _one(name: str, data: bytes) -> list[Part]:
         md = _markitdown(data, suffix)
         if suffix == ".pptx":
             return _split(md, _SLIDE_RE, "slide ", stem)
-        if suffix == ".xlsx":
-            return _split(md, _SHEET_RE, "sheet ", stem, keep=True)
+        if suffix == ".xlsx":  # markitdown writes pandas' empty cell as `NaN`: in every gappy sheet
+            return _split(_NAN_CELL.sub("|  ", md), _SHEET_RE, "sheet ", stem, keep=True)
         return [Part("", md, stem)]
     if suffix in TEXT_IN_ZIP:
         try:

@@ -330,16 +330,29 @@ def document_chunks(path: Path, content: bytes | str, limit: int, max_file_mb: f
     chunks: list[Chunk] = []
     last = ""
     for part in converted.parts:
-        title = part.title or path.stem
-        for c in chunk_markdown(strip_chat_tokens(part.markdown), title=title, limit=limit):
+        # A converted file's names (a file inside a zip, a sheet) are shown and prompted like its text.
+        title = _clean(part.title) or path.stem
+        for c in chunk_markdown(_clean(part.markdown), title=title, limit=limit):
+            if not any(ch.isalnum() for ch in c.text):
+                continue  # an empty sheet's bare table rule is no passage
             # A PDF page that starts mid-section belongs to the heading the last page ended under.
             heading = last if part.continues and last and c.heading == title else c.heading
-            chunks.append(Chunk(heading, c.text, part.location))
+            chunks.append(Chunk(heading, c.text, _clean(part.location)))
         if chunks:
             last = chunks[-1].heading
     if not chunks:
         raise BadFile("empty document: no text after conversion")
     return chunks, converted.skipped
+
+
+# Invisible characters that web pages (Notion, Confluence) put inside words: zero-width space, word
+# joiner, BOM, soft hyphen. Left in, `报\u200b销` is two tokens and no query for 报销 finds it.
+# (ZWJ and ZWNJ stay: they change how emoji and some scripts read.)
+_INVISIBLE_RE = re.compile("[\u200b\u2060\ufeff\u00ad]")
+
+
+def _clean(text: str) -> str:
+    return _INVISIBLE_RE.sub("", strip_chat_tokens(text))
 
 
 def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, progress: bool = True,
