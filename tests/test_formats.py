@@ -342,3 +342,22 @@ def test_what_conversion_leaves_behind_is_cleaned_before_it_is_indexed(tmp_path)
     chunks, _ = ingest.document_chunks(book, book.read_bytes(), 600)
     assert [c.location for c in chunks] == ["sheet Budget"]  # an empty sheet is no passage
     assert "| Servers | 100 |  |" in chunks[0].text and "NaN" not in chunks[0].text  # an empty cell is empty
+
+
+def test_a_symbolic_link_inside_a_zip_is_not_a_document():
+    """A link stored in a zip holds its target's path as its bytes: indexed, it would be a passage of a path."""
+    import io
+    import zipfile
+
+    from bot.knowledge import convert
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("Page.md", "# Page\n\nThe real page.\n")
+        link = zipfile.ZipInfo("secrets.md")
+        link.create_system = 3  # unix, where the mode bits live
+        link.external_attr = 0o120777 << 16  # S_IFLNK
+        z.writestr(link, "../../../etc/passwd")
+    out = convert.convert("export.zip", buf.getvalue())
+    assert [p.location for p in out.parts] == ["Page.md"]
+    assert out.skipped == ["secrets.md: a symbolic link, not a file"]

@@ -298,6 +298,9 @@ def _zip(name: str, data: bytes, limits: Limits, depth: int, budget: _Budget) ->
         if suffix not in TEXT_IN_ZIP | MARKITDOWN_SUFFIXES | {".pdf", ".zip"}:
             skipped.append(f"{inner}: unsupported type {suffix or '(no suffix)'}")
             continue
+        if (i.external_attr >> 16) & 0o170000 == 0o120000:  # S_IFLNK: its bytes are a path, not a document
+            skipped.append(f"{inner}: a symbolic link, not a file")
+            continue
         if i.file_size > limits.max_file_bytes:
             skipped.append(f"{inner}: too large ({i.file_size / 2**20:.1f} MB)")
             continue
