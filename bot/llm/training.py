@@ -48,9 +48,15 @@ def encode_example(tokenizer, messages: list[dict], max_tokens: int) -> tuple[li
     return ids[-max_tokens:], labels[-max_tokens:]
 
 
-def add_lora(model, lora, name: str = "default"):
-    """Wrap (or extend) a model with a fresh trainable LoRA adapter called `name`."""
+def add_lora(model, lora, name: str = "default", seed: int = 0):
+    """Wrap (or extend) a model with a fresh trainable LoRA adapter called `name`.
+
+    Its A matrices start random: seeded, so the same data and recipe train the same adapter
+    (a run can be repeated, and two engines' runs compared)."""
+    import torch
     from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(seed)
 
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
