@@ -708,9 +708,13 @@ def _write(path, data: bytes) -> None:
     """Write a file whole or not at all (a reader never sees half of it)."""
     import os
 
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # One temporary name per writer: two replicas adding the same name at once must not write into one file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _mb(size: int) -> str:

@@ -663,8 +663,25 @@ def first_delivery(db, key: str) -> bool:
                           [key, time.time()]).rowcount == 1
 
 
-def record_promotion(db, version: str | None, previous: str | None, action: str, by: str) -> None:
+class ServiceMoved(Exception):
+    """Another promotion or rollback changed the version in service after the caller read it."""
+
+    def __init__(self, now: str | None):
+        super().__init__(f"the version in service changed meanwhile (now {now or 'the base model'})")
+        self.now = now
+
+
+def record_promotion(db, version: str | None, previous: str | None, action: str, by: str, *,
+                     check: bool = False) -> None:
+    """Record that `version` replaced `previous` in service. With `check`, only if `previous` is still
+    what is in service: two admins promoting at once must not both record a move from the same version
+    (the second would be served while rollback's history pointed past the first); ServiceMoved otherwise."""
     with transaction(db):
+        if check:
+            _lock(db, "promotions")  # PostgreSQL; on SQLite BEGIN IMMEDIATE already serialises the read
+            _, now = in_service(db)
+            if now != previous:
+                raise ServiceMoved(now)
         db.execute("insert into promotions (version, previous, action, by, at) values (?, ?, ?, ?, ?)",
                    [version, previous, action, by, time.time()])
 

@@ -102,7 +102,10 @@ def promote(db, adapters_dir: Path, version: str, by: str, *, base: tuple | None
         raise RegistryError(f"{version} is already in service")
     # Recorded first: a process killed between the two still leaves `rollback` a way back (a record
     # of a move that never happened is harmless: rollback only reads the records of the version in service).
-    store.record_promotion(db, version, previous, "promote", by)
+    try:
+        store.record_promotion(db, version, previous, "promote", by, check=True)
+    except store.ServiceMoved as e:
+        raise RegistryError(f"cannot promote {version}: {e}; look at `adapters list` and try again") from None
     set_pointer(Path(adapters_dir), version)
     return version
 
@@ -119,6 +122,9 @@ def rollback(db, adapters_dir: Path, by: str, *, base: tuple | None) -> str | No
             check_folder(Path(adapters_dir) / previous, base)
         except AdapterError as e:
             raise RegistryError(f"cannot roll back to {previous}: {e}") from None
+    try:  # recorded first, as `promote` does
+        store.record_promotion(db, previous, current, "rollback", by, check=True)
+    except store.ServiceMoved as e:
+        raise RegistryError(f"cannot roll back: {e}; look at `adapters list` and try again") from None
     set_pointer(Path(adapters_dir), previous)
-    store.record_promotion(db, previous, current, "rollback", by)
     return previous

@@ -261,3 +261,19 @@ def test_passage_location_round_trip(db):
     assert [(p["text"], p["location"]) for p in store.passages(db)] == [("营收4870万元", "p. 2"), ("工程师137名", "p. 3")]
     store.replace_document(db, {**record, "doc": "notes.md"}, [("Notes", "plain", "h3", "plain")])  # no location: ""
     assert {p["doc"]: p["location"] for p in store.passages(db) if p["text"] == "plain"} == {"notes.md": ""}
+
+
+def test_two_admins_promoting_at_once_record_one_move_from_the_version_they_read(db):
+    store.record_promotion(db, "v1", None, "promote", "slack:A")
+    moved = []
+
+    def promote(i):
+        try:
+            store.record_promotion(db, f"v{i + 2}", "v1", "promote", f"slack:U{i}", check=True)
+        except store.ServiceMoved as e:
+            moved.append(e.now)
+
+    assert _together(6, promote) == []
+    winners = [p for p in store.promotions(db) if p["previous"] == "v1"]
+    assert len(winners) == 1 and len(moved) == 5  # the other five were told, not recorded
+    assert set(moved) == {winners[0]["version"]} and store.in_service(db) == (True, winners[0]["version"])
