@@ -361,3 +361,17 @@ def test_a_symbolic_link_inside_a_zip_is_not_a_document():
     out = convert.convert("export.zip", buf.getvalue())
     assert [p.location for p in out.parts] == ["Page.md"]
     assert out.skipped == ["secrets.md: a symbolic link, not a file"]
+
+
+def test_a_converter_upgrade_reads_converted_documents_again(tmp_path, db, monkeypatch):
+    from bot.knowledge import convert
+    from tools.format_fixtures import write_fixtures
+
+    folder = tmp_path / "docs"
+    write_fixtures(folder)
+    assert {r.status for r in ingest.index_paths(db, [folder], folder, progress=False)} == {"indexed"}
+    assert {r.status for r in ingest.index_paths(db, [folder], folder, progress=False)} == {"unchanged"}
+    # The files did not change, what is made of them did: their hashes cannot tell, the signature does.
+    monkeypatch.setattr(convert, "VERSION", convert.VERSION + 1)
+    assert {r.status for r in ingest.index_paths(db, [folder], folder, progress=False)} == {"indexed"}
+    assert {r.status for r in ingest.index_paths(db, [folder], folder, progress=False)} == {"unchanged"}

@@ -31,12 +31,26 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+# Bump when what `convert` makes of a file changes. With markitdown's version it is part of the index's
+# signature (ingest.index_paths): after an upgrade every document is read again, since the stored hash is
+# the original file's, which an upgrade does not change.
+VERSION = 2
 MARKITDOWN_SUFFIXES = {".docx", ".pptx", ".xlsx", ".html", ".htm"}
 TEXT_IN_ZIP = {".md", ".markdown", ".txt"}
 _SLIDE_RE = re.compile(r"^<!-- Slide number: (\d+) -->$", re.M)
 _SHEET_RE = re.compile(r"^## (.+)$", re.M)
 _NAN_CELL = re.compile(r"\| NaN (?=\|)")
 _CJK_END = re.compile(r"[\u2e80-\u9fff\uff00-\uffef]$")
+
+
+def fingerprint() -> str:
+    """This converter's version and the installed markitdown's (read from its metadata, not imported)."""
+    from importlib import metadata
+
+    try:
+        return f"{VERSION}+markitdown-{metadata.version('markitdown')}"
+    except metadata.PackageNotFoundError:
+        return f"{VERSION}+no-markitdown"
 
 
 class BadFile(Exception):

@@ -368,7 +368,7 @@ def index_paths(db, paths: list[Path], knowledge_dir: Path, limit: int = 600, pr
     seen: set[str] = set()
     changed = False
     # A different chunker or chunk size makes every stored passage stale.
-    signature = f"{CHUNKER_VERSION}:{limit}"
+    signature = f"{CHUNKER_VERSION}:{convert.fingerprint()}:{limit}"  # a converter upgrade reads everything again
     rechunk = store.get_meta(db, "chunker") not in (None, signature)
     stored_as: dict[Path, str] = {}
     if rechunk:
