@@ -173,28 +173,30 @@ def test_bad_files_get_a_message_by_name_and_the_rest_is_indexed(tmp_path, db):
     assert not (tmp_path / "escaped.md").exists() and not any(tmp_path.rglob("escaped.md"))
 
 
-def test_zip_guards_and_what_is_skipped_inside(tmp_path):
+def _zipped(files: dict[str, bytes | str]) -> bytes:
+    """A deflated zip, in memory, of {entry name: content}."""
     import io
     import zipfile
 
-    from bot.knowledge import convert
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
 
-    def zipped(files: dict[str, bytes | str]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, data in files.items():
-                z.writestr(name, data)
-        return buf.getvalue()
+
+def test_zip_guards_and_what_is_skipped_inside(tmp_path):
+    from bot.knowledge import convert
 
     small = convert.Limits(max_zip_entries=3, max_zip_bytes=1000, max_file_bytes=500)
     with pytest.raises(ingest.BadFile, match="4 files, over the limit of 3"):
-        convert.convert("many.zip", zipped({f"{n}.md": "# x\n\ny\n" for n in range(4)}), small)
+        convert.convert("many.zip", _zipped({f"{n}.md": "# x\n\ny\n" for n in range(4)}), small)
     with pytest.raises(ingest.BadFile, match="expands to .* over the"):
-        convert.convert("big.zip", zipped({"a.md": "x" * 600, "b.md": "y" * 600}), small)
+        convert.convert("big.zip", _zipped({"a.md": "x" * 600, "b.md": "y" * 600}), small)
     with pytest.raises(ingest.BadFile, match="path traversal"):
-        convert.convert("win.zip", zipped({"C:/Windows/evil.md": "# e\n\nvil\n"}))
-    inner = zipped({"Sub/Deep.md": "# Deep\n\nA nested export page.\n"})
-    out = convert.convert("export.zip", zipped({
+        convert.convert("win.zip", _zipped({"C:/Windows/evil.md": "# e\n\nvil\n"}))
+    inner = _zipped({"Sub/Deep.md": "# Deep\n\nA nested export page.\n"})
+    out = convert.convert("export.zip", _zipped({
         "Page.md": "# Page\n\nTop page.\n", "image.png": b"\x89PNG....", "Part-1.zip": inner,
         "broken.pdf": b"%PDF-1.4 nonsense", "__MACOSX/._Page.md": b"\x00\x05"}))
     assert [(p.location, p.title) for p in out.parts] == [("Page.md", "Page"), ("Part-1.zip/Sub/Deep.md", "Deep")]
@@ -202,7 +204,7 @@ def test_zip_guards_and_what_is_skipped_inside(tmp_path):
     assert "corrupt PDF" in out.skipped[0] and "unsupported type .png" in out.skipped[1]
     # an export whose every file fails says why rather than indexing nothing quietly
     with pytest.raises(ingest.BadFile, match="no documents in the zip"):
-        convert.convert("pictures.zip", zipped({"a.png": b"x", "b.jpg": b"y"}))
+        convert.convert("pictures.zip", _zipped({"a.png": b"x", "b.jpg": b"y"}))
 
 
 def test_import_of_the_cli_does_not_import_the_converter():
@@ -284,28 +286,18 @@ def test_text_drawn_inside_a_form_xobject_is_text_not_a_scan(tmp_path):
 def test_zips_inside_a_zip_share_its_limits(tmp_path):
     """Each zip inside a zip under the limits must not get limits of its own: 160 small zips that each
     expand to the limit made a 0.4 MB upload expand to 160 times the limit."""
-    import io
-    import zipfile
-
     from bot.knowledge import convert
 
-    def zipped(files: dict[str, bytes | str]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, data in files.items():
-                z.writestr(name, data)
-        return buf.getvalue()
-
-    inner = zipped({"a.md": "# A\n\n" + "x" * 400, "b.md": "# B\n\n" + "y" * 400})  # 800 bytes expanded
+    inner = _zipped({"a.md": "# A\n\n" + "x" * 400, "b.md": "# B\n\n" + "y" * 400})  # 800 bytes expanded
     small = convert.Limits(max_zip_bytes=1000, max_file_bytes=500, max_zip_entries=5)
     assert len(inner) <= 500 and len(convert.convert("one.zip", inner, small).parts) == 2  # alone: within
-    many = zipped({f"part-{n}.zip": inner for n in range(3)})  # 3 x 800 bytes: over 1000
+    many = _zipped({f"part-{n}.zip": inner for n in range(3)})  # 3 x 800 bytes: over 1000
     assert len(many) <= 1000
     with pytest.raises(ingest.BadFile, match=r"^part-\d\.zip: zip refused: it expands to .* with the zips inside it, over"):
         convert.convert("many.zip", many, small)
-    tiny = zipped({f"{n}.md": "# t\n\nz\n" for n in range(2)})
+    tiny = _zipped({f"{n}.md": "# t\n\nz\n" for n in range(2)})
     with pytest.raises(ingest.BadFile, match=r"^part-\d\.zip: zip has \d+ files with the zips inside it, over the limit of 5"):  # 3 zips + 6 files > 5 entries
-        convert.convert("count.zip", zipped({f"part-{n}.zip": tiny for n in range(3)}), small)
+        convert.convert("count.zip", _zipped({f"part-{n}.zip": tiny for n in range(3)}), small)
 
 
 def test_what_conversion_leaves_behind_is_cleaned_before_it_is_indexed(tmp_path):
