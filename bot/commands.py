@@ -426,7 +426,6 @@ class Commands:
                 removed = ingest.remove_document(self.db, doc)
                 store.forget_upload(self.db, doc)
                 (self.uploads_dir / safe).unlink(missing_ok=True)
-                store.bump_index_generation(self.db)
         except Exception as e:
             return self._failed(caller, "kb remove", doc, e)
         self._audit(caller, "kb remove", doc, "ok", f"{removed} passages")

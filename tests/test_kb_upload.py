@@ -361,7 +361,9 @@ def test_a_pdf_from_chat_is_cited_by_page_and_a_corrupt_one_is_refused_by_name(k
     corrupt = cmds.kb_add(admin, "broken.pdf", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nnot a pdf body\n")
     assert not corrupt.ok and corrupt.text.startswith("Could not add broken.pdf:") and "Nothing was added" in corrupt.text
     assert store.document(kb_db, "uploads/broken.pdf") is None and not (tmp_path / "uploads" / "broken.pdf").exists()
+    generation = store.index_generation(kb_db)
     assert cmds.kb_remove(admin, "heron-report.pdf").ok  # the module's index is shared
+    assert store.index_generation(kb_db) > generation  # remove_document bumps it: other replicas reload
 
 
 def test_a_new_chunker_re_reads_an_upload_under_its_own_name(kb_db, tmp_path, indexed_kb):
