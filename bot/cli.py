@@ -98,7 +98,7 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         print("No passage matches that question.")
     for n, h in enumerate(hits, 1):
-        print(f"[{n}] {getattr(h, 'source', h.doc)} › {h.heading}  (score {h.score:.3f})")
+        print(f"[{n}] {h.source} › {h.heading}  (score {h.score:.3f})")
         print("    " + h.text.strip().replace("\n", "\n    "))
         print()
 
