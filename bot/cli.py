@@ -98,7 +98,7 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         print("No passage matches that question.")
     for n, h in enumerate(hits, 1):
-        print(f"[{n}] {getattr(h, 'source', h.doc)} › {h.heading}  (score {h.score:.3f})")
+        print(f"[{n}] {h.source} › {h.heading}  (score {h.score:.3f})")
         print("    " + h.text.strip().replace("\n", "\n    "))
         print()
 
@@ -155,7 +155,11 @@ def cmd_eval_retrieval(args) -> int:
     if not path.is_file():
         print(f"eval-retrieval: no such file: {path}", file=sys.stderr)
         return 2
-    rows = retrieval_eval.load_questions(path)
+    try:
+        rows = retrieval_eval.load_questions(path)
+    except retrieval_eval.BadQuestionFile as e:
+        print(f"eval-retrieval: {e}", file=sys.stderr)
+        return 2
     if args.followups:
         from bot.answering import condense
 
@@ -197,8 +201,13 @@ def cmd_eval_answers(args) -> int:
         if not path.is_file():
             print(f"eval-answers: no such file: {path}", file=sys.stderr)
             return 2
+    try:
+        questions = {p.name: retrieval_eval.load_questions(p) for p in paths}
+    except retrieval_eval.BadQuestionFile as e:
+        print(f"eval-answers: {e}", file=sys.stderr)
+        return 2
     answerer = wiring.build_answerer(args.settings, wiring.connect_db(args.settings), "none")
-    judged = {p.name: answer_eval.judge_rows(answerer, retrieval_eval.load_questions(p)) for p in paths}
+    judged = {name: answer_eval.judge_rows(answerer, rows) for name, rows in questions.items()}
     summary = answer_eval.summarise(judged)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -159,7 +159,7 @@ class Commands:
         self.enqueue = enqueue  # False: /train records the job but leaves running it to the caller (tests)
         # Rate limits and the queue bound: from the settings unless a caller (a test, a load script) brings its own.
         self.guard = guard if guard is not None else Admission.from_settings(
-            settings, depth=getattr(answerer, "queue_depth", None))
+            settings, depth=answerer.queue_depth if answerer is not None else None)
         self.reviewers = settings.trusted_reviewers  # whose corrections are accepted without a review
         self.model = settings.model  # the serving preset: its control tokens are refused in corrections
         self.cache_dir = settings.cache_dir  # where its weights are: an adapter is checked against that base
@@ -252,7 +252,7 @@ class Commands:
         hits = self.answerer.searcher.search(query, k)
         if not hits:
             return Reply("No passage matches that query.", private=True)
-        lines = [f"[{n}] {getattr(h, 'source', h.doc)} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
+        lines = [f"[{n}] {h.source} › {h.heading}\n{' '.join(h.text.split())[:300]}" for n, h in enumerate(hits, 1)]
         return Reply("\n\n".join(lines), private=True, hits=[h.as_json() for h in hits])
 
     def kb_reindex(self, caller: Caller) -> Reply:
@@ -372,7 +372,7 @@ class Commands:
 
     def _sample(self, doc: str) -> dict | None:
         """The top passage for a query made from the document's first heading (else its first words)."""
-        searcher = getattr(self.answerer, "searcher", None)
+        searcher = self.answerer.searcher if self.answerer is not None else None
         first = store.document_passages(self.db, doc, 1)
         if searcher is None or not first:
             return None

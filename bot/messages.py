@@ -38,6 +38,13 @@ NO_USER_OR_CHANNEL = "Sorry, that command arrived without a user or channel, so 
 UNKNOWN_BUTTON = "That button is not one I know (it may be from an older version of me); nothing was recorded."
 UNKNOWN_FORM = "This form is not one I know (it may be from an older version of me); nothing was recorded."
 
+CORRECT_TITLE = "Correct this answer"  # the correction form's title (a Slack modal, a Discord modal)
+
+
+def not_added(what: str, why: str) -> str:
+    """A /kb add upload the transport could not fetch (`what`: the file's name; `why`: what happened)."""
+    return f"Could not add {what}: {why}. Nothing was added."
+
 
 def admins_only(what: str) -> str:
     """The refusal of a privileged command (`what`: "/train", "cancelling someone else's job", ...)."""

@@ -166,8 +166,11 @@ def test_eval_retrieval_json(indexed_env, tmp_path, capsys):
 def test_eval_retrieval_rejects_bad_question_file(indexed_env, tmp_path, capsys):
     qfile = tmp_path / "bad.jsonl"
     qfile.write_text('{"question": "ok"}\n{broken\n', encoding="utf-8")
-    with pytest.raises(SystemExit, match=r"bad\.jsonl:2"):
-        cli.main(["eval-retrieval", str(qfile)])
+    assert cli.main(["eval-retrieval", str(qfile)]) == 2
+    assert re.search(r"bad\.jsonl:2: not valid JSON", capsys.readouterr().err)
+    # eval-answers reads the same files: told the same, before any model or index is built.
+    assert cli.main(["eval-answers", str(qfile)]) == 2
+    assert re.search(r"bad\.jsonl:2: not valid JSON", capsys.readouterr().err)
 
 
 def test_search_on_empty_database_indexes_the_knowledge_dir_first(env, capsys):

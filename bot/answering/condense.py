@@ -30,10 +30,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from bot.answering import prompts
+from bot.answering.searcher import Searcher
 from bot.knowledge.textproc import CJK_RE
+
+if TYPE_CHECKING:
+    from bot.knowledge.retrieval import Hit
 
 LATEST_WEIGHT = 0.5  # the last earlier question counts half as much as the new one
 MAX_CONTEXT_TURNS = 2  # older turns are usually another topic by then
@@ -95,7 +99,7 @@ class Query:
         """What the answers table keeps in `query`: None when the question was searched as it is."""
         return None if self.route == "as-is" else self.text
 
-    def search(self, searcher, k: int) -> list:
+    def search(self, searcher: Searcher, k: int) -> list[Hit]:
         if self.parts == ((self.question, 1.0),):
             return searcher.search(self.question, k)
         return searcher.search_parts(list(self.parts), k)

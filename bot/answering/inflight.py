@@ -31,6 +31,9 @@ import socket
 import uuid
 
 from bot import store
+from bot.answering.pipeline import retrieval_only_text
+from bot.answering.searcher import Searcher
+from bot.knowledge.textproc import is_mostly_english
 from bot.messages import RESTARTED_EN, RESTARTED_ZH  # noqa: F401  (the apology's words live in the catalogue)
 
 log = logging.getLogger(__name__)
@@ -90,12 +93,11 @@ def hand_off(db, inflight_id: int, text: str) -> int | None:
     return store.hand_inflight_to_outbox(db, inflight_id, text)
 
 
-def apology(question: str, searcher, k: int = 5) -> str:
-    from bot.answering.pipeline import _notice, retrieval_only_text
-
+def apology(question: str, searcher: Searcher | None, k: int = 5) -> str:
     hits = searcher.search(question, k) if searcher is not None and question.strip() else []
-    reason = _notice(question, "the assistant restarted", "助手重新启动")
-    return _notice(question, RESTARTED_EN, RESTARTED_ZH) + "\n" + retrieval_only_text(question, hits, reason)
+    english = is_mostly_english(question)
+    reason = "the assistant restarted" if english else "助手重新启动"
+    return (RESTARTED_EN if english else RESTARTED_ZH) + "\n" + retrieval_only_text(question, hits, reason)
 
 
 def recover(db, searcher, k: int = 5) -> list[int]:

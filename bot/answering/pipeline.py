@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from bot.answering import abstention, condense, extract, prompts
+from bot.answering.searcher import Searcher
 from bot import store
 from bot.llm.generator import EngineBusy, EngineUnavailable, Generator, is_out_of_memory
 from bot.knowledge.textproc import is_mostly_english
@@ -168,7 +169,7 @@ class Answerer:
     None means retrieval-only from the start.
     """
 
-    def __init__(self, db, searcher, generator: Callable[[], Generator] | None = None, *, k: int = 5,
+    def __init__(self, db, searcher: Searcher, generator: Callable[[], Generator] | None = None, *, k: int = 5,
                  context_budget: int = 1536, history_budget: int = 512, max_new_tokens: int = 384,
                  timeout_s: float = 300.0, condense_timeout_s: float = condense.DEFAULT_TIMEOUT_S):
         self.db, self.searcher = db, searcher
@@ -200,7 +201,7 @@ class Answerer:
 
     def judge(self) -> abstention.Judge:
         """The abstention judge over the rows the searcher serves now (a new one after a re-index)."""
-        rows = getattr(self.searcher, "rows", [])
+        rows = self.searcher.rows
         held = self._judge
         if held is None or held[0] != id(rows):
             held = self._judge = (id(rows), abstention.Judge(rows, store.lexicon(self.db)))
@@ -209,7 +210,7 @@ class Answerer:
     def verdict(self, question: str, hits: list) -> abstention.Verdict:
         """Whether `hits` support an answer to `question` (abstention.py), with the re-ranker's
         probabilities when the searcher has one."""
-        return self.judge().verdict(question, hits, scored=getattr(self.searcher, "ranker", None) is not None)
+        return self.judge().verdict(question, hits, scored=self.searcher.reranks)
 
     def warm(self) -> None:
         """Pay at start what the first question would: the judge's dictionaries (jieba, CC-CEDICT)
@@ -242,7 +243,7 @@ class Answerer:
         hits = query.search(self.searcher, self.k)
         # A passage of a converted file is cited with its place in it (`report.pdf p. 12`): from here on,
         # prompt, citations and the stored answer name the document that way.
-        hits = [replace(h, doc=h.source, location="") if getattr(h, "location", "") else h for h in hits]
+        hits = [replace(h, doc=h.source, location="") if h.location else h for h in hits]
         retrieval_ms = (time.perf_counter() - t_search) * 1000
 
         count = gen.count_tokens if gen else len
@@ -303,7 +304,7 @@ class Answerer:
         store.record_answer(self.db, {
             "id": answer.id, "created_at": time.time(), "platform": ctx.platform, "channel": ctx.channel,
             "thread": ctx.thread, "user": ctx.user, "question": question, "query": query.stored,
-            "passages": [{"id": getattr(p, "passage_id", None), "doc": p.doc, "heading": p.heading, "text": p.text}
+            "passages": [{"id": p.passage_id, "doc": p.doc, "heading": p.heading, "text": p.text}
                          for p in shown],
             "answer": text, "citations": [asdict(c) for c in citations], "mode": mode, "notice": notice,
             "model": model, "revision": revision, "adapter": adapter, "latency_ms": ms,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from bot.answering import control_tokens
@@ -109,7 +109,8 @@ def fit_passages(passages: Sequence[Passage], budget: int, count: Callable[[str]
             text = p.text
             while text and count(text) + 16 > budget:
                 text = text[: int(len(text) * 0.8)]
-            kept.append(Passage(p.doc, p.heading, text))
+            # The passage's own type, trimmed: a retrieval.Hit keeps its passage id (the answer's record names it).
+            kept.append(replace(p, text=text))
             break
         else:
             break

@@ -322,6 +322,11 @@ class Searcher:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def reranks(self) -> bool:
+        """Whether `Hit.score` is the re-ranker's probability (one scale for every question), not BM25's."""
+        return self._index[3] is not None
+
     def _current(self) -> None:
         """Reload when another process (a `serve` replica's `/kb reindex`, the CLI's `index`) stored a newer
         index generation than the one loaded: one indexed read of `meta` per search."""

@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 
 
+class BadQuestionFile(ValueError):
+    """A question file that cannot be read as one JSON object with a question per line: says where."""
+
+
 def load_questions(path: Path) -> list[dict]:
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -21,9 +25,9 @@ def load_questions(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            raise BadQuestionFile(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not str(row.get("question", "")).strip():
-            raise SystemExit(f"{path}:{n}: each line needs a non-empty \"question\"")
+            raise BadQuestionFile(f"{path}:{n}: each line needs a non-empty \"question\"")
         rows.append(row)
     return rows
 

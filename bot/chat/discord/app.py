@@ -33,7 +33,7 @@ from discord import app_commands
 
 from bot.commands import Caller, Commands, Reply, upload_name
 from bot.chat.discord.render import answer_messages, split_message
-from bot.messages import TRY_AGAIN as SORRY, UNKNOWN_BUTTON, UNKNOWN_FORM
+from bot.messages import CORRECT_TITLE, TRY_AGAIN as SORRY, UNKNOWN_BUTTON, UNKNOWN_FORM, not_added
 
 log = logging.getLogger("bot.discord")
 LIMIT = 2000  # Discord's maximum message length
@@ -122,7 +122,7 @@ class CorrectionModal(discord.ui.Modal):
     after a restart is still understood (KBClient.on_interaction)."""
 
     def __init__(self, answer_id: str):
-        super().__init__(title="Correct this answer", custom_id=f"kb:correct:{answer_id}", timeout=15 * 60)
+        super().__init__(title=CORRECT_TITLE, custom_id=f"kb:correct:{answer_id}", timeout=15 * 60)
         self.answer_id = answer_id
         # 4000 is Discord's cap for a text input; commands.correct checks its own limit too.
         self.text = discord.ui.TextInput(custom_id=FIELD, style=discord.TextStyle.paragraph, max_length=4000,
@@ -232,8 +232,7 @@ async def add_attachment(interaction: discord.Interaction, file: discord.Attachm
         except (discord.HTTPException, asyncio.TimeoutError) as e:
             why = f"took over {DOWNLOAD_TIMEOUT_S:.0f} s" if isinstance(e, asyncio.TimeoutError) else \
                 f"failed (HTTP {e.status})"
-            reply = Reply(f"Could not add {upload_name(file.filename) or 'the file'}: downloading it {why}. "
-                          "Nothing was added.",
+            reply = Reply(not_added(upload_name(file.filename) or "the file", f"downloading it {why}"),
                           ok=False, private=True)
         else:
             reply = await asyncio.to_thread(cmds.kb_add, caller, file.filename, data)

@@ -67,8 +67,16 @@ class _TokenIsUsed(logging.Filter):
         return record.getMessage() not in self.MISLEADING
 
 
+class KbApp(AsyncApp):
+    """bolt's app, with what `start_http` needs of ours declared beside it (bolt has no hook of its own
+    for either): the listeners, stopped at shutdown, and the signing secret, checked before bolt parses."""
+
+    kb_listeners: Listeners | None = None
+    kb_signing_secret: str = ""
+
+
 def build_app(commands: Commands, *, token: str, signing_secret: str, api_url: str = "https://slack.com/api/",
-              update_every_s: float = 1.0, workers: int = 32) -> AsyncApp:
+              update_every_s: float = 1.0, workers: int = 32) -> KbApp:
     """The Slack app for `commands`. Makes no network call: construction works offline."""
     # slack_sdk logs every request and response body at DEBUG: message text, which never goes
     # to our logs. Its loggers (the Web API client and response URLs) stop at INFO whatever the root level.
@@ -79,7 +87,7 @@ def build_app(commands: Commands, *, token: str, signing_secret: str, api_url: s
     bolt_log, quiet = logging.getLogger("slack_bolt.AsyncApp"), _TokenIsUsed()
     bolt_log.addFilter(quiet)
     try:
-        app = AsyncApp(name="kb-bot", client=client, signing_secret=signing_secret, authorize=_authorizer(client))
+        app = KbApp(name="kb-bot", client=client, signing_secret=signing_secret, authorize=_authorizer(client))
     finally:
         bolt_log.removeFilter(quiet)
     # On the client only after construction: given to AsyncApp, bolt would drop it in favour of `authorize`.
@@ -87,12 +95,11 @@ def build_app(commands: Commands, *, token: str, signing_secret: str, api_url: s
     client.token = token
     slack = Listeners(commands, update_every_s, workers)
     slack.register(app)
-    app._kb_slack = slack  # for start_http's cleanup; bolt has no hook of its own for it
-    app._kb_signing_secret = signing_secret  # start_http checks signatures itself, before bolt parses
+    app.kb_listeners, app.kb_signing_secret = slack, signing_secret
     return app
 
 
-def _share_session(app: AsyncApp):
+def _share_session(app: KbApp):
     """One HTTP connection pool for every Web API call; returns what stops it (and the app's threads).
 
     Without a session, slack_sdk opens a new one (and a new connection) for
@@ -106,9 +113,8 @@ def _share_session(app: AsyncApp):
         session = app.client.session = aiohttp.ClientSession()
 
     async def close():
-        slack = getattr(app, "_kb_slack", None)
-        if slack is not None:
-            slack.shutdown()
+        if app.kb_listeners is not None:
+            app.kb_listeners.shutdown()
         if session is not None:
             await session.close()
     return close
@@ -144,11 +150,11 @@ def well_formed(body) -> bool:
                for a in body.get("actions") or [])
 
 
-async def start_http(app: AsyncApp, port: int, extra_routes=(), host: str = "0.0.0.0") -> web.AppRunner:
+async def start_http(app: KbApp, port: int, extra_routes=(), host: str = "0.0.0.0") -> web.AppRunner:
     """Serve the app at /slack/events (plus `extra_routes`) on host:port; returns the runner to clean up.
 
     With port 0 the system picks a free port: `runner.addresses[0][1]`."""
-    secret = app._kb_signing_secret
+    secret = app.kb_signing_secret
 
     async def events(request: web.Request) -> web.Response:
         # Nothing of the body is decoded or parsed before its signature is checked (bot/chat/slack/http.py).
@@ -175,14 +181,14 @@ async def start_http(app: AsyncApp, port: int, extra_routes=(), host: str = "0.0
     return runner
 
 
-def socket_mode_handler(app: AsyncApp, app_token: str):
+def socket_mode_handler(app: KbApp, app_token: str):
     """The Socket Mode handler for `app`, not yet connected (tests drive its `handle` offline)."""
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
     return AsyncSocketModeHandler(app, app_token)
 
 
-async def start_socket_mode(app: AsyncApp, app_token: str) -> None:
+async def start_socket_mode(app: KbApp, app_token: str) -> None:
     """Connect over Socket Mode (an `xapp-` token) and serve until cancelled: run it as a task."""
     handler = socket_mode_handler(app, app_token)
     close = _share_session(app)

@@ -247,7 +247,7 @@ class Listeners:
             data = await files.download(file, client.token, cmds.max_file_bytes)
             return await self._submit(self.pool, cmds.kb_add, caller, file.get("name") or "", data)
         except files.FetchError as e:
-            return Reply(f"Could not add the file: {e}. Nothing was added.", ok=False, private=True)
+            return Reply(messages.not_added("the file", str(e)), ok=False, private=True)
         except Exception:  # a bug or the database: the caller hears so, the log gets no chat text
             log.exception("/kb add by %s failed", caller.user)
             return Reply(SORRY, ok=False, private=True)

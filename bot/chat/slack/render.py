@@ -154,7 +154,7 @@ def correction_modal(answer_id: str) -> dict:
         "type": "modal",
         "callback_id": CORRECTION,
         "private_metadata": answer_id,
-        "title": {"type": "plain_text", "text": "Correct this answer"},
+        "title": {"type": "plain_text", "text": messages.CORRECT_TITLE},
         "submit": {"type": "plain_text", "text": "Save"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
