@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from bot import cli, pgdb, store
+from bot import cli, store
+from bot.store import postgres as pgdb
 
 QUESTIONS = ["什么是天使投资？", "How do I apply for leave?"]
 

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from bot import pgdb, store
+from bot import store
+from bot.store import postgres as pgdb
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

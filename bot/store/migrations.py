@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import sqlite_utils
 
-from bot import pgdb
+from bot.store import postgres as pgdb
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
