@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from bot.store.admin import ServiceMoved, audit, audit_log, in_service, promotions, record_promotion
 from bot.store.answers import answer, recent_answers, record_answer, thread_turns
-from bot.store.batches import BATCH_PAUSE_S, BATCH_ROWS
+from bot.store.batches import BATCH_PAUSE_S, BATCH_ROWS  # copies, to read: to change them, set them on batches
 from bot.store.engine import ThreadLocalDatabase, ping, transaction
 from bot.store.feedback import (
     Duplicate, correction, corrections, delivered, feedback_answers, first_delivery, mark_trained, opted_out,

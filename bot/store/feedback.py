@@ -8,7 +8,7 @@ import json
 import time
 from typing import Iterable
 
-from bot.store import batches
+from bot.store import batches  # batches.BATCH_ROWS read at each call: setting it there takes effect
 from bot.store.batches import _chunks
 from bot.store.engine import _bump, _for_update, _lock, transaction
 

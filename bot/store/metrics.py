@@ -62,8 +62,8 @@ def _recount(db) -> None:
 
 
 def recount_counters(db) -> None:
-    """Count the counters again from the tables: after rows were written by something other than this
-    module (a bulk load, tools.growth_bench). Deleted answers are no longer in the tables: they leave
+    """Count the counters again from the tables: after rows were written by something other than the
+    store (a bulk load, tools.growth_bench). Deleted answers are no longer in the tables: they leave
     the answer counters, so on a live database Prometheus would read that as a reset."""
     with transaction(db):
         _recount(db)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from bot.store import batches
+from bot.store import batches  # batches.BATCH_ROWS read at each call: setting it there takes effect
 from bot.store.batches import _chunks, _delete_answers_batched, _delete_batched
 from bot.store.engine import transaction
 from bot.store.feedback import Duplicate, _claim, _opt_out, delivered
