@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot import store
 from bot.ops import metrics, retention
+from bot.store import batches
 
 DAY = 86400.0
 PLATFORMS, MODES = ("slack", "discord", "cli"), ("llm", "retrieval-only")
@@ -143,7 +144,7 @@ def test_the_purge_commits_in_batches_and_a_concurrent_writer_never_waits_for_th
     path = tmp_path / "bot.db"
     db = store.connect(path)
     old, batch = 900, 100
-    monkeypatch.setattr(store, "BATCH_ROWS", batch)  # the purge as the worker runs it, in smaller batches
+    monkeypatch.setattr(batches, "BATCH_ROWS", batch)  # the purge as the worker runs it, in smaller batches
     _fill(db, old + 50, old=old)
     store.record_answer(db, _answer(99999, created_at=time.time(), rng=random.Random(1)))
     done = threading.Event()

@@ -21,7 +21,7 @@ purge; `ask` as fast as against the empty database. Exit code 1 when one is miss
 
 On SQLite (`--db PATH`, default a temporary file) or PostgreSQL (`--db
 postgresql://…` of an empty database, or `--pg`: a throwaway PostgreSQL 15
-started for the run by tools/pg_server.py). The measures go through store.py
+started for the run by tools/pg_server.py). The measures go through bot/store/
 and bot.ops only, as the bot runs them; only the bulk loader speaks the
 engine (SQLite: executemany; PostgreSQL: COPY FROM STDIN), and both load
 CHUNK rows per transaction.

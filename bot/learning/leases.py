@@ -5,7 +5,7 @@ asks, so a worker on another host (or in another container) would take a
 live job for a dead one. A lease says it from the shared database instead:
 the holder renews `expires_at` every third of its time to live, and a lease
 past its expiry belongs to a process that stopped (killed, frozen, cut off
-from the database), wherever it ran. store.py holds the SQL; this module
+from the database), wherever it ran. bot/store/jobs.py holds the SQL; this module
 holds the thread. It lives in learning because the training jobs are its
 first users; bot.ops (the Discord lease of `serve`) sits above and imports it.
 """

@@ -1,10 +1,10 @@
 """`/metrics` in Prometheus text format: what the bot has answered, how fast, what people thought of it.
 
 The figures are read from the database when Prometheus scrapes (a custom
-collector over store.py's SQL), not kept in this process: they survive a
+collector over bot/store/'s SQL), not kept in this process: they survive a
 restart, and they include what every process wrote (answers given through
-the CLI, jobs the worker ran). They are not counted at the scrape: store.py
-keeps them in its `counters` table, updated in the transaction of each write,
+the CLI, jobs the worker ran). They are not counted at the scrape: the store
+keeps them in its `counters` table (bot/store/metrics.py), updated in the transaction of each write,
 so a scrape reads a few dozen rows whatever the number of answers (a count
 over `answers` took 0.7 s at 300,000 rows and grew with them). The live
 figures (the model's queue, the adapter it serves) come from the serving

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from bot import cli, pgdb, store
+from bot import cli, store
+from bot.store import postgres
 
 QUESTIONS = ["什么是天使投资？", "How do I apply for leave?"]
 
@@ -105,7 +106,7 @@ def _loop_flows(capsys, monkeypatch, target, work: Path) -> dict:
     by_worker = store.job(db, queued)
     assert by_worker["runner"].split(":")[1] == str(worker.pid)  # run by the worker process, not here
     listing = run("jobs", "--json")
-    if isinstance(db, pgdb.PostgresDatabase):
+    if isinstance(db, postgres.PostgresDatabase):
         db.close()
     return {
         "first": (first["mode"], first["answer"], first["citations"], first["adapter"]),

@@ -31,7 +31,7 @@ def test_scrape_purge_and_ask_meet_their_targets_at_50000_answers(tmp_path, monk
 
 
 def test_the_same_targets_on_postgresql_at_20000_answers(pg_url, monkeypatch):
-    """The PostgreSQL branch end to end: COPY-loaded rows, the purge through store.py on PostgreSQL with
+    """The PostgreSQL branch end to end: COPY-loaded rows, the purge through bot/store/ on PostgreSQL with
     another process voting through it, the counters kept, and the three targets."""
     from tools import growth_bench
 

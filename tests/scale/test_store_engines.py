@@ -1,13 +1,14 @@
 """The store on both engines: the same calls, the same results, on a SQLite file and on a real
 PostgreSQL 15 (tests/scale/conftest.py starts one per session). What runs on PostgreSQL is what
-this file proves; bot/pgdb.py says how the one copy of the queries is translated."""
+this file proves; bot/store/postgres.py says how the one copy of the queries is translated."""
 from __future__ import annotations
 
 import threading
 
 import pytest
 
-from bot import pgdb, store
+from bot import store
+from bot.store import postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -33,7 +34,7 @@ def test_migrations_run_once_and_are_recorded(db):
     assert store.ping(db.target) == len(names)
     again = store.connect(db.target)  # a second start applies nothing twice
     assert [r["name"] for r in again.query("select name from _migrations order by name")] == sorted(names)
-    if isinstance(again, pgdb.PostgresDatabase):
+    if isinstance(again, postgres.PostgresDatabase):
         again.close()
 
 
@@ -172,7 +173,7 @@ def test_forget_and_purge_in_batches(db):
 
 # --- read-then-write under concurrency: exact on both engines ------------------------------------
 # SQLite runs one writer at a time (BEGIN IMMEDIATE); PostgreSQL runs these at READ COMMITTED, where
-# a transaction that reads then writes needs its own lock (store._lock, store._for_update).
+# a transaction that reads then writes needs its own lock (bot/store/engine.py: _lock, _for_update).
 
 def _together(n: int, work) -> list[BaseException]:
     """Run work(i) on n threads released at once; the exceptions they raised."""
@@ -249,7 +250,7 @@ def test_replicas_migrating_a_fresh_database_together(engine, tmp_path, request)
     names = [r["name"] for r in opened[0].query("select name from _migrations order by name")]
     assert names == sorted(fn.__name__ for fn in store.MIGRATIONS)  # each once (the primary key says so too)
     for db in opened:
-        if isinstance(db, pgdb.PostgresDatabase):
+        if isinstance(db, postgres.PostgresDatabase):
             db.close()
 
 

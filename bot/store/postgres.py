@@ -1,10 +1,10 @@
-"""PostgreSQL behind the same interface store.py already uses: `BOT_DB=postgresql://…`.
+"""PostgreSQL behind the same interface the store (bot/store/) already uses: `BOT_DB=postgresql://…`.
 
-The seam: a thin layer over psycopg 3, not SQLAlchemy Core. Measured before choosing: store.py
-holds every query of the project (one stray pair in learning/forgetting.py), about 110 statements
+The seam: a thin layer over psycopg 3, not SQLAlchemy Core. Measured before choosing: store.py (now
+bot/store/) held every query of the project (one stray pair in learning/forgetting.py), about 110 statements
 of plain SQL with `?` and `:name` placeholders, `on conflict … do update`, `returning`; the
 sqlite-utils table helpers (`db["x"].create`, `create_index`, `add_column`, `.rows`, `.insert`)
-appear 44 times, all in the migrations and `migrate()`; no code outside store.py touches them.
+appear 44 times, all in the migrations and `migrate()`; no code outside the store touches them.
 Rewriting 110 statements as SQLAlchemy expressions would be a second copy of the queries while the
 port is under way (and the shipped migrations must never be edited); a layer that translates the
 one copy keeps every query where it is, on both engines. What the layer does:
@@ -15,12 +15,12 @@ one copy keeps every query where it is, on both engines. What the layer does:
 - SQLite's `insert or ignore` -> `on conflict do nothing`, and `insert or replace` -> `on conflict
   (primary key) do update set` every other column (the key read from the catalogue);
 - `lastrowid`: an insert into a table with an identity `id` gets `returning id`;
-- `BEGIN IMMEDIATE` -> `BEGIN` (READ COMMITTED; see store.transaction for what that changes);
+- `BEGIN IMMEDIATE` -> `BEGIN` (READ COMMITTED; see store.transaction (engine.py) for what that changes);
 - `db["x"].create/create_index/add_column/.rows/.insert`: the subset of sqlite-utils' table API the
   migrations use, emitting PostgreSQL DDL (str text, int bigint, float double precision, bytes
   bytea; an int primary key `id` is an identity column, as SQLite's INTEGER PRIMARY KEY is a rowid).
 
-What stays per engine is said in store.py where it differs (`dialect`: the outbox claim's
+What stays per engine is said in bot/store/ where it differs (`dialect`: the outbox claim's
 FOR UPDATE SKIP LOCKED, `ping`). SQL the layer does not know (a PRAGMA, `rowid`) fails loudly on
 PostgreSQL rather than being guessed at. One connection per thread, autocommit outside an explicit
 transaction: the same contract as store.ThreadLocalDatabase. psycopg is imported when a
@@ -49,7 +49,7 @@ def _q(name: str) -> str:
 
 
 class Cursor:
-    """The part of sqlite3.Cursor store.py uses: fetchone/fetchall/iteration, rowcount, lastrowid, description."""
+    """The part of sqlite3.Cursor the store uses: fetchone/fetchall/iteration, rowcount, lastrowid, description."""
 
     def __init__(self, cur, returns_id: bool):
         self._cur, self.lastrowid = cur, None
@@ -143,7 +143,7 @@ class Table:
 
 
 class PostgresDatabase:
-    """A PostgreSQL database with the interface store.py uses of sqlite_utils.Database:
+    """A PostgreSQL database with the interface the store uses of sqlite_utils.Database:
     `execute`, `query` (dicts), `conn` (this thread's connection), `db["table"]`."""
 
     dialect = DIALECT
@@ -205,7 +205,7 @@ class PostgresDatabase:
             return self._schema.get(name, ((), False))
 
     def translate(self, sql: str) -> tuple[str, bool]:
-        """SQLite-flavoured SQL as store.py writes it -> (PostgreSQL SQL, whether it returns a new id)."""
+        """SQLite-flavoured SQL as the store writes it -> (PostgreSQL SQL, whether it returns a new id)."""
         if re.match(r"\s*begin\s+immediate\s*$", sql, re.I):
             return "BEGIN", False
         suffix, returns_id = "", False
