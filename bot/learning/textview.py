@@ -21,6 +21,7 @@ replaced in the original, and the rest of the text is kept byte for byte.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ class View:
         return self.starts[start], self.ends[end - 1]
 
 
+@functools.lru_cache(maxsize=8192)
+def _nfkc(chunk: str) -> str:
+    return chunk if chunk.isascii() or chunk in KEEP else unicodedata.normalize("NFKC", chunk)
+
+
+# Scrubbing runs every rule on the view of the same text, and most rules change nothing: one view serves them all.
+@functools.lru_cache(maxsize=32)
 def view(text: str) -> View:
     if text.isascii() and not _WRAP.search(text):
         return View(text, None, None)  # nothing to normalise: the common case costs one scan
@@ -72,7 +80,7 @@ def view(text: str) -> View:
             i = j  # a key wrapped onto the next line: read it as one run
             continue
         chunk = "".join(c for c in chunk if c not in INVISIBLE)
-        for c in unicodedata.normalize("NFKC", chunk) if not chunk.isascii() and chunk not in KEEP else chunk:
+        for c in _nfkc(chunk):
             out.append(c)
             starts.append(i)
             ends.append(j)
