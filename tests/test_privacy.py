@@ -115,6 +115,13 @@ def test_dotted_cjk_names_english_keywords_with_a_chinese_copula_ids_and_cards()
     ("香港同事电话 2123 4567", "香港同事电话 <PHONE>"),
     ("工资卡6222 0202 0000 1234 565", "工资卡<CARD>"),
     ("身份证 440308 19900101 1234", "身份证 <ID>"),
+    # Addresses written to dodge scrapers, Traditional Chinese key words, a verb between word and value,
+    # hyphenated English key words, a switchboard extension after a dash.
+    ("write to zhang.san [at] example [dot] com", "write to <EMAIL>"),
+    ("密碼：Abc12345!", "密碼：<SECRET>"),
+    ("密码改成了Abc12345", "密码改成了<SECRET>"),
+    ("api-key: 7f3a9c2e1b8d4f6a", "api-key: <SECRET>"),
+    ("总机 021-62345678-8001", "总机 <PHONE>-8001"),
 ])
 def test_unicode_forms_ips_and_handles(text, expected):
     assert scrub(text) == expected
@@ -127,5 +134,6 @@ def test_what_is_not_personal_stays():
     for text in ["Released v1.2.3.4 on Monday.", "版本号 1.2.3.4 是内部构建。", "升级到版本 1.2.3 以后", "第 2.3.4.1 条",
                  "本机 127.0.0.1 与 ::1", "Bind to 0.0.0.0", "网段 192.168.0.0/16", "netmask 255.255.255.0",
                  "时间 10:30:45", "AA:BB:CC:DD:EE:FF", "std::vector 与 a::b", "@所有人 明天放假", "@here 上线了",
-                 "npm i -D @types/node", "库存 21234567 件", "全角数字１２３４５和全角标点：，。"]:
+                 "npm i -D @types/node", "库存 21234567 件", "全角数字１２３４５和全角标点：，。", "Look at the [at] sign",
+                 "日期 2024-03-15 与 20240315-01"]:
         assert scrub(text) == text, text

@@ -66,9 +66,12 @@ _DOMAIN = re.compile(
 
 _ASCII_EDGE = r"(?<![A-Za-z0-9_])"  # a boundary that a CJK character next to it does not hide
 # Secret words of detect-secrets' KeywordDetector, a few more, and their Chinese forms.
-_EN_KEYWORDS = (r"[A-Za-z_]*(?:api_?key|auth_?key|access_?key|secret|passw(?:or)?d|pwd|token|private_?key|"
-                r"client_?key|db_?pass|credential)[A-Za-z_]*|contraseña|contrasena")
-_ZH_KEYWORDS = "访问密钥|私钥|秘钥|密钥|密码|口令|令牌|授权码|凭证|凭据"
+_EN_KEYWORDS = (r"[A-Za-z_]*(?:api[_ -]?key|auth[_ -]?key|access[_ -]?key|secret|passw(?:or)?d|passphrase|pwd|token|"
+                r"private[_ -]?key|client[_ -]?key|db_?pass|credential)[A-Za-z_]*|contraseña|contrasena")
+# Simplified and Traditional forms (Hong Kong and Taiwan write 密碼, 金鑰, 憑證).
+_ZH_KEYWORDS = "访问密钥|私钥|秘钥|密钥|密码|口令|令牌|授权码|凭证|凭据|密碼|密鑰|金鑰|私鑰|憑證|憑據|授權碼|通行碼|權杖"
+# What stands between the word and the value besides a colon: a copula or a verb of setting (`密码改成了…`).
+_ZH_LINK = "是|为|為|改成了?|改为|改為|设为|设置为|設為|設定為|换成了?|換成了?|变成了?|變成了?|就是|都是|也是"
 # Not a separator (the view turns `：` into `:`, which must not start a value: `密码：<SECRET>` stays as it is).
 _VALUE = r"(?![:=])(?!<[A-Z]+>)[\"'`]?((?:(?![\"'`,;])[\x21-\x7e]){6,})"
 
@@ -91,7 +94,7 @@ _TOKEN_RULES: list[tuple[str, re.Pattern, str]] = [
     # Chinese: 密码是…, 密钥：…, or the value right after the word (密码hunter22): the value must be ASCII,
     # so 密码错误 stays.
     # A copula and a colon may both stand there (`密码是：…`).
-    ("assignment", re.compile(rf"(?:{_ZH_KEYWORDS})\s*(?:是|为|為)?\s*[:=：]?\s*{_VALUE}"), "<SECRET>"),
+    ("assignment", re.compile(rf"(?:{_ZH_KEYWORDS})\s*(?:{_ZH_LINK})?\s*[:=：]?\s*{_VALUE}"), "<SECRET>"),
 ]
 _MENTION_RULES: list[tuple[str, re.Pattern, str]] = [
     # Chat mentions: Slack <@U123> / <@U123|name>, Discord <@123> / <@!123>, roles <@&123>, channels.
@@ -184,6 +187,17 @@ def _entropy(text: str) -> Iterator[Span]:
             yield m.span()
 
 
+# `name [at] example [dot] com`, `name(at)example.org`: an address written to dodge scrapers is still one.
+# Only the bracketed forms: a bare "at"/"dot" is too common a word.
+_AT_WORD = re.compile(r"(?i)(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+\s*[\[({<]\s*at\s*[\])}>]\s*[A-Za-z0-9-]+"
+                      r"(?:\s*(?:[\[({<]\s*dot\s*[\])}>]|\.)\s*[A-Za-z0-9-]+)+")
+
+
+def _obfuscated_emails(text: str) -> Iterator[Span]:
+    for m in _AT_WORD.finditer(text):
+        yield m.span()
+
+
 def _emails(text: str) -> Iterator[Span]:
     """E-mail addresses with Latin, Greek, Cyrillic or CJK local parts and IDN domains.
 
@@ -222,6 +236,8 @@ def _cjk_name(head: str) -> str:
 
 
 _CITATION = re.compile(r"\[\d{1,3}\]")
+# Only after a whole local number (7 or 8 digits, or 4+4): `+86-138-0013-8000` has no extension.
+_DASH_EXTENSION = re.compile(r"(?:(?<=[^0-9][0-9]{7})|(?<=[^0-9][0-9]{8})|(?<=[0-9]{4}[ -][0-9]{4}))-[0-9]{1,5}(?![0-9-])")
 # libphonenumber reads `255.255.255.0` as a number; every address is gone before phones are looked for, so a
 # dotted quad still here is a netmask, a version or a clause.
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
@@ -233,6 +249,9 @@ def _phones(text: str) -> Iterator[Span]:
     # libphonenumber reads a citation right after a number (`0199[1]`) as part of it and then rejects the
     # whole; blanking citations (same length, so offsets hold) lets it see the number.
     masked = _CITATION.sub(lambda m: " " * len(m.group(0)), text)
+    # An extension written with a dash (`010-62345678-8001`, as Chinese switchboards are) makes the whole
+    # invalid; blanked the same way, the number itself is found (the extension alone says little).
+    masked = _DASH_EXTENSION.sub(lambda m: " " * len(m.group(0)), masked)
     for region in PHONE_REGIONS:
         for m in phonenumbers.PhoneNumberMatcher(masked, region, leniency=phonenumbers.Leniency.VALID):
             if not _DOTTED_QUAD.fullmatch(m.raw_string):
@@ -259,7 +278,7 @@ def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
     return ([(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[:1]]
             + [("detect-secrets", _detect_secrets, "<TOKEN>")]
             + [(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[1:]]
-            + [("email", _emails, "<EMAIL>")]
+            + [("email", _emails, "<EMAIL>"), ("email", _obfuscated_emails, "<EMAIL>")]
             + [(name, _spans(p), ph) for name, p, ph in _MENTION_RULES] + [("handle", _cjk_handles, "<USER>")]
             + [("ip address", ip_addresses.find, "<IP>")]
             + [(_CN_ID[0], _spans(_CN_ID[1]), _CN_ID[2]), ("card number", _cards, "<CARD>"),
