@@ -137,3 +137,13 @@ def test_what_is_not_personal_stays():
                  "npm i -D @types/node", "库存 21234567 件", "全角数字１２３４５和全角标点：，。", "Look at the [at] sign",
                  "日期 2024-03-15 与 20240315-01"]:
         assert scrub(text) == text, text
+
+
+def test_hong_kong_and_taiwan_ids_by_their_check_and_passports_by_the_word():
+    assert scrub("香港身份证 A123456(3) 已核对") == "香港身份证 <ID> 已核对"
+    assert scrub("台湾身分證 A123456789") == "台湾身分證 <ID>"
+    assert scrub("ID A123456788") == "ID <ID>"  # the check fails, but the word says what it is
+    assert scrub("护照号：E12345678，请带上") == "护照号：<ID>，请带上"
+    # A code that fails the check, or a bare one with no brackets and no id word, stays.
+    for text in ("产品 A1234563 与 B123456(7)", "订单 E202403150 已发货", "SKU AB1234567"):
+        assert scrub(text) == text

@@ -14,7 +14,9 @@ full-width digits included; keys are detect-secrets' own plugin patterns
 (AWS, Slack, GitHub, GitLab, OpenAI, Stripe, JWT, private keys, ...) plus
 its Shannon-entropy measure for unlabelled secrets. The rest are rules
 here: e-mail with Unicode local parts and IDN domains, chat mentions,
-`keyword = value` assignments in English and Chinese (`密钥是…`), passwords
+`keyword = value` assignments in English and Chinese (`密钥是…`), identity
+numbers (mainland, Hong Kong and Taiwan by their check characters, passports
+after the word; `id_numbers`), passwords
 in URLs, IP addresses (IPv4 and IPv6, each candidate validated by the
 stdlib `ipaddress`).
 
@@ -39,7 +41,7 @@ import functools
 import re
 from typing import Callable, Iterator
 
-from bot.learning import ip_addresses, textview
+from bot.learning import id_numbers, ip_addresses, textview
 
 Span = tuple[int, int]
 
@@ -281,7 +283,8 @@ def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
             + [("email", _emails, "<EMAIL>"), ("email", _obfuscated_emails, "<EMAIL>")]
             + [(name, _spans(p), ph) for name, p, ph in _MENTION_RULES] + [("handle", _cjk_handles, "<USER>")]
             + [("ip address", ip_addresses.find, "<IP>")]
-            + [(_CN_ID[0], _spans(_CN_ID[1]), _CN_ID[2]), ("card number", _cards, "<CARD>"),
+            + [(_CN_ID[0], _spans(_CN_ID[1]), _CN_ID[2]), ("id number", id_numbers.find, "<ID>"),
+               ("card number", _cards, "<CARD>"),
                ("phone", _phones, "<PHONE>"), (_HEX[0], _spans(_HEX[1]), _HEX[2]),
                ("high entropy", _entropy, "<SECRET>")])
 
