@@ -143,6 +143,7 @@ PHONE_REGIONS = ("CN", "US")  # national formats tried; any region's number with
 PHONE_REGIONS_IN_CONTEXT = ("HK", "TW", "MO", "SG")
 _PHONE_CONTEXT = re.compile(r"(?i)(?:电话|手机|热线|致电|联系|座机|号码|手提|電話|手機|聯繫|聯絡|香港|台湾|台灣|澳门|澳門|新加坡|"
                             r"微信|whatsapp|phone|tel|mobile|call|cell|fax|传真|hotline)\W{0,3}$")
+_PHONE_WORD = re.compile(_PHONE_CONTEXT.pattern.removesuffix(r"\W{0,3}$"))  # anywhere: worth three more matchers
 
 
 def _spans(pattern: re.Pattern) -> Callable[[str], Iterator[Span]]:
@@ -258,7 +259,7 @@ def _phones(text: str) -> Iterator[Span]:
         for m in phonenumbers.PhoneNumberMatcher(masked, region, leniency=phonenumbers.Leniency.VALID):
             if not _DOTTED_QUAD.fullmatch(m.raw_string):
                 yield m.start, m.end
-    for region in PHONE_REGIONS_IN_CONTEXT:
+    for region in PHONE_REGIONS_IN_CONTEXT if _PHONE_WORD.search(masked) else ():
         for m in phonenumbers.PhoneNumberMatcher(masked, region, leniency=phonenumbers.Leniency.VALID):
             if _PHONE_CONTEXT.search(masked, max(0, m.start - 12), m.start):
                 yield m.start, m.end

@@ -33,10 +33,11 @@ INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u200e\u200f\u2
 # Full-width sentence punctuation stays as it is: in Chinese prose it ends a value (`密码：abc123（旧的）`,
 # `…！`), and as ASCII it would read as part of a key. Full-width ＠ ． ： ＝ and the rest are normalised.
 KEEP = frozenset("（）［］｛｝！？，；")
-_KEY_CHAR = re.compile(r"[A-Za-z0-9+/=_-]")
-# A long run of key characters with a letter and a digit, right before a line break.
-_KEY_RUN_END = re.compile(r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])[A-Za-z0-9+/=_-]{16,}\r?$")
-_WRAP = re.compile(r"[A-Za-z0-9+/=_-]{16}\r?\n[A-Za-z0-9+/=_-]")
+# A line break after a long run of key characters (16+, a letter and a digit among them) and before another.
+_WRAP_BREAK = re.compile(r"(?<=[A-Za-z0-9+/=_-]{16})\r?\n(?=[A-Za-z0-9+/=_-])")
+_KEY_RUN_END = re.compile(r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])[A-Za-z0-9+/=_-]{16,}$")
+# Combining marks (accents written apart, `e` + U+0301): normalised with the character they follow.
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 
 
 @dataclass(frozen=True)
@@ -60,29 +61,19 @@ def _nfkc(chunk: str) -> str:
 # Scrubbing runs every rule on the view of the same text, and most rules change nothing: one view serves them all.
 @functools.lru_cache(maxsize=32)
 def view(text: str) -> View:
-    if text.isascii() and not _WRAP.search(text):
-        return View(text, None, None)  # nothing to normalise: the common case costs one scan
-    out: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    i, n = 0, len(text)
-    while i < n:
-        j = i + 1
-        while j < n and unicodedata.combining(text[j]):
-            j += 1
-        chunk = text[i:j]
-        if chunk in INVISIBLE:
-            i = j
-            continue
-        if chunk == "\n" and j < n and _KEY_CHAR.match(text, j) and _KEY_RUN_END.search("".join(out[-64:])):
-            if out and out[-1] == "\r":
-                del out[-1], starts[-1], ends[-1]
-            i = j  # a key wrapped onto the next line: read it as one run
-            continue
-        chunk = "".join(c for c in chunk if c not in INVISIBLE)
-        for c in _nfkc(chunk):
-            out.append(c)
-            starts.append(i)
-            ends.append(j)
-        i = j
-    return View("".join(out), starts, ends)
+    dropped = {i for m in _WRAP_BREAK.finditer(text) if _KEY_RUN_END.search(text, max(0, m.start() - 64), m.start())
+               for i in range(*m.span())}
+    if text.isascii() and not dropped:
+        return View(text, None, None)  # nothing to normalise: the common case costs two scans
+    if _COMBINING.search(text):
+        cuts = [i for i, c in enumerate(text) if not unicodedata.combining(c)] + [len(text)]
+        pieces = [(i, j, "" if i in dropped else _nfkc("".join(c for c in text[i:j] if c not in INVISIBLE)))
+                  for i, j in zip(cuts, cuts[1:])]
+    else:
+        pieces = [(i, i + 1, "" if c in INVISIBLE or i in dropped else _nfkc(c)) for i, c in enumerate(text)]
+    normalised = "".join(p for _, _, p in pieces)
+    if len(pieces) == len(text) and all(len(p) == 1 for _, _, p in pieces):
+        return View(normalised, None, None)  # one character for one: offsets hold as they are
+    starts = [i for i, _, p in pieces for _ in p]
+    ends = [j for _, j, p in pieces for _ in p]
+    return View(normalised, starts, ends)
