@@ -122,6 +122,13 @@ def test_dotted_cjk_names_english_keywords_with_a_chinese_copula_ids_and_cards()
     ("密码改成了Abc12345", "密码改成了<SECRET>"),
     ("api-key: 7f3a9c2e1b8d4f6a", "api-key: <SECRET>"),
     ("总机 021-62345678-8001", "总机 <PHONE>-8001"),
+    # A dot typed in a Chinese input mode, zero-padded octets, digits spelt in Chinese, short Basic credentials,
+    # and a password after a bare "is".
+    ("zhang＠example。com。", "<EMAIL>。"),
+    ("log: 192.168.001.010 refused", "log: <IP> refused"),
+    ("我的手机号是一三八零零一三八零零零", "我的手机号是<PHONE>"),
+    ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic <TOKEN>"),
+    ("my password is hunter22", "my password is <SECRET>"),
 ])
 def test_unicode_forms_ips_and_handles(text, expected):
     assert scrub(text) == expected
@@ -135,7 +142,8 @@ def test_what_is_not_personal_stays():
                  "本机 127.0.0.1 与 ::1", "Bind to 0.0.0.0", "网段 192.168.0.0/16", "netmask 255.255.255.0",
                  "时间 10:30:45", "AA:BB:CC:DD:EE:FF", "std::vector 与 a::b", "@所有人 明天放假", "@here 上线了",
                  "npm i -D @types/node", "库存 21234567 件", "全角数字１２３４５和全角标点：，。", "Look at the [at] sign",
-                 "日期 2024-03-15 与 20240315-01"]:
+                 "日期 2024-03-15 与 20240315-01", "Basic Authentication is weak", "The password is required",
+                 "句子结束。下一句", "一二三四五六七八九十是数字"]:
         assert scrub(text) == text, text
 
 

@@ -34,11 +34,15 @@ def find(text: str) -> Iterator[Span]:
                 cand = cand.rstrip(":") if cand.endswith(":") and not cand.endswith("::") else cand
                 if not re.search(r"[0-9]", cand) and cand.count(":") < 3:
                     continue  # `a::b` reads as code (`ns::fn`), not an address
+            if kind is ipaddress.IPv4Address:  # zero-padded octets (`192.168.001.010`, as some logs print them)
+                cand_plain = ".".join(str(int(part)) for part in cand.split("."))
+            else:
+                cand_plain = cand
             try:
-                addr = kind(cand)
+                addr = kind(cand_plain)
             except ValueError:
                 continue
-            if addr.is_loopback or addr.is_unspecified or cand.startswith("255."):
+            if addr.is_loopback or addr.is_unspecified or cand_plain.startswith("255."):
                 continue
             if m.group(1):
                 try:

@@ -89,9 +89,17 @@ _TOKEN_RULES: list[tuple[str, re.Pattern, str]] = [
     ("google key", re.compile(_ASCII_EDGE + r"AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", re.A), "<TOKEN>"),
     ("jwt", re.compile(_ASCII_EDGE + r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", re.A), "<TOKEN>"),
     ("bearer", re.compile(r"(?i)(?<![A-Za-z0-9_])(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{16,})", re.A), "<TOKEN>"),
+    # Basic credentials are short (`dXNlcjpwYXNz` is user:pass): a shorter value counts when it reads as base64
+    # (a digit, padding, or a capital after a small letter), not as a word (`Basic Authentication`).
+    ("bearer", re.compile(r"(?<![A-Za-z0-9_])(?:Basic|basic|BASIC)\s+(?=\S*(?:[0-9=+/]|[a-z][A-Z]))([A-Za-z0-9+/=]{8,})",
+                          re.A), "<TOKEN>"),
     # scheme://user:password@host, the user possibly empty (`redis://:pw@host`), the password in any script.
     ("url password", re.compile(r"(?i)(?<![A-Za-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@"), "<SECRET>"),
     ("assignment", re.compile(rf"(?i)(?<![A-Za-z0-9])(?:{_EN_KEYWORDS})[\"']?(?:\s+is)?\s*(?:[:=：]|:=|=>|(?:是|为|為)\s*[:=：]?)\s*{_VALUE}"),
+     "<SECRET>"),
+    # `my password is hunter22`: with no colon, the value must look like one (a digit or a symbol), or
+    # `the password is required` would go.
+    ("assignment", re.compile(rf"(?i)(?<![A-Za-z0-9])(?:{_EN_KEYWORDS})\s+is\s+(?=\S*[0-9!@#$%^&*])(?![:=]){_VALUE}"),
      "<SECRET>"),
     # Chinese: 密码是…, 密钥：…, or the value right after the word (密码hunter22): the value must be ASCII,
     # so 密码错误 stays.

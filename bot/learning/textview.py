@@ -10,6 +10,8 @@ rules in `privacy` are written for the plain form, so they run on a view:
   punctuation (＠ ． ： ＝) become ASCII, compatibility forms their plain ones;
 - invisible format characters (zero-width space/joiners, word joiner, BOM,
   soft hyphen, direction marks) dropped;
+- an ideographic full stop between ASCII letters or digits read as `.`, and
+  seven or more Chinese digits in a row (`一三八零零…`) as ASCII digits;
 - a line break dropped where it splits a long key-like run (16+ key
   characters, letters and digits, before it; a key character after it).
 
@@ -36,6 +38,13 @@ KEEP = frozenset("（）［］｛｝！？，；")
 # A line break after a long run of key characters (16+, a letter and a digit among them) and before another.
 _WRAP_BREAK = re.compile(r"(?<=[A-Za-z0-9+/=_-]{16})\r?\n(?=[A-Za-z0-9+/=_-])")
 _KEY_RUN_END = re.compile(r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])[A-Za-z0-9+/=_-]{16,}$")
+# Seven or more Chinese digits in a row are a number spelt out digit by digit (`一三八零零一三八零零零`): a phone
+# or an id, never prose (which counts with 十 百 千 万).
+_HAN_DIGITS = re.compile("[〇零一二三四五六七八九]{7,}")
+_HAN_DIGIT = {c: str(d) for d, c in enumerate("零一二三四五六七八九")} | {"〇": "0"}
+# An ideographic full stop between letters or digits is a dot written in a Chinese input mode (`example。com`,
+# `192。168。1。23`); at the end of a sentence it is left alone.
+_CJK_DOT = re.compile(r"(?<=[^\W_])[。｡](?=[^\W_])")
 # Combining marks (accents written apart, `e` + U+0301): normalised with the character they follow.
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 
@@ -63,14 +72,18 @@ def _nfkc(chunk: str) -> str:
 def view(text: str) -> View:
     dropped = {i for m in _WRAP_BREAK.finditer(text) if _KEY_RUN_END.search(text, max(0, m.start() - 64), m.start())
                for i in range(*m.span())}
+    swapped = {m.start(): "." for m in _CJK_DOT.finditer(text)
+               if unicodedata.normalize("NFKC", text[m.start() - 1] + text[m.end()]).isascii()}
+    swapped |= {i: _HAN_DIGIT[text[i]] for m in _HAN_DIGITS.finditer(text) for i in range(*m.span())}
     if text.isascii() and not dropped:
         return View(text, None, None)  # nothing to normalise: the common case costs two scans
     if _COMBINING.search(text):
         cuts = [i for i, c in enumerate(text) if not unicodedata.combining(c)] + [len(text)]
-        pieces = [(i, j, "" if i in dropped else _nfkc("".join(c for c in text[i:j] if c not in INVISIBLE)))
+        pieces = [(i, j, "" if i in dropped else swapped.get(i) or _nfkc("".join(c for c in text[i:j] if c not in INVISIBLE)))
                   for i, j in zip(cuts, cuts[1:])]
     else:
-        pieces = [(i, i + 1, "" if c in INVISIBLE or i in dropped else _nfkc(c)) for i, c in enumerate(text)]
+        pieces = [(i, i + 1, "" if c in INVISIBLE or i in dropped else swapped.get(i) or _nfkc(c))
+                  for i, c in enumerate(text)]
     normalised = "".join(p for _, _, p in pieces)
     if len(pieces) == len(text) and all(len(p) == 1 for _, _, p in pieces):
         return View(normalised, None, None)  # one character for one: offsets hold as they are
