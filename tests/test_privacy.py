@@ -129,6 +129,9 @@ def test_dotted_cjk_names_english_keywords_with_a_chinese_copula_ids_and_cards()
     ("我的手机号是一三八零零一三八零零零", "我的手机号是<PHONE>"),
     ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic <TOKEN>"),
     ("my password is hunter22", "my password is <SECRET>"),
+    # Found by the second held-out set: an id grouped 6-4-4-4, a phone word a few characters before the number.
+    ("身份证：330102 1985 0612 3456", "身份证：<ID>"),
+    ("手機號碼：0912 345 678", "手機號碼：<PHONE>"),
 ])
 def test_unicode_forms_ips_and_handles(text, expected):
     assert scrub(text) == expected

@@ -137,8 +137,15 @@ def _cjk_handles(text: str) -> Iterator[Span]:
 # bound it: a label glued to the front (`会话IDe9e0…`) must not hide it; the label's hex-looking end goes too.
 # Mainland China resident identity numbers: 6-digit area, birth date, sequence, check digit (0-9 or X).
 # The area, birth-date and sequence groups may be written apart (`440308 19900101 1234`).
-_CN_ID = ("id number", re.compile(r"(?<![0-9])[1-9][0-9]{5}[ -]?(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
-                                   r"[ -]?[0-9]{3}[0-9Xx](?![0-9A-Za-z])"), "<ID>")
+_CN_ID_SHAPE = re.compile(r"[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]")
+# 18 characters, grouped any way (`440308 19900101 1234`, `330102 1985 0612 3456`), then the shape checked.
+_CN_ID_RUN = re.compile(r"(?<![0-9])[1-9](?:[ -]?[0-9]){16}[ -]?[0-9Xx](?![0-9A-Za-z])")
+
+
+def _cn_ids(text: str) -> Iterator[Span]:
+    for m in _CN_ID_RUN.finditer(text):
+        if _CN_ID_SHAPE.fullmatch(re.sub(r"[ -]", "", m.group(0))):
+            yield m.span()
 # A card number named as one is scrubbed even when it fails the Luhn check (mistyped, or made up to show the format).
 _CARD_LABEL = re.compile(r"(?i)(?:卡号|银行卡|信用卡|借记卡|储蓄卡|工资卡|card(?:\s*(?:number|no\.?|#))?)\s*(?:号码?)?\s*[:=]?\s*$")
 _CARD_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
@@ -149,9 +156,11 @@ PHONE_REGIONS = ("CN", "US")  # national formats tried; any region's number with
 # regions' national formats only right after a word that says a phone number follows (a count or an order
 # number stays).
 PHONE_REGIONS_IN_CONTEXT = ("HK", "TW", "MO", "SG")
-_PHONE_CONTEXT = re.compile(r"(?i)(?:电话|手机|热线|致电|联系|座机|号码|手提|電話|手機|聯繫|聯絡|香港|台湾|台灣|澳门|澳門|新加坡|"
-                            r"微信|whatsapp|phone|tel|mobile|call|cell|fax|传真|hotline)\W{0,3}$")
-_PHONE_WORD = re.compile(_PHONE_CONTEXT.pattern.removesuffix(r"\W{0,3}$"))  # anywhere: worth three more matchers
+# The word may be a few characters before the number (`手機號碼：`, `电话号码是`), never past another digit.
+_PHONE_WORDS = (r"(?i)(?:电话|手机|热线|致电|联系|座机|号码|手提|電話|手機|號碼|聯繫|聯絡|香港|台湾|台灣|澳门|澳門|新加坡|"
+                r"微信|whatsapp|phone|tel|mobile|call|cell|fax|传真|傳真|hotline)")
+_PHONE_CONTEXT = re.compile(_PHONE_WORDS + r"[^0-9]{0,6}$")
+_PHONE_WORD = re.compile(_PHONE_WORDS)  # anywhere in the text: worth three more matchers
 
 
 def _spans(pattern: re.Pattern) -> Callable[[str], Iterator[Span]]:
@@ -292,7 +301,7 @@ def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
             + [("email", _emails, "<EMAIL>"), ("email", _obfuscated_emails, "<EMAIL>")]
             + [(name, _spans(p), ph) for name, p, ph in _MENTION_RULES] + [("handle", _cjk_handles, "<USER>")]
             + [("ip address", ip_addresses.find, "<IP>")]
-            + [(_CN_ID[0], _spans(_CN_ID[1]), _CN_ID[2]), ("id number", id_numbers.find, "<ID>"),
+            + [("id number", _cn_ids, "<ID>"), ("id number", id_numbers.find, "<ID>"),
                ("card number", _cards, "<CARD>"),
                ("phone", _phones, "<PHONE>"), (_HEX[0], _spans(_HEX[1]), _HEX[2]),
                ("high entropy", _entropy, "<SECRET>")])
