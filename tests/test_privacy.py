@@ -146,7 +146,7 @@ def test_what_is_not_personal_stays():
                  "时间 10:30:45", "AA:BB:CC:DD:EE:FF", "std::vector 与 a::b", "@所有人 明天放假", "@here 上线了",
                  "npm i -D @types/node", "库存 21234567 件", "全角数字１２３４５和全角标点：，。", "Look at the [at] sign",
                  "日期 2024-03-15 与 20240315-01", "Basic Authentication is weak", "The password is required",
-                 "句子结束。下一句", "一二三四五六七八九十是数字"]:
+                 "句子结束。下一句", "一二三四五六七八九十是数字", "会议 @10:30 开始"]:
         assert scrub(text) == text, text
 
 

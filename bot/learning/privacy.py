@@ -112,9 +112,9 @@ _MENTION_RULES: list[tuple[str, re.Pattern, str]] = [
     ("user mention", re.compile(r"<@!?[A-Za-z0-9]+(?:\|[^>]*)?>"), "<USER>"),
     ("channel mention", re.compile(r"<#[A-Za-z0-9]+(?:\|[^>]*)?>"), "<CHANNEL>"),
     # @handles (e-mail addresses are already gone) in Latin, Greek, Cyrillic, ... (`@José`, `@Мария`); not an
-    # npm scope (`@types/node`). CJK handles (`@张三`) are `_cjk_handles`.
+    # npm scope (`@types/node`), nor a time or a price (`@10:30`, `@5 each`): a handle starts with a letter. CJK handles (`@张三`) are `_cjk_handles`.
     ("handle", re.compile(rf"(?<![A-Za-z0-9_@<>.{_SCRIPTS}])@(?!(?:here|channel|everyone|all)(?![A-Za-z0-9_.-]))"
-                          rf"[^\W{_CJK}](?:[^\W{_CJK}]|[.-](?=[^\W{_CJK}]))*(?![^\W{_CJK}]|/)"), "<USER>"),
+                          rf"[^\W\d{_CJK}](?:[^\W{_CJK}]|[.-](?=[^\W{_CJK}]))*(?![^\W{_CJK}]|/)"), "<USER>"),
 ]
 # Broadcasts name nobody: `@所有人` (WeChat, DingTalk, Feishu), `@全体成员`; `@here`/`@channel`/`@everyone` above.
 _CJK_BROADCASTS = ("所有人", "全体成员", "全体", "全员", "大家")
