@@ -40,6 +40,12 @@ class ScriptedGenerator:
         self.seen: list[list[dict]] = []
         self.lock = threading.Lock()
 
+    depth = 0  # one question at a time, none waiting: the caller's thread is the queue
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.adapter
+
     def count_tokens(self, text: str) -> int:
         return len(text)
 

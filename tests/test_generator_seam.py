@@ -79,6 +79,8 @@ def test_it_has_every_member_with_the_protocols_signature(make, model_dir, tmp_p
     with make(model_dir, tmp_path) as gen:
         assert isinstance(gen, Generator)  # runtime_checkable: every member is present
         assert isinstance(gen.model_id, str) and gen.model_id and isinstance(gen.revision, str) and gen.revision
+        assert isinstance(gen.depth, int) and gen.depth >= 0  # what /healthz reads, without probing
+        assert gen.active_adapter is None or isinstance(gen.active_adapter, str)
         for name in METHODS:
             assert _parameters(getattr(gen, name)) == _parameters(getattr(Generator, name)), name
 

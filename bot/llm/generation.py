@@ -253,6 +253,10 @@ class LocalGenerator:
     def active_adapter(self) -> str | None:
         return self._active
 
+    @property
+    def depth(self) -> int:
+        return 0  # no queue: a ModelWorker in front of it holds the waiting questions
+
     def adapters(self) -> list[str]:
         return list(self._names)
 

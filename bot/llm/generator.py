@@ -45,6 +45,17 @@ class Generator(Protocol):
     @property
     def revision(self) -> str: ...
 
+    @property
+    def depth(self) -> int:
+        """Questions waiting for this generator, not yet being generated (/healthz, /metrics); 0 for one
+        with no queue of its own."""
+        ...
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter version answering now (None: the base model): /healthz compares it with the pointer."""
+        ...
+
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, messages: list[dict], max_new_tokens: int | None = None,

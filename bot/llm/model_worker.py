@@ -84,6 +84,10 @@ class ModelWorker:
         return self.generator.count_tokens(text)
 
     @property
+    def active_adapter(self) -> str | None:
+        return self.generator.active_adapter
+
+    @property
     def depth(self) -> int:
         """Questions waiting for the model (not counting the batch being generated): /healthz and /metrics."""
         return self._queue.qsize()

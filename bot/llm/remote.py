@@ -135,6 +135,14 @@ class RemoteGenerator:
         except EngineUnavailable:
             return self.url  # answers are still recorded (retrieval-only) while the server is down
 
+    @property
+    def depth(self) -> int:
+        return 0  # no queue here: the server batches what is in flight, and its own metrics show its queue
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._good  # the last version the server answered with (None: the base model)
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 

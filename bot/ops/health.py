@@ -48,11 +48,10 @@ class Health:
             model_state, model = "retrieval-only", answerer.unavailable_reason
         else:
             model_state, model = "loading", "loading"
-        inner = getattr(gen, "generator", gen)  # a ModelWorker wraps the LocalGenerator that holds the adapters
         return {"model_state": model_state, "model": model, "model_loaded": gen is not None,
-                "queue_depth": int(getattr(gen, "depth", 0) or 0), "in_flight": answerer.queue_depth(),
+                "queue_depth": gen.depth if gen is not None else 0, "in_flight": answerer.queue_depth(),
                 "adapter": {"in_service": read_pointer(self.adapters_dir) if self.adapters_dir else None,
-                            "serving": getattr(inner, "active_adapter", None)}}
+                            "serving": gen.active_adapter if gen is not None else None}}
 
     async def database(self) -> dict:
         """`{"ok": True, "ms"}` when a fresh connection answers a real query in time, else `{"ok": False, "error"}`."""
