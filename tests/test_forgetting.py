@@ -153,6 +153,24 @@ def test_a_rejected_clean_candidate_hands_service_to_the_clean_ancestor_it_was_g
     assert store.promotions(db)[-1]["action"] == "forget"
 
 
+def test_the_thread_that_asked_is_told_which_clean_version_serves_after_a_rejected_retrain(db, tmp_path, monkeypatch):
+    from bot import config
+    from bot.learning import retrain
+
+    adapters = _world(db, tmp_path)
+    feedback.forget(db, "slack", "UALICE", adapters_dir=adapters, enqueue=False)
+    job_id = store.create_job(db, "forget", "slack:UADMIN", "slack", "C1", "1.1")
+    rejected = {"job": job_id, "version": "v0004", "verdict": "rejected", "parent": None,
+                "reasons": ["learned: no improvement (F1 0.5 -> 0.5)"], "metrics": {}, "counts": {"train": 1}}
+    monkeypatch.setattr(retrain, "run", lambda *a, **kw: rejected)  # the gate's verdict; training is tested elsewhere
+    settings = config.Settings.load({"BOT_ADAPTERS_DIR": str(adapters), "BOT_DB": str(tmp_path / "x.db")})
+    jobs.execute(db, job_id, settings)
+    (said,) = [m["text"] for m in store.outbox(db, job_id) if "rejected" in m["text"]]
+    assert "had learned from forgotten data, so the base model (the newest clean one) serves now" in said
+    assert "stays in service" not in said
+    assert hotswap.read_pointer(adapters) is None
+
+
 def test_a_version_whose_snapshot_was_built_before_the_forget_is_cleaned_when_its_job_ends(db, tmp_path):
     adapters = _world(db, tmp_path)
     before = snapshot.build(db)  # a job already training: its snapshot still holds Alice
