@@ -503,6 +503,15 @@ async def reply_to(rec, client, payload) -> tuple:
     return deferred, reply
 
 
+async def stored_reply(rec, client, payload) -> str:
+    """A feedback command's one response: acknowledged means stored, so the first response waits for the
+    commit and is the result itself (type 4), not a deferral; its text is returned."""
+    deliver(client, payload)
+    (reply,), followups = await answered(rec, payload, 1)
+    assert reply.json["type"] == 4 and ephemeral(reply) and not followups, reply.json
+    return reply.json["data"]["content"]
+
+
 @pytest.mark.asyncio
 async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(rec, bot):
     from bot.learning import feedback
@@ -510,8 +519,8 @@ async def test_forget_me_deletes_the_callers_answers_and_opts_them_out(rec, bot)
     client = await bot(scripted(EDGE, EDGE))
     mine = await ask_and_wait(rec, client)
     theirs = await ask_and_wait(rec, client, user=ADMIN_USER, roles=())
-    deferred, reply = await reply_to(rec, client, slash("forget", [opt("what", "me")]))
-    assert ephemeral(deferred) and ephemeral(reply) and reply.json["content"].startswith("Deleted 1 question(s)")
+    reply = await stored_reply(rec, client, slash("forget", [opt("what", "me")]))
+    assert reply.startswith("Deleted 1 question(s)")
     assert store.answer(client.kb.db, mine) is None and store.answer(client.kb.db, theirs) is not None
     assert feedback.is_opted_out(client.kb.db, "discord", USER)
     assert not feedback.is_opted_out(client.kb.db, "discord", ADMIN_USER)
@@ -541,18 +550,40 @@ async def test_feedback_review_is_refused_to_others_and_accepts_for_admins(rec, 
     fixed = client.kb.correct(commands.Caller("discord", USER), answer_id, "边缘计算：靠近数据源处理数据。")
     cid = fixed.correction.id
 
-    _, refused = await reply_to(rec, client, slash("feedback", [opt("action", "review")]))
-    assert ephemeral(refused) and "admins only" in refused.json["content"]
-    _, listing = await reply_to(rec, client, slash("feedback", [opt("action", "review")], roles=(ADMIN_ROLE,)))
-    assert ephemeral(listing) and f"#{cid} by discord:{USER}" in listing.json["content"]
-    _, which = await reply_to(rec, client, slash("feedback", [opt("action", "accept")], user=ADMIN_USER, roles=()))
-    assert "Which correction?" in which.json["content"] and store.correction(client.kb.db, cid)["status"] == "pending"
-    _, accepted = await reply_to(rec, client, slash("feedback", [opt("action", "accept"), opt("correction_id", cid, 4)],
-                                                    user=ADMIN_USER, roles=()))
-    assert ephemeral(accepted) and accepted.json["content"] == f"Correction #{cid} accepted."
+    refused = await stored_reply(rec, client, slash("feedback", [opt("action", "review")]))
+    assert "admins only" in refused
+    listing = await stored_reply(rec, client, slash("feedback", [opt("action", "review")], roles=(ADMIN_ROLE,)))
+    assert f"#{cid} by discord:{USER}" in listing
+    which = await stored_reply(rec, client, slash("feedback", [opt("action", "accept")], user=ADMIN_USER, roles=()))
+    assert "Which correction?" in which and store.correction(client.kb.db, cid)["status"] == "pending"
+    accepted = await stored_reply(rec, client, slash("feedback", [opt("action", "accept"), opt("correction_id", cid, 4)],
+                                                     user=ADMIN_USER, roles=()))
+    assert accepted == f"Correction #{cid} accepted."
     assert store.correction(client.kb.db, cid)["status"] == "accepted"
-    _, optout = await reply_to(rec, client, slash("feedback", [opt("action", "optout")]))
-    assert optout.json["content"].startswith("Done") and ("discord", USER) in store.opted_out(client.kb.db)
+    optout = await stored_reply(rec, client, slash("feedback", [opt("action", "optout")]))
+    assert optout.startswith("Done") and ("discord", USER) in store.opted_out(client.kb.db)
+
+
+@pytest.mark.asyncio
+async def test_a_feedback_command_slower_than_discords_window_is_deferred_and_says_done_after_its_commit(
+        rec, bot, monkeypatch):
+    import time
+
+    client = await bot(scripted(EDGE))
+    real = client.kb.opt_out
+
+    def slow_opt_out(caller, **kw):  # a database under load: the commit takes longer than the wait
+        time.sleep(discord_app.STORED_REPLY_WAIT_S + 3)
+        return real(caller, **kw)
+
+    monkeypatch.setattr(client.kb, "opt_out", slow_opt_out)
+    payload = slash("feedback", [opt("action", "optout")])
+    deliver(client, payload)
+    (deferred,), _ = await answered(rec, payload, 1)
+    assert deferred.json["type"] == 5 and ephemeral(deferred)  # "thinking": nothing says done yet
+    assert ("discord", USER) not in store.opted_out(client.kb.db)
+    _, (done,) = await answered(rec, payload, 2)
+    assert done.json["content"].startswith("Done") and ("discord", USER) in store.opted_out(client.kb.db)
 
 
 @pytest.mark.asyncio

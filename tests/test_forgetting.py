@@ -111,8 +111,9 @@ def test_forget_redacts_every_file_marks_the_trained_versions_and_queues_a_retra
 def test_once_a_clean_version_serves_the_marked_weights_go_and_with_nothing_left_the_base_serves(db, tmp_path):
     adapters = _world(db, tmp_path)
     feedback.forget(db, "slack", "UALICE", adapters_dir=adapters, enqueue=False)
-    # A rejected clean candidate: the marked version stays in service, its weights too, and the audit says so.
-    assert forgetting.after_job(db, adapters, {"job": 5, "verdict": "rejected", "version": "v0004"},
+    # A job that trained nothing though data is left (its data hash was trained already): the marked version
+    # stays in service, its weights too, and the audit says so.
+    assert forgetting.after_job(db, adapters, {"job": 5, "verdict": "skipped", "counts": {"train": 2}},
                                 retrain=jobs.retrainer(db)) == \
         {"fallback": None, "weights_deleted": [], "late": None}
     assert (adapters / "v0002" / "adapter_model.safetensors").exists()
@@ -137,6 +138,37 @@ def test_once_a_clean_version_serves_the_marked_weights_go_and_with_nothing_left
     assert out == {"fallback": "base", "weights_deleted": ["v0003"], "late": None}
     assert hotswap.read_pointer(adapters) is None and holding(adapters, {BOB_Q, BOB_FIX}) == []
     assert store.promotions(db)[-1]["action"] == "forget"
+
+
+def test_a_rejected_clean_candidate_hands_service_to_the_clean_ancestor_it_was_gated_against(db, tmp_path):
+    adapters = _world(db, tmp_path)  # v0002 (continued from v0001) serves; both learned from Alice
+    feedback.forget(db, "slack", "UALICE", adapters_dir=adapters, enqueue=False)
+    assert forgetting.clean_ancestor(adapters, "v0002") is None  # v0001 is marked too: the base model
+    out = forgetting.after_job(db, adapters, {"job": 5, "verdict": "rejected", "version": "v0004"},
+                               retrain=jobs.retrainer(db))
+    assert out == {"fallback": "base", "weights_deleted": ["v0002"], "late": None}
+    assert hotswap.read_pointer(adapters) is None and not (adapters / "v0002" / "adapter_model.safetensors").exists()
+    fallback = next(r for r in store.audit_log(db, 5) if r["action"] == "forget fallback")
+    assert "v0002 -> base" in fallback["detail"] and "rejected" in fallback["detail"]
+    assert store.promotions(db)[-1]["action"] == "forget"
+
+
+def test_the_thread_that_asked_is_told_which_clean_version_serves_after_a_rejected_retrain(db, tmp_path, monkeypatch):
+    from bot import config
+    from bot.learning import retrain
+
+    adapters = _world(db, tmp_path)
+    feedback.forget(db, "slack", "UALICE", adapters_dir=adapters, enqueue=False)
+    job_id = store.create_job(db, "forget", "slack:UADMIN", "slack", "C1", "1.1")
+    rejected = {"job": job_id, "version": "v0004", "verdict": "rejected", "parent": None,
+                "reasons": ["learned: no improvement (F1 0.5 -> 0.5)"], "metrics": {}, "counts": {"train": 1}}
+    monkeypatch.setattr(retrain, "run", lambda *a, **kw: rejected)  # the gate's verdict; training is tested elsewhere
+    settings = config.Settings.load({"BOT_ADAPTERS_DIR": str(adapters), "BOT_DB": str(tmp_path / "x.db")})
+    jobs.execute(db, job_id, settings)
+    (said,) = [m["text"] for m in store.outbox(db, job_id) if "rejected" in m["text"]]
+    assert "had learned from forgotten data, so the base model (the newest clean one) serves now" in said
+    assert "stays in service" not in said
+    assert hotswap.read_pointer(adapters) is None
 
 
 def test_a_version_whose_snapshot_was_built_before_the_forget_is_cleaned_when_its_job_ends(db, tmp_path):

@@ -335,8 +335,12 @@ def queue_retrain(db, by: tuple[str, str], target: str, retrain: Retrain) -> int
 def after_job(db, adapters_dir: Path, result: dict, retrain: Retrain, by: str = "forget") -> dict:
     """Called after every training job: once the version in service is clean, the marked weights go.
 
-    A marked version in service with nothing left to train on is replaced by its newest clean ancestor
-    (or the base model): serving what a forgotten person taught is worse than serving less."""
+    A marked version in service is replaced by its newest clean ancestor (or the base model) when nothing
+    is left to train on, or when the clean candidate was rejected: that candidate was gated against the
+    same ancestor (retrain starts and judges from it), so the ancestor is the best clean version there
+    is, and serving what a forgotten person taught is worse than serving less. A job that skipped with data
+    left changes nothing (a failed or cancelled one does not get here): the marked version serves, marked,
+    until a job ends cleanly."""
     adapters_dir = Path(adapters_dir)
     who = ("system", by)
     out = {"fallback": None, "weights_deleted": [], "late": None}
@@ -349,12 +353,14 @@ def after_job(db, adapters_dir: Path, result: dict, retrain: Retrain, by: str = 
     if not every:
         return out
     current = hotswap.read_pointer(adapters_dir)
-    if current in every and result.get("verdict") == "skipped" and not (result.get("counts") or {}).get("train"):
+    verdict = result.get("verdict")
+    empty = verdict == "skipped" and not (result.get("counts") or {}).get("train")
+    if current in every and (empty or verdict == "rejected"):
         fallback = clean_ancestor(adapters_dir, current)
+        why = "nothing left to train on" if empty else f"the clean candidate {version or ''} was rejected against it"
         store.record_promotion(db, fallback, current, "forget", by)
         hotswap.set_pointer(adapters_dir, fallback)
-        store.audit(db, *who, "forget fallback", fallback or "base", detail=f"{current} -> {fallback or 'base'}: "
-                    "nothing left to train on")
+        store.audit(db, *who, "forget fallback", fallback or "base", detail=f"{current} -> {fallback or 'base'}: {why}")
         out["fallback"], current = fallback or "base", fallback
     elif current in every:
         store.audit(db, *who, "forget retrain", f"#{result.get('job')}", result="error: not clean yet",

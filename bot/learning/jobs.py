@@ -126,8 +126,12 @@ def _execute(db, job_id: int, settings: config.Settings, **overrides) -> dict:
     verdict = result["verdict"]
     store.update_job(db, job_id, state=verdict, verdict=verdict, version=result.get("version"),
                      data_hash=result.get("data_hash"), result=json.dumps(result, ensure_ascii=False))
+    moved = ""
     try:  # versions trained on forgotten data: their weights go once a clean version serves
-        forgetting.after_job(db, settings["adapters_dir"], result, retrainer(db), by=f"job:{job_id}")
+        cleaned = forgetting.after_job(db, settings["adapters_dir"], result, retrainer(db), by=f"job:{job_id}")
+        if cleaned.get("fallback"):
+            clean = "the base model" if cleaned["fallback"] == "base" else cleaned["fallback"]
+            moved = f"the version in service had learned from forgotten data, so {clean} (the newest clean one) serves now."
     except Exception:
         log.exception("job %s: cleaning up after forgotten data failed; the next job tries again", job_id)
     line = "; ".join(evaluation.metric_parts(result.get("metrics", {})))
@@ -140,11 +144,12 @@ def _execute(db, job_id: int, settings: config.Settings, **overrides) -> dict:
         fine = (": holds", ": improves", "not checked")
         why = "; ".join(r for r in result["reasons"] if not any(w in r for w in fine))
         _say(db, job, f"Job #{job_id}: {result['version']} rejected ({why}); "
-                      f"{result.get('parent') or 'the base model'} stays in service. "
-                      f"Its card is in adapters/{result['version']} for review."
+                      + (moved or f"{result.get('parent') or 'the base model'} stays in service.")
+                      + f" Its card is in adapters/{result['version']} for review."
                       + (f" Sized to the model's context: {sized}." if sized else ""))
     else:
-        _say(db, job, f"Job #{job_id} skipped: {'; '.join(result['reasons'])}." + (f" {sized}." if sized else ""))
+        _say(db, job, f"Job #{job_id} skipped: {'; '.join(result['reasons'])}." + (f" {sized}." if sized else "")
+             + (f" {moved[0].upper()}{moved[1:]}" if moved else ""))
     return {**store.job(db, job_id), "ran": True, "reasons": result.get("reasons", []),
             "metrics": result.get("metrics", {})}
 

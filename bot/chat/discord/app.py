@@ -192,17 +192,36 @@ async def _post_chunks(send, chunks: list[str], view=None, first=None, file=None
         await (first if i == 0 and first else send)(chunk, **kw, **extra)
 
 
+# How long a feedback command may take before its interaction is deferred: Discord allows 3 s for the
+# first response, and the rest of the margin is for the network.
+STORED_REPLY_WAIT_S = 2.0
+
+
 async def _run(interaction: discord.Interaction, method, *args, public: bool = False, stored: bool = False) -> None:
-    """Defer within Discord's 3 s, run the command off the loop, then follow up (15 min allowed).
+    """Run the command off the loop and reply; one that outlasts Discord's 3 s is deferred ("thinking")
+    and followed up (15 min allowed).
 
     `public`: the reply may be for the channel (a completed /train, promote,
     reindex); a refusal is still private, so the public "thinking" placeholder is
-    deleted and the refusal goes to the caller alone. `stored`: a feedback command, committed with the
-    interaction id as its delivery key; the deferral says "thinking", only the follow-up says it is done.
+    deleted and the refusal goes to the caller alone. `stored`: a feedback command (/feedback optout,
+    review accept, /forget), committed with the interaction id as its delivery key. Acknowledged means
+    stored: its first response waits for the commit and is the result itself, so a crash can never
+    leave an acknowledged action unstored. Only when the commit outlasts STORED_REPLY_WAIT_S is the
+    interaction deferred, and then nothing says "done" before the follow-up, sent after the commit.
+    Other commands defer at once: they store nothing a person was told about.
     """
-    await interaction.response.defer(ephemeral=not public, thinking=True)
     kwargs = {"delivery": _delivery(interaction)} if stored else {}
-    reply: Reply = await asyncio.to_thread(method, caller_for(interaction), *args, **kwargs)
+    work = asyncio.ensure_future(asyncio.to_thread(method, caller_for(interaction), *args, **kwargs))
+    if stored:
+        done, _ = await asyncio.wait({work}, timeout=STORED_REPLY_WAIT_S)
+        if done:
+            reply: Reply = work.result()
+            if not reply.duplicate:
+                await _post(interaction.followup.send, reply.text, _feedback_view(reply),
+                            first=interaction.response.send_message, ephemeral=not public or reply.private)
+            return
+    await interaction.response.defer(ephemeral=not public, thinking=True)
+    reply = await work
     if reply.duplicate:
         return
     await _follow_up(interaction, reply, public)
