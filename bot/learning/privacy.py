@@ -213,11 +213,6 @@ _AT_WORD = re.compile(r"(?i)(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+\s*[\[({<]\s*a
                       r"(?:\s*(?:[\[({<]\s*dot\s*[\])}>]|\.)\s*[A-Za-z0-9-]+)+")
 
 
-def _obfuscated_emails(text: str) -> Iterator[Span]:
-    for m in _AT_WORD.finditer(text):
-        yield m.span()
-
-
 def _emails(text: str) -> Iterator[Span]:
     """E-mail addresses with Latin, Greek, Cyrillic or CJK local parts and IDN domains.
 
@@ -298,7 +293,7 @@ def _rules() -> list[tuple[str, Callable[[str], Iterator[Span]], str]]:
     return ([(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[:1]]
             + [("detect-secrets", _detect_secrets, "<TOKEN>")]
             + [(name, _spans(p), ph) for name, p, ph in _TOKEN_RULES[1:]]
-            + [("email", _emails, "<EMAIL>"), ("email", _obfuscated_emails, "<EMAIL>")]
+            + [("email", _emails, "<EMAIL>"), ("email", _spans(_AT_WORD), "<EMAIL>")]
             + [(name, _spans(p), ph) for name, p, ph in _MENTION_RULES] + [("handle", _cjk_handles, "<USER>")]
             + [("ip address", ip_addresses.find, "<IP>")]
             + [("id number", _cn_ids, "<ID>"), ("id number", id_numbers.find, "<ID>"),
