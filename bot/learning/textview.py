@@ -72,11 +72,12 @@ def _nfkc(chunk: str) -> str:
 def view(text: str) -> View:
     dropped = {i for m in _WRAP_BREAK.finditer(text) if _KEY_RUN_END.search(text, max(0, m.start() - 64), m.start())
                for i in range(*m.span())}
+    if text.isascii() and not dropped:
+        return View(text, None, None)  # nothing to normalise: the common case costs two scans
+    # Both swaps are of non-ASCII characters (。｡, Chinese digits): looked for only past the check above.
     swapped = {m.start(): "." for m in _CJK_DOT.finditer(text)
                if unicodedata.normalize("NFKC", text[m.start() - 1] + text[m.end()]).isascii()}
     swapped |= {i: _HAN_DIGIT[text[i]] for m in _HAN_DIGITS.finditer(text) for i in range(*m.span())}
-    if text.isascii() and not dropped:
-        return View(text, None, None)  # nothing to normalise: the common case costs two scans
     if _COMBINING.search(text):
         cuts = [i for i, c in enumerate(text) if not unicodedata.combining(c)] + [len(text)]
         pieces = [(i, j, "" if i in dropped else swapped.get(i) or _nfkc("".join(c for c in text[i:j] if c not in INVISIBLE)))
